@@ -1,0 +1,237 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/imgctl/imgctl/chunkstore"
+	"github.com/imgctl/imgctl/delta"
+	"github.com/imgctl/imgctl/manifest"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+)
+
+type publishOptions struct {
+	store, key, name, channel string
+	expires                   time.Duration
+	chunkSizes                string
+	level                     string
+	workers                   int
+	json                      bool
+	lockTimeout               time.Duration
+}
+
+func (o *publishOptions) AddFlags(f *pflag.FlagSet) {
+	f.StringVar(&o.store, "store", "", "chunk store directory (created if missing)")
+	f.StringVar(&o.key, "key", "", "private key file (imgctl key gen)")
+	f.StringVar(&o.name, "name", "", "release name, e.g. terminal-os")
+	f.StringVar(&o.channel, "channel", "stable", "release channel")
+	f.DurationVar(&o.expires, "expires", 0, "manifest lifetime (e.g. 720h); 0 never expires")
+	f.StringVar(&o.chunkSizes, "chunk-size", "", "chunker min:avg:max in KiB (default 8:32:128)")
+	f.StringVar(&o.level, "compression", "default", "zstd effort for new chunks: fastest, default, better, best")
+	f.IntVar(&o.workers, "workers", 0, "worker goroutines (0: one per CPU)")
+	f.BoolVar(&o.json, "json", false, "print the result as JSON")
+	f.DurationVar(&o.lockTimeout, "lock-timeout", 30*time.Second, "how long to wait for another process's lock on the store")
+}
+
+func newPublishCommand(g *globalOptions) *cobra.Command {
+	o := &publishOptions{}
+	cmd := &cobra.Command{
+		Use:   "publish --store S --key K.key --name N [--channel C] IMAGE",
+		Short: "Chunk an image into the store and sign a new release of it",
+		Long: `publish cuts IMAGE (a file or block device) into content-defined chunks, stores
+the chunks the store lacks (zstd), and writes a signed manifest as the next
+revision of NAME on CHANNEL. A server reading the store serves it at once.`,
+		Example: `  imgctl publish --store /srv/imgctl --key keys/release.key --name terminal-os os.img --json`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			_, err := runPublish(cmd.Context(), g, o, args[0])
+			return err
+		},
+	}
+	o.AddFlags(cmd.Flags())
+	return cmd
+}
+
+type publishResult struct {
+	Name             string        `json:"name"`
+	Channel          string        `json:"channel"`
+	Revision         uint64        `json:"revision"`
+	ID               chunkstore.ID `json:"id"`
+	Size             int64         `json:"size"`
+	Chunks           int           `json:"chunks"`
+	Extents          int           `json:"extents"`
+	ZeroBytes        int64         `json:"zero_bytes"`
+	NewChunks        int           `json:"new_chunks"`
+	StoredBytesAdded int64         `json:"stored_bytes_added"`
+	ManifestBytes    int           `json:"manifest_bytes"`
+	Digest           chunkstore.ID `json:"blake3"`
+	Seconds          float64       `json:"seconds"`
+	Previous         *delta.Diff   `json:"previous,omitempty"`
+}
+
+func parseChunkSizes(s string) (chunkstore.Params, error) {
+	p := chunkstore.DefaultParams()
+	if s == "" {
+		return p, nil
+	}
+	f := strings.Split(s, ":")
+	if len(f) != 3 {
+		return p, usagef("--chunk-size %q: want min:avg:max in KiB", s)
+	}
+	var v [3]uint64
+	for i, x := range f {
+		n, err := strconv.ParseUint(x, 10, 32)
+		if err != nil {
+			return p, usagef("--chunk-size %q: %v", s, err)
+		}
+		v[i] = n << 10
+	}
+	bits := 0
+	for 1<<bits < v[1] {
+		bits++
+	}
+	if 1<<bits != v[1] {
+		return p, usagef("--chunk-size: the average must be a power of two")
+	}
+	p.MinSize, p.AvgBits, p.MaxSize = uint32(v[0]), uint8(bits), uint32(v[2])
+	return p, p.Validate()
+}
+
+func parseLevel(s string) (chunkstore.Level, error) {
+	switch s {
+	case "default", "":
+		return chunkstore.LevelDefault, nil
+	case "fastest":
+		return chunkstore.LevelFastest, nil
+	case "better":
+		return chunkstore.LevelBetter, nil
+	case "best":
+		return chunkstore.LevelBest, nil
+	}
+	return 0, usagef("--compression %q: want fastest, default, better or best", s)
+}
+
+func runPublish(ctx context.Context, g *globalOptions, o *publishOptions, image string) (*publishResult, error) {
+	start := g.now()
+	if o.store == "" || o.key == "" || o.name == "" {
+		return nil, usagef("publish: --store, --key and --name are required")
+	}
+	if !manifest.ValidName(o.name) || !manifest.ValidName(o.channel) {
+		return nil, usagef("publish: name and channel must be 1-128 of [a-z0-9._-]")
+	}
+	params, err := parseChunkSizes(o.chunkSizes)
+	if err != nil {
+		return nil, err
+	}
+	level, err := parseLevel(o.level)
+	if err != nil {
+		return nil, err
+	}
+	key, err := manifest.LoadPrivateKey(o.key)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(image)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	size, err := imageSize(f)
+	if err != nil {
+		return nil, err
+	}
+	// The index lock serialises publishers, so revisions stay monotonic.
+	store, err := chunkstore.Open(o.store, chunkstore.Options{Timeout: o.lockTimeout})
+	if err != nil {
+		return nil, err
+	}
+	defer store.Close()
+	rels := manifest.OpenReleases(o.store)
+	revs, err := rels.Revisions(o.name, o.channel)
+	if err != nil {
+		return nil, err
+	}
+	rev := uint64(1)
+	if len(revs) > 0 {
+		rev = revs[len(revs)-1] + 1
+	}
+
+	prog := newProgress(g, "publish "+o.name)
+	prog.Start(size)
+	res, err := chunkstore.Ingest(ctx, f, size, params, store, chunkstore.IngestOptions{Workers: o.workers, Level: level, Progress: prog.Add})
+	prog.Done()
+	if err != nil {
+		return nil, err
+	}
+	b := manifest.NewBuilder()
+	for _, p := range res.Pieces {
+		if p.Zero {
+			b.AddZero(p.Size)
+		} else {
+			b.AddChunk(p.ID, uint32(p.Size))
+		}
+	}
+	m := &manifest.Manifest{
+		Kind: manifest.KindImage, Name: o.name, Channel: o.channel, Revision: rev,
+		Created: g.now().UTC().Truncate(time.Second), Chunker: params, Compression: manifest.CompressionZstd,
+		Size: size, Digest: res.Digest,
+	}
+	if o.expires > 0 {
+		m.Expires = m.Created.Add(o.expires)
+	}
+	m.Chunks, m.Runs = b.Result()
+	env, err := manifest.Sign(m, key)
+	if err != nil {
+		return nil, err
+	}
+	// Chunks durable first, then the manifest that names them.
+	if err := store.Flush(ctx); err != nil {
+		return nil, err
+	}
+	if err := rels.Put(env, m); err != nil {
+		return nil, err
+	}
+	id, _ := manifest.ID(env)
+	st := m.Stats()
+	out := publishResult{
+		Name: m.Name, Channel: m.Channel, Revision: rev, ID: id, Size: size, Chunks: len(m.Chunks),
+		Extents: st.Extents, ZeroBytes: st.ZeroBytes, NewChunks: res.NewChunks, StoredBytesAdded: res.StoredAdded,
+		ManifestBytes: len(env), Digest: res.Digest, Seconds: g.now().Sub(start).Seconds(),
+	}
+	if len(revs) > 0 {
+		if prevEnv, _, err := rels.Read(o.name, o.channel, revs[len(revs)-1]); err == nil {
+			if prev, err := manifest.Open(prevEnv); err == nil {
+				out.Previous = delta.Compare(prev, m, storedSize(store.Dir))
+				out.Previous.Regions = nil
+			}
+		}
+	}
+	if o.json {
+		return &out, writeJSON(g.stdout, out)
+	}
+	fmt.Fprintf(g.stdout, "published %s/%s@%d  %s  %d chunks, %s zero, %d new chunks (%s stored), manifest %s, %.2fs\n",
+		m.Name, m.Channel, rev, human(size), len(m.Chunks), human(st.ZeroBytes), res.NewChunks,
+		human(res.StoredAdded), human(int64(len(env))), out.Seconds)
+	if out.Previous != nil {
+		fmt.Fprintf(g.stdout, "vs revision %d: %d new chunks, a terminal on it fetches %s\n",
+			out.Previous.Old.Revision, out.Previous.NewChunks, human(out.Previous.FetchBytes))
+	}
+	return &out, nil
+}
+
+// storedSize reports chunk file sizes (the bytes a transfer of the chunk
+// costs).
+func storedSize(d *chunkstore.Dir) func(chunkstore.ID) (int64, bool) {
+	return func(id chunkstore.ID) (int64, bool) {
+		st, err := os.Stat(d.Path(id))
+		if err != nil {
+			return 0, false
+		}
+		return st.Size(), true
+	}
+}

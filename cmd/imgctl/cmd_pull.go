@@ -1,0 +1,365 @@
+package main
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/imgctl/imgctl/chunkstore"
+	"github.com/imgctl/imgctl/delta"
+	"github.com/imgctl/imgctl/manifest"
+	"github.com/imgctl/imgctl/transport"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+)
+
+type pullOptions struct {
+	from, name, channel, cache, out string
+	trust, seeds                    []string
+	revision                        uint64
+	concurrency, workers            int
+	json                            bool
+	lockTimeout                     time.Duration
+}
+
+func (o *pullOptions) AddFlags(f *pflag.FlagSet) {
+	f.StringVar(&o.from, "from", "", "origin or branch cache URL, e.g. http://10.0.0.1:8420")
+	f.StringSliceVar(&o.trust, "trust", nil, "trusted public key or trust file (repeatable)")
+	f.StringVar(&o.name, "name", "", "release name")
+	f.StringVar(&o.channel, "channel", "stable", "release channel")
+	f.Uint64Var(&o.revision, "revision", 0, "pull this revision instead of the latest")
+	f.StringArrayVar(&o.seeds, "seed", nil, "FILE or FILE:MANIFEST holding chunks to reuse, e.g. the running slot (repeatable)")
+	f.StringVar(&o.cache, "cache", "", "local chunk cache and pull state (default /var/cache/imgctl as root, else ~/.cache/imgctl)")
+	f.StringVar(&o.out, "out", "", "file or block device to write the image into, in place")
+	f.IntVar(&o.concurrency, "concurrency", 4, "HTTP requests in flight")
+	f.IntVar(&o.workers, "workers", 0, "local copy workers (0: one per CPU)")
+	f.BoolVar(&o.json, "json", false, "print the result as JSON")
+	f.DurationVar(&o.lockTimeout, "lock-timeout", 30*time.Second, "how long to wait for another pull holding the cache")
+}
+
+func newPullCommand(g *globalOptions) *cobra.Command {
+	o := &pullOptions{}
+	cmd := &cobra.Command{
+		Use:   "pull --from URL --trust K.pub --name N --out FILE [--seed FILE]...",
+		Short: "Verify a release and write it, fetching only the chunks not held locally",
+		Long: `pull fetches the signed manifest of NAME on CHANNEL, verifies it (signature,
+expiry, name/channel, no revision older than one already pulled into the
+cache), plans where every chunk comes from (already in place in --out, a
+seed, the cache, or the network), fetches the missing chunks with every one
+verified before use, writes --out in place, and checks the whole image
+against the manifest's BLAKE3. A seed written by an earlier pull is used by
+offset; any other seed is cut with the release's chunker to find chunks.
+Every chunk taken from a seed is re-hashed first. An interrupted pull run
+again fetches only what it still lacks.`,
+		Example: `  imgctl pull --from http://origin:8420 --trust keys/release.pub --name terminal-os \
+      --seed /dev/mmcblk0p2 --out /dev/mmcblk0p3 --json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			_, err := runPull(cmd.Context(), g, o)
+			return err
+		},
+	}
+	o.AddFlags(cmd.Flags())
+	return cmd
+}
+
+type pullResult struct {
+	Name           string        `json:"name"`
+	Channel        string        `json:"channel"`
+	Revision       uint64        `json:"revision"`
+	ID             chunkstore.ID `json:"id"`
+	Size           int64         `json:"size"`
+	Out            string        `json:"out"`
+	BytesFetched   int64         `json:"bytes_fetched"`
+	ManifestBytes  int           `json:"manifest_bytes"`
+	BytesFromSeed  int64         `json:"bytes_from_seed"`
+	BytesFromCache int64         `json:"bytes_from_cache"`
+	BytesInPlace   int64         `json:"bytes_in_place"`
+	ChunksFetched  int           `json:"chunks_fetched"`
+	PlainFetched   int64         `json:"plain_bytes_fetched"`
+	Chunks         int           `json:"chunks"`
+	ZeroBytes      int64         `json:"zero_bytes"`
+	Fallbacks      int           `json:"fallbacks"`
+	Plan           delta.Report  `json:"plan"`
+	Verified       bool          `json:"verified"`
+	Seconds        float64       `json:"seconds"`
+}
+
+// fileRecord is the cache's memory of what a file holds.
+type fileRecord struct {
+	Manifest chunkstore.ID `json:"manifest"`
+	Complete bool          `json:"complete"`
+	Size     int64         `json:"size"`
+	ModTime  int64         `json:"mtime_ns"`
+}
+
+func defaultCacheDir() string {
+	if os.Geteuid() == 0 {
+		return "/var/cache/imgctl"
+	}
+	if d, err := os.UserCacheDir(); err == nil {
+		return filepath.Join(d, "imgctl")
+	}
+	return filepath.Join(os.TempDir(), "imgctl-cache")
+}
+
+func revKey(name, channel string) string { return "rev/" + name + "/" + channel }
+
+func manifestKey(id chunkstore.ID) string { return "manifest/" + id.String() }
+
+func fileKey(path string) string { return "file/" + path }
+
+func loadFileRecord(c *chunkstore.Local, path string) (*fileRecord, []byte) {
+	b, err := c.GetMeta(fileKey(path))
+	if err != nil || b == nil {
+		return nil, nil
+	}
+	var r fileRecord
+	if json.Unmarshal(b, &r) != nil {
+		return nil, nil
+	}
+	env, err := c.GetMeta(manifestKey(r.Manifest))
+	if err != nil || env == nil {
+		return nil, nil
+	}
+	return &r, env
+}
+
+func saveFileRecord(c *chunkstore.Local, path string, r fileRecord) error {
+	if st, err := os.Stat(path); err == nil {
+		r.Size, r.ModTime = st.Size(), st.ModTime().UnixNano()
+	}
+	b, _ := json.Marshal(r)
+	return c.PutMeta(fileKey(path), b)
+}
+
+// storingFetcher fetches over HTTP and keeps every chunk in the cache
+// (canonical stored bytes) before it is written out, so an interrupted pull
+// does not fetch it again.
+type storingFetcher struct {
+	client *transport.Client
+	cache  *chunkstore.Local
+}
+
+func (f storingFetcher) Fetch(ctx context.Context, refs []manifest.ChunkRef, fn func(chunkstore.Chunk) error) error {
+	return f.client.Fetch(ctx, refs, func(c chunkstore.Chunk) error {
+		if _, err := f.cache.Put(ctx, c); err != nil {
+			return err
+		}
+		return fn(c)
+	})
+}
+
+// parseSeed splits FILE[:MANIFEST].
+func parseSeed(arg string) (file, man string) {
+	if _, err := os.Stat(arg); err == nil {
+		return arg, ""
+	}
+	if i := strings.LastIndex(arg, ":"); i > 0 {
+		return arg[:i], arg[i+1:]
+	}
+	return arg, ""
+}
+
+func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult, error) {
+	start := g.now()
+	if o.from == "" || o.name == "" || o.out == "" || len(o.trust) == 0 {
+		return nil, usagef("pull: --from, --trust, --name and --out are required")
+	}
+	trust, err := manifest.LoadTrust(o.trust...)
+	if err != nil {
+		return nil, err
+	}
+	client, err := transport.NewClient(o.from, transport.ClientOptions{Concurrency: o.concurrency, Logger: g.log})
+	if err != nil {
+		return nil, usageError{err}
+	}
+	if o.cache == "" {
+		o.cache = defaultCacheDir()
+	}
+	cache, err := chunkstore.Open(o.cache, chunkstore.Options{Timeout: o.lockTimeout})
+	if err != nil {
+		return nil, err
+	}
+	defer cache.Close()
+	outPath, err := filepath.Abs(o.out)
+	if err != nil {
+		return nil, err
+	}
+
+	// 1-2: manifest, verified before anything else looks at it.
+	env, err := client.Manifest(ctx, o.name, o.channel, o.revision)
+	if err != nil {
+		return nil, err
+	}
+	var minRev uint64
+	if b, _ := cache.GetMeta(revKey(o.name, o.channel)); len(b) == 8 {
+		minRev = binary.BigEndian.Uint64(b)
+	}
+	m, err := manifest.Verify(env, manifest.Policy{Trust: trust, Now: g.now, Name: o.name, Channel: o.channel, MinRevision: minRev, Kind: manifest.KindImage})
+	if err != nil {
+		return nil, err
+	}
+	id, _ := manifest.ID(env)
+	if err := cache.PutMeta(manifestKey(id), env); err != nil {
+		return nil, err
+	}
+	g.logf("pull %s/%s@%d: %s, %d chunks", m.Name, m.Channel, m.Revision, human(m.Size), len(m.Chunks))
+
+	// 3: seeds.
+	want := map[uint32]bool{}
+	for _, c := range m.Chunks {
+		want[c.Size] = true
+	}
+	var seedIdx []delta.SeedIndex
+	var seedFiles []io.ReaderAt
+	for _, arg := range o.seeds {
+		file, manPath := parseSeed(arg)
+		idx, f, err := openSeed(ctx, g, cache, file, manPath, m, want)
+		if err != nil {
+			return nil, fmt.Errorf("seed %s: %w", file, err)
+		}
+		defer f.Close()
+		seedIdx = append(seedIdx, idx)
+		seedFiles = append(seedFiles, f)
+	}
+
+	// What --out already holds, if the cache remembers it.
+	var inPlace *manifest.Manifest
+	if rec, renv := loadFileRecord(cache, outPath); rec != nil {
+		if pm, err := manifest.Open(renv); err == nil {
+			inPlace = pm
+		}
+	}
+	out, err := openTarget(outPath, m.Size)
+	if err != nil {
+		return nil, err
+	}
+	defer out.Close()
+	if out.fresh {
+		inPlace = nil
+	}
+	// From here on --out holds a mix; remember that it is becoming m (every
+	// chunk found in place is re-hashed, so a stale belief costs nothing).
+	if err := saveFileRecord(cache, outPath, fileRecord{Manifest: id}); err != nil {
+		return nil, err
+	}
+
+	// 4: plan.
+	plan := delta.NewPlan(delta.Inputs{Target: m, InPlace: inPlace, Seeds: seedIdx, Have: func(id chunkstore.ID) bool {
+		ok, _ := cache.Has(ctx, id)
+		return ok
+	}})
+	g.logf("plan: %s in place, %s from seeds, %s from cache, %s to fetch (%d chunks), %s zero",
+		human(plan.Report.InPlaceBytes), human(plan.Report.SeedBytes), human(plan.Report.CacheBytes),
+		human(plan.Report.FetchBytes), plan.Report.FetchChunks, human(plan.Report.ZeroBytes))
+
+	// 5-6: fetch and assemble.
+	asm := &delta.Assembler{
+		Out: out, Seeds: seedFiles, Cache: cache, Fetch: storingFetcher{client: client, cache: cache},
+		ZeroFill: !out.fresh, Workers: o.workers, Progress: newProgress(g, "write"), Logger: g.log,
+	}
+	st, err := asm.Run(ctx, plan)
+	if ferr := cache.Flush(context.Background()); err == nil {
+		err = ferr
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := out.Sync(); err != nil {
+		return nil, fmt.Errorf("sync %s: %w", outPath, err)
+	}
+	if err := delta.VerifyDigest(ctx, out, m, newProgress(g, "verify")); err != nil {
+		return nil, err
+	}
+	if err := saveFileRecord(cache, outPath, fileRecord{Manifest: id, Complete: true}); err != nil {
+		return nil, err
+	}
+	if m.Revision > minRev {
+		var b [8]byte
+		binary.BigEndian.PutUint64(b[:], m.Revision)
+		if err := cache.PutMeta(revKey(m.Name, m.Channel), b[:]); err != nil {
+			return nil, err
+		}
+	}
+	// Keep the manifest as a release of the cache too, so that the cache is
+	// itself a servable store.
+	if rel := manifest.OpenReleases(o.cache); true {
+		if _, _, err := rel.Read(m.Name, m.Channel, m.Revision); errors.Is(err, manifest.ErrNoRelease) {
+			_ = rel.Put(env, m)
+		}
+	}
+
+	res := &pullResult{
+		Name: m.Name, Channel: m.Channel, Revision: m.Revision, ID: id, Size: m.Size, Out: outPath,
+		BytesFetched: client.Received(), ManifestBytes: len(env), BytesFromSeed: st.SeedBytes,
+		BytesFromCache: st.CacheBytes, BytesInPlace: st.InPlaceBytes, ChunksFetched: st.FetchChunks,
+		PlainFetched: st.FetchBytes, Chunks: len(m.Chunks), ZeroBytes: plan.Report.ZeroBytes,
+		Fallbacks: st.Fallbacks, Plan: plan.Report, Verified: true, Seconds: g.now().Sub(start).Seconds(),
+	}
+	if o.json {
+		return res, writeJSON(g.stdout, res)
+	}
+	fmt.Fprintf(g.stdout, "pulled %s/%s@%d into %s: %s verified; fetched %s (%d chunks) of %s; %s from seeds, %s from cache, %s in place; %.2fs\n",
+		m.Name, m.Channel, m.Revision, o.out, human(m.Size), human(res.BytesFetched), res.ChunksFetched,
+		human(m.Size), human(res.BytesFromSeed), human(res.BytesFromCache), human(res.BytesInPlace), res.Seconds)
+	return res, nil
+}
+
+// openSeed opens a seed and indexes it: by a given manifest, by the cache's
+// record of the file (if the file is unchanged since), or by cutting it.
+func openSeed(ctx context.Context, g *globalOptions, cache *chunkstore.Local, file, manPath string, target *manifest.Manifest, want map[uint32]bool) (delta.SeedIndex, *os.File, error) {
+	abs, err := filepath.Abs(file)
+	if err != nil {
+		return nil, nil, err
+	}
+	f, err := os.Open(abs)
+	if err != nil {
+		return nil, nil, err
+	}
+	if manPath != "" {
+		b, err := os.ReadFile(manPath)
+		if err != nil {
+			f.Close()
+			return nil, nil, err
+		}
+		sm, err := manifest.Open(b)
+		if err != nil {
+			f.Close()
+			return nil, nil, err
+		}
+		return delta.IndexManifest(sm), f, nil
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	if rec, env := loadFileRecord(cache, abs); rec != nil && rec.Complete &&
+		(st.Mode()&fs.ModeDevice != 0 || (rec.Size == st.Size() && rec.ModTime == st.ModTime().UnixNano())) {
+		if sm, err := manifest.Open(env); err == nil {
+			g.log.Info("seed layout known from an earlier pull", "seed", abs, "revision", sm.Revision)
+			return delta.IndexManifest(sm), f, nil
+		}
+	}
+	size, err := imageSize(f)
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	g.logf("seed %s: layout unknown, cutting it to find chunks", file)
+	idx, err := delta.IndexSeed(ctx, f, size, target.Chunker, want, 0)
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return idx, f, nil
+}

@@ -1,0 +1,98 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// target is the file or block device a pull writes into.
+type target struct {
+	*os.File
+	regular bool
+	fresh   bool // created or empty: reads as zeros everywhere
+}
+
+// openTarget opens path for in-place writing and sizes it: a regular file is
+// created or truncated to size; a block device must be at least size bytes.
+func openTarget(path string, size int64) (*target, error) {
+	st, err := os.Stat(path)
+	fresh := errors.Is(err, fs.ErrNotExist) || (err == nil && st.Mode().IsRegular() && st.Size() == 0)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	t := &target{File: f, fresh: fresh}
+	st, err = f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	switch {
+	case st.Mode().IsRegular():
+		t.regular = true
+		if st.Size() != size {
+			if err := f.Truncate(size); err != nil {
+				f.Close()
+				return nil, fmt.Errorf("size %s to %d bytes: %w", path, size, err)
+			}
+		}
+	case st.Mode()&fs.ModeDevice != 0:
+		n, err := f.Seek(0, io.SeekEnd)
+		if err != nil {
+			f.Close()
+			return nil, err
+		}
+		if n < size {
+			f.Close()
+			return nil, fmt.Errorf("%s holds %d bytes, the release needs %d", path, n, size)
+		}
+	default:
+		f.Close()
+		return nil, fmt.Errorf("%s is neither a regular file nor a block device", path)
+	}
+	return t, nil
+}
+
+// Zero makes [off, off+n) read as zeros: a punched hole in a regular file,
+// written zeros elsewhere.
+func (t *target) Zero(off, n int64) error {
+	if t.regular {
+		err := unix.Fallocate(int(t.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
+		if err == nil {
+			return nil
+		}
+	}
+	zeros := make([]byte, 1<<20)
+	for n > 0 {
+		k := min(n, int64(len(zeros)))
+		if _, err := t.WriteAt(zeros[:k], off); err != nil {
+			return err
+		}
+		off += k
+		n -= k
+	}
+	return nil
+}
+
+// imageSize returns the size of a regular file or block device.
+func imageSize(f *os.File) (int64, error) {
+	st, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	if st.Mode().IsRegular() {
+		return st.Size(), nil
+	}
+	if st.Mode()&fs.ModeDevice != 0 {
+		return f.Seek(0, io.SeekEnd)
+	}
+	return 0, fmt.Errorf("%s is neither a regular file nor a block device", f.Name())
+}

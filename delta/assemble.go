@@ -1,0 +1,329 @@
+package delta
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime"
+	"sync"
+	"sync/atomic"
+
+	"github.com/imgctl/imgctl/chunkstore"
+	"github.com/imgctl/imgctl/manifest"
+)
+
+// Fetcher retrieves chunks from elsewhere. Fetch calls fn once for every
+// requested chunk, possibly from several goroutines at once, with a
+// verified chunk; it returns an error if any chunk could not be had or fn
+// failed.
+type Fetcher interface {
+	Fetch(ctx context.Context, chunks []manifest.ChunkRef, fn func(chunkstore.Chunk) error) error
+}
+
+// Output is where the content is assembled: a file or block device.
+type Output interface {
+	io.WriterAt
+	io.ReaderAt
+}
+
+// Zeroer is an optional Output upgrade: make a range read as zeros quickly
+// (punch a hole, BLKZEROOUT).
+type Zeroer interface {
+	Zero(off, n int64) error
+}
+
+// Progress receives byte counts as the output fills. Implementations must be
+// safe for concurrent use.
+type Progress interface {
+	Start(total int64)
+	Add(n int64)
+	Done()
+}
+
+type noProgress struct{}
+
+func (noProgress) Start(int64) {}
+func (noProgress) Add(int64)   {}
+func (noProgress) Done()       {}
+
+// Assembler carries out a Plan.
+type Assembler struct {
+	Out   Output
+	Seeds []io.ReaderAt     // by the plan's seed index
+	Cache chunkstore.Getter // may be nil
+	Fetch Fetcher           // may be nil if nothing is to be fetched
+	// ZeroFill writes zero extents; leave it off only when the output is
+	// known to read as zeros there (a new or truncated file).
+	ZeroFill bool
+	Workers  int // local copy workers; 0 means GOMAXPROCS
+	Progress Progress
+	Logger   *slog.Logger
+}
+
+// Stats counts what Run actually did (plain bytes of distinct chunks).
+type Stats struct {
+	InPlaceChunks int   `json:"in_place_chunks"`
+	InPlaceBytes  int64 `json:"bytes_in_place"`
+	SeedChunks    int   `json:"seed_chunks"`
+	SeedBytes     int64 `json:"bytes_from_seed"`
+	CacheChunks   int   `json:"cache_chunks"`
+	CacheBytes    int64 `json:"bytes_from_cache"`
+	FetchChunks   int   `json:"chunks_fetched"`
+	FetchBytes    int64 `json:"plain_bytes_fetched"`
+	// Fallbacks counts candidates that failed verification (a drifted seed,
+	// a corrupt cache file) and were passed over.
+	Fallbacks int `json:"fallbacks"`
+}
+
+// Run assembles plan.Target into a.Out. On success every chunk written was
+// verified against its ID; the caller should still Sync the output and
+// check the whole-content digest (VerifyDigest).
+func (a *Assembler) Run(ctx context.Context, plan *Plan) (Stats, error) {
+	t := plan.Target
+	prog := a.Progress
+	if prog == nil {
+		prog = noProgress{}
+	}
+	log := a.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	prog.Start(t.Size)
+	defer prog.Done()
+
+	// Zero extents.
+	for _, r := range t.Runs {
+		if r.Kind != manifest.RunZero {
+			continue
+		}
+		if a.ZeroFill {
+			if err := zeroRange(a.Out, r.Offset, r.Size); err != nil {
+				return Stats{}, fmt.Errorf("zero %d+%d: %w", r.Offset, r.Size, err)
+			}
+		}
+		prog.Add(r.Size)
+	}
+
+	occ := t.Occurrences()
+	w := &writer{out: a.Out, t: t, occ: occ, prog: prog}
+	var (
+		st      Stats
+		mu      sync.Mutex
+		toFetch []int
+	)
+	for i, c := range plan.Sources {
+		if len(c) == 0 {
+			toFetch = append(toFetch, i)
+		}
+	}
+
+	// Local candidates.
+	workers := a.Workers
+	if workers <= 0 {
+		workers = runtime.GOMAXPROCS(0)
+	}
+	jobs := make(chan int)
+	var wg sync.WaitGroup
+	var firstErr error
+	var errOnce sync.Once
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	fail := func(err error) { errOnce.Do(func() { firstErr = err; cancel() }) }
+	for k := 0; k < workers; k++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 0, t.Chunker.MaxSize)
+			for i := range jobs {
+				kind, fallbacks, err := a.local(ctx, w, plan, i, buf)
+				mu.Lock()
+				st.Fallbacks += fallbacks
+				n := int64(t.Chunks[i].Size)
+				switch {
+				case err != nil:
+				case kind == SourceInPlace:
+					st.InPlaceChunks++
+					st.InPlaceBytes += n
+				case kind == SourceSeed:
+					st.SeedChunks++
+					st.SeedBytes += n
+				case kind == SourceCache:
+					st.CacheChunks++
+					st.CacheBytes += n
+				default:
+					toFetch = append(toFetch, i)
+				}
+				mu.Unlock()
+				if err != nil {
+					fail(err)
+				}
+			}
+		}()
+	}
+feed:
+	for i, c := range plan.Sources {
+		if len(c) == 0 {
+			continue
+		}
+		select {
+		case jobs <- i:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(jobs)
+	wg.Wait()
+	if firstErr != nil {
+		return st, firstErr
+	}
+	if err := ctx.Err(); err != nil {
+		return st, err
+	}
+
+	if len(toFetch) == 0 {
+		return st, nil
+	}
+	if a.Fetch == nil {
+		return st, fmt.Errorf("%d chunks must be fetched and no source is configured", len(toFetch))
+	}
+	want := make(map[chunkstore.ID]int, len(toFetch))
+	refs := make([]manifest.ChunkRef, 0, len(toFetch))
+	for _, i := range toFetch {
+		want[t.Chunks[i].ID] = i
+		refs = append(refs, t.Chunks[i])
+	}
+	var got atomic.Int64
+	done := make([]atomic.Bool, len(t.Chunks))
+	err := a.Fetch.Fetch(ctx, refs, func(c chunkstore.Chunk) error {
+		i, ok := want[c.ID()]
+		if !ok {
+			return fmt.Errorf("fetcher returned unrequested chunk %s", c.ID().Short())
+		}
+		if c.Size() != int(t.Chunks[i].Size) {
+			return &chunkstore.IntegrityError{ID: c.ID(), Reason: "size differs from manifest"}
+		}
+		if done[i].Swap(true) {
+			return nil
+		}
+		if err := w.writeAll(i, c.Plain(), -1); err != nil {
+			return err
+		}
+		got.Add(1)
+		mu.Lock()
+		st.FetchChunks++
+		st.FetchBytes += int64(c.Size())
+		mu.Unlock()
+		return nil
+	})
+	if err != nil {
+		return st, err
+	}
+	if int(got.Load()) != len(toFetch) {
+		return st, fmt.Errorf("fetch delivered %d of %d chunks", got.Load(), len(toFetch))
+	}
+	return st, nil
+}
+
+// local tries chunk i's local candidates in order. It returns the source
+// used, or SourceFetch if none held the chunk.
+func (a *Assembler) local(ctx context.Context, w *writer, plan *Plan, i int, buf []byte) (SourceKind, int, error) {
+	c := plan.Target.Chunks[i]
+	fallbacks := 0
+	for _, cand := range plan.Sources[i] {
+		if err := ctx.Err(); err != nil {
+			return 0, fallbacks, err
+		}
+		var data []byte
+		switch cand.Kind {
+		case SourceInPlace, SourceSeed:
+			var r io.ReaderAt = a.Out
+			if cand.Kind == SourceSeed {
+				if cand.Seed >= len(a.Seeds) {
+					return 0, fallbacks, errors.New("plan names a seed the assembler lacks")
+				}
+				r = a.Seeds[cand.Seed]
+			}
+			buf = buf[:c.Size]
+			if n, err := r.ReadAt(buf, cand.Offset); n != len(buf) {
+				if err != nil && !errors.Is(err, io.EOF) {
+					a.logf("read %s at %d: %v", cand.Kind, cand.Offset, err)
+				}
+				fallbacks++
+				continue
+			}
+			if chunkstore.Sum(buf) != c.ID {
+				fallbacks++
+				continue
+			}
+			data = buf
+		case SourceCache:
+			if a.Cache == nil {
+				continue
+			}
+			ch, err := a.Cache.Get(ctx, c.ID)
+			if err != nil {
+				a.logf("cache %s: %v", c.ID.Short(), err)
+				fallbacks++
+				continue
+			}
+			data = ch.Plain()
+		}
+		skip := int64(-1)
+		if cand.Kind == SourceInPlace {
+			skip = cand.Offset
+		}
+		if err := w.writeAll(i, data, skip); err != nil {
+			return 0, fallbacks, err
+		}
+		return cand.Kind, fallbacks, nil
+	}
+	return SourceFetch, fallbacks, nil
+}
+
+func (a *Assembler) logf(f string, args ...any) {
+	if a.Logger != nil {
+		a.Logger.Debug(fmt.Sprintf(f, args...))
+	}
+}
+
+type writer struct {
+	out  Output
+	t    *manifest.Manifest
+	occ  [][]manifest.Occurrence
+	prog Progress
+}
+
+// writeAll writes data at every occurrence of chunk i, except at skip.
+func (w *writer) writeAll(i int, data []byte, skip int64) error {
+	n := int64(len(data))
+	for _, o := range w.occ[i] {
+		for k := 0; k < o.Count; k++ {
+			off := o.Offset + int64(k)*n
+			if off != skip {
+				if _, err := w.out.WriteAt(data, off); err != nil {
+					return fmt.Errorf("write at %d: %w", off, err)
+				}
+			}
+			w.prog.Add(n)
+		}
+	}
+	return nil
+}
+
+func zeroRange(out Output, off, n int64) error {
+	if z, ok := out.(Zeroer); ok {
+		return z.Zero(off, n)
+	}
+	zeros := chunkstore.Zeros(64 << 10)
+	for n > 0 {
+		k := min(n, int64(len(zeros)))
+		if _, err := out.WriteAt(zeros[:k], off); err != nil {
+			return err
+		}
+		off += k
+		n -= k
+	}
+	return nil
+}

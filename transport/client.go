@@ -1,0 +1,387 @@
+package transport
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/imgctl/imgctl/chunkstore"
+	"github.com/imgctl/imgctl/manifest"
+)
+
+// ErrPeerUnavailable: the server could not be reached or kept failing.
+var ErrPeerUnavailable = errors.New("server unavailable")
+
+// ClientOptions configure NewClient. The zero value is usable.
+type ClientOptions struct {
+	HTTP        *http.Client  // nil: a client with sane timeouts
+	Concurrency int           // requests in flight; 0 means 4
+	Retries     int           // attempts after the first for one batch; 0 means 4
+	Backoff     time.Duration // first retry delay, doubled each time; 0 means 200 ms
+	BatchBytes  int           // plain bytes per batch request; 0 means 2 MiB
+	// MaxManifest caps a manifest body; 0 means manifest.MaxEnvelope.
+	MaxManifest int64
+	Logger      *slog.Logger
+	// Sleep waits between retries (tests inject a fake); nil: real timer.
+	Sleep func(ctx context.Context, d time.Duration) error
+}
+
+// Client fetches manifests and chunks from an imgctl origin or branch
+// cache. It trusts nothing it receives: bodies are capped to what the
+// request can legitimately return and every chunk is verified against its
+// ID before it is handed on.
+type Client struct {
+	base     *url.URL
+	opts     ClientOptions
+	received atomic.Int64
+	batchOK  atomic.Int32 // 0 unknown, 1 yes, -1 no
+}
+
+// NewClient returns a client for the server at base (http://host:port).
+func NewClient(base string, opts ClientOptions) (*Client, error) {
+	u, err := url.Parse(strings.TrimSuffix(base, "/"))
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("server URL %q: want http(s)://host[:port]", base)
+	}
+	if opts.HTTP == nil {
+		opts.HTTP = &http.Client{Transport: &http.Transport{
+			Proxy:                 http.ProxyFromEnvironment,
+			MaxIdleConnsPerHost:   16,
+			IdleConnTimeout:       90 * time.Second,
+			ResponseHeaderTimeout: 60 * time.Second,
+		}}
+	}
+	if opts.Concurrency <= 0 {
+		opts.Concurrency = 4
+	}
+	if opts.Retries <= 0 {
+		opts.Retries = 4
+	}
+	if opts.Backoff <= 0 {
+		opts.Backoff = 200 * time.Millisecond
+	}
+	if opts.BatchBytes <= 0 {
+		opts.BatchBytes = 2 << 20
+	}
+	if opts.MaxManifest <= 0 {
+		opts.MaxManifest = manifest.MaxEnvelope
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Sleep == nil {
+		opts.Sleep = func(ctx context.Context, d time.Duration) error {
+			t := time.NewTimer(d)
+			defer t.Stop()
+			select {
+			case <-t.C:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+	}
+	return &Client{base: u, opts: opts}, nil
+}
+
+// Received returns the response body bytes received so far.
+func (c *Client) Received() int64 { return c.received.Load() }
+
+func (c *Client) url(p string) string { return c.base.String() + p }
+
+// permanent marks errors that retrying cannot fix.
+type permanent struct{ error }
+
+func (p permanent) Unwrap() error { return p.error }
+
+func (c *Client) retry(ctx context.Context, what string, fn func() error) error {
+	delay := c.opts.Backoff
+	var err error
+	for attempt := 0; ; attempt++ {
+		err = fn()
+		if err == nil {
+			return nil
+		}
+		var p permanent
+		if errors.As(err, &p) || ctx.Err() != nil || attempt >= c.opts.Retries {
+			break
+		}
+		c.opts.Logger.Warn("retrying", "what", what, "attempt", attempt+1, "err", err)
+		if serr := c.opts.Sleep(ctx, delay); serr != nil {
+			return serr
+		}
+		delay = min(delay*2, 5*time.Second)
+	}
+	var p permanent
+	if errors.As(err, &p) {
+		return p.error
+	}
+	return err
+}
+
+func (c *Client) do(ctx context.Context, req *http.Request) (*http.Response, error) {
+	resp, err := c.opts.HTTP.Do(req.WithContext(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrPeerUnavailable, err)
+	}
+	return resp, nil
+}
+
+// Manifest fetches the signed manifest of name/channel at rev (0: latest).
+// The body is capped; nothing is verified here (manifest.Verify does that).
+func (c *Client) Manifest(ctx context.Context, name, channel string, rev uint64) ([]byte, error) {
+	r := "latest"
+	if rev > 0 {
+		r = strconv.FormatUint(rev, 10)
+	}
+	p := "/v1/manifests/" + url.PathEscape(name) + "/" + url.PathEscape(channel) + "/" + r
+	var body []byte
+	err := c.retry(ctx, "manifest", func() error {
+		req, _ := http.NewRequest(http.MethodGet, c.url(p), nil)
+		resp, err := c.do(ctx, req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode == http.StatusNotFound {
+			return permanent{fmt.Errorf("%s/%s@%s: %w", name, channel, r, manifest.ErrNoRelease)}
+		}
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("%w: GET %s: %s", ErrPeerUnavailable, p, resp.Status)
+		}
+		if resp.ContentLength > c.opts.MaxManifest {
+			return permanent{&manifest.VerifyError{Err: manifest.ErrTooLarge, Detail: fmt.Sprintf("server declares %d bytes", resp.ContentLength)}}
+		}
+		b, err := io.ReadAll(io.LimitReader(resp.Body, c.opts.MaxManifest+1))
+		c.received.Add(int64(len(b)))
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrPeerUnavailable, err)
+		}
+		if int64(len(b)) > c.opts.MaxManifest {
+			return permanent{&manifest.VerifyError{Err: manifest.ErrTooLarge, Detail: fmt.Sprintf("more than %d bytes", c.opts.MaxManifest)}}
+		}
+		body = b
+		return nil
+	})
+	return body, err
+}
+
+// Fetch retrieves chunks, verifies each against its ID and size, and calls
+// fn for each (from several goroutines). A chunk that fails verification is
+// requested again; if it keeps failing Fetch returns a
+// *chunkstore.IntegrityError (ErrCorrupt). fn's error stops the fetch.
+// Fetch has the shape of delta.Fetcher.
+func (c *Client) Fetch(ctx context.Context, refs []manifest.ChunkRef, fn func(chunkstore.Chunk) error) error {
+	if len(refs) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	batches := make(chan []manifest.ChunkRef)
+	var (
+		wg    sync.WaitGroup
+		once  sync.Once
+		first error
+	)
+	fail := func(err error) { once.Do(func() { first = err; cancel() }) }
+	for w := 0; w < c.opts.Concurrency; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for b := range batches {
+				if err := c.fetchBatch(ctx, b, fn); err != nil {
+					fail(err)
+				}
+			}
+		}()
+	}
+	var cur []manifest.ChunkRef
+	size := 0
+	send := func() bool {
+		if len(cur) == 0 {
+			return true
+		}
+		select {
+		case batches <- cur:
+			cur, size = nil, 0
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	for _, r := range refs {
+		cur = append(cur, r)
+		size += int(r.Size)
+		if size >= c.opts.BatchBytes || len(cur) >= BatchMax {
+			if !send() {
+				break
+			}
+		}
+	}
+	send()
+	close(batches)
+	wg.Wait()
+	if first != nil {
+		return first
+	}
+	return ctx.Err()
+}
+
+// fetchBatch fetches one batch with retries; only the chunks not yet
+// delivered are asked for again.
+func (c *Client) fetchBatch(ctx context.Context, refs []manifest.ChunkRef, fn func(chunkstore.Chunk) error) error {
+	pending := refs
+	corrupt := map[chunkstore.ID]int{}
+	return c.retry(ctx, "chunks", func() error {
+		var rest []manifest.ChunkRef
+		var err error
+		if c.batchOK.Load() >= 0 {
+			rest, err = c.postBatch(ctx, pending, fn, corrupt)
+			if errors.Is(err, errNoBatch) {
+				c.batchOK.Store(-1)
+			}
+		}
+		if c.batchOK.Load() < 0 {
+			rest, err = c.getEach(ctx, pending, fn, corrupt)
+		}
+		pending = rest
+		return err
+	})
+}
+
+var errNoBatch = errors.New("server has no batch route")
+
+// deliver verifies one received chunk and hands it on. A corrupt chunk is
+// retried up to Retries times in total before it is a permanent error.
+func (c *Client) deliver(r manifest.ChunkRef, stored []byte, fn func(chunkstore.Chunk) error, corrupt map[chunkstore.ID]int) (retry bool, err error) {
+	ch, err := chunkstore.Verify(r.ID, stored, int(r.Size))
+	if err != nil {
+		corrupt[r.ID]++
+		c.opts.Logger.Warn("server sent a corrupt chunk", "id", r.ID, "err", err)
+		if corrupt[r.ID] > c.opts.Retries {
+			return false, permanent{err}
+		}
+		return true, nil
+	}
+	if err := fn(ch); err != nil {
+		return false, permanent{err}
+	}
+	return false, nil
+}
+
+func (c *Client) postBatch(ctx context.Context, refs []manifest.ChunkRef, fn func(chunkstore.Chunk) error, corrupt map[chunkstore.ID]int) ([]manifest.ChunkRef, error) {
+	var body bytes.Buffer
+	limit := int64(0)
+	for _, r := range refs {
+		body.WriteString(r.ID.String())
+		body.WriteByte('\n')
+		limit += 36 + int64(chunkstore.MaxStoredSize(int(r.Size)))
+	}
+	req, _ := http.NewRequest(http.MethodPost, c.url("/v1/chunks/batch"), &body)
+	req.Header.Set("Content-Type", "text/plain")
+	resp, err := c.do(ctx, req)
+	if err != nil {
+		return refs, err
+	}
+	defer resp.Body.Close()
+	switch {
+	case resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusMethodNotAllowed:
+		return refs, errNoBatch
+	case resp.StatusCode != http.StatusOK:
+		return refs, fmt.Errorf("%w: POST batch: %s", ErrPeerUnavailable, resp.Status)
+	}
+	c.batchOK.Store(1)
+	// A body longer than the batch can hold is cut off here.
+	br := bufio.NewReaderSize(&countReader{r: io.LimitReader(resp.Body, limit), n: &c.received}, 256<<10)
+	var hdr [36]byte
+	var again []manifest.ChunkRef
+	for i, r := range refs {
+		if _, err := io.ReadFull(br, hdr[:]); err != nil {
+			return append(again, refs[i:]...), fmt.Errorf("%w: batch cut short: %v", ErrPeerUnavailable, err)
+		}
+		if chunkstore.ID(hdr[:32]) != r.ID {
+			return append(again, refs[i:]...), fmt.Errorf("%w: batch out of order", ErrPeerUnavailable)
+		}
+		n := binary.BigEndian.Uint32(hdr[32:])
+		if n == missingChunk {
+			return append(again, refs[i:]...), permanent{fmt.Errorf("chunk %s: server: %w", r.ID.Short(), chunkstore.ErrNotFound)}
+		}
+		if int64(n) > int64(chunkstore.MaxStoredSize(int(r.Size))) {
+			corrupt[r.ID] = c.opts.Retries
+			return nil, permanent{&chunkstore.IntegrityError{ID: r.ID, Reason: fmt.Sprintf("server declares %d stored bytes for %d plain bytes", n, r.Size)}}
+		}
+		stored := make([]byte, n)
+		if _, err := io.ReadFull(br, stored); err != nil {
+			return append(again, refs[i:]...), fmt.Errorf("%w: batch cut short: %v", ErrPeerUnavailable, err)
+		}
+		retry, err := c.deliver(r, stored, fn, corrupt)
+		if err != nil {
+			return nil, err
+		}
+		if retry {
+			again = append(again, r)
+		}
+	}
+	if len(again) > 0 {
+		return again, fmt.Errorf("%d corrupt chunks from server", len(again))
+	}
+	return nil, nil
+}
+
+func (c *Client) getEach(ctx context.Context, refs []manifest.ChunkRef, fn func(chunkstore.Chunk) error, corrupt map[chunkstore.ID]int) ([]manifest.ChunkRef, error) {
+	for i, r := range refs {
+		req, _ := http.NewRequest(http.MethodGet, c.url("/v1/chunks/"+r.ID.String()), nil)
+		resp, err := c.do(ctx, req)
+		if err != nil {
+			return refs[i:], err
+		}
+		if resp.StatusCode == http.StatusNotFound {
+			resp.Body.Close()
+			return refs[i:], permanent{fmt.Errorf("chunk %s: server: %w", r.ID.Short(), chunkstore.ErrNotFound)}
+		}
+		if resp.StatusCode != http.StatusOK {
+			resp.Body.Close()
+			return refs[i:], fmt.Errorf("%w: GET chunk: %s", ErrPeerUnavailable, resp.Status)
+		}
+		limit := int64(chunkstore.MaxStoredSize(int(r.Size)))
+		stored, err := io.ReadAll(&countReader{r: io.LimitReader(resp.Body, limit+1), n: &c.received})
+		resp.Body.Close()
+		if err != nil {
+			return refs[i:], fmt.Errorf("%w: %v", ErrPeerUnavailable, err)
+		}
+		if int64(len(stored)) > limit {
+			stored = stored[:limit+1] // verification fails on the cut-off body
+		}
+		retry, err := c.deliver(r, stored, fn, corrupt)
+		if err != nil {
+			return nil, err
+		}
+		if retry {
+			return refs[i:], fmt.Errorf("corrupt chunk %s from server", r.ID.Short())
+		}
+	}
+	return nil, nil
+}
+
+type countReader struct {
+	r io.Reader
+	n *atomic.Int64
+}
+
+func (c *countReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}

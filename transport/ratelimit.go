@@ -1,0 +1,70 @@
+package transport
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+
+	"golang.org/x/time/rate"
+)
+
+// ParseRate parses a byte rate such as "10MB/s", "512KiB", "1.5M" or "0"
+// (unlimited). Units: B, kB/KB (1000), KiB (1024), MB, MiB, GB, GiB;
+// a bare K/M/G means KiB/MiB/GiB. "/s" is optional. It returns bytes per
+// second; 0 means no limit.
+func ParseRate(s string) (int64, error) {
+	t := strings.TrimSuffix(strings.TrimSpace(s), "/s")
+	if t == "" || t == "0" {
+		return 0, nil
+	}
+	i := strings.IndexFunc(t, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
+	num, unit := t, ""
+	if i >= 0 {
+		num, unit = t[:i], strings.TrimSpace(t[i:])
+	}
+	v, err := strconv.ParseFloat(num, 64)
+	if err != nil || v < 0 {
+		return 0, fmt.Errorf("rate %q: not a number", s)
+	}
+	mult := map[string]float64{"": 1, "B": 1, "k": 1e3, "kB": 1e3, "KB": 1e3, "KiB": 1 << 10, "K": 1 << 10,
+		"MB": 1e6, "MiB": 1 << 20, "M": 1 << 20, "GB": 1e9, "GiB": 1 << 30, "G": 1 << 30}[unit]
+	if mult == 0 {
+		return 0, fmt.Errorf("rate %q: unknown unit %q", s, unit)
+	}
+	return int64(v * mult), nil
+}
+
+// NewLimiter returns a limiter for bytesPerSec (nil for 0: unlimited).
+func NewLimiter(bytesPerSec int64) *rate.Limiter {
+	if bytesPerSec <= 0 {
+		return nil
+	}
+	burst := int(min(max(bytesPerSec/10, 16<<10), 1<<20))
+	return rate.NewLimiter(rate.Limit(bytesPerSec), burst)
+}
+
+// limitedWriter paces writes through a shared limiter.
+type limitedWriter struct {
+	ctx context.Context
+	w   io.Writer
+	l   *rate.Limiter
+}
+
+func (lw limitedWriter) Write(p []byte) (int, error) {
+	written := 0
+	for len(p) > 0 {
+		n := min(len(p), lw.l.Burst())
+		if err := lw.l.WaitN(lw.ctx, n); err != nil {
+			return written, err
+		}
+		k, err := lw.w.Write(p[:n])
+		written += k
+		if err != nil {
+			return written, err
+		}
+		p = p[n:]
+	}
+	return written, nil
+}

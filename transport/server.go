@@ -1,0 +1,258 @@
+package transport
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/imgctl/imgctl/chunkstore"
+	"github.com/imgctl/imgctl/manifest"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/time/rate"
+)
+
+// Routes (all under /v1):
+//
+//	GET  /v1/manifests/{name}/{channel}/latest   newest signed manifest
+//	GET  /v1/manifests/{name}/{channel}/{rev}    one revision
+//	GET  /v1/chunks/{id}                         stored bytes (zstd frame), Range supported
+//	POST /v1/chunks/batch                        many chunks in one response (see batch.go)
+//	GET  /metrics                                Prometheus metrics
+//	GET  /healthz                                "ok"
+const (
+	MediaManifest = "application/vnd.imgctl.manifest"
+	MediaChunk    = "application/zstd"
+	MediaBatch    = "application/vnd.imgctl.chunks"
+)
+
+// BatchMax is the most chunks one batch request may ask for.
+const BatchMax = 4096
+
+// ServerOptions configure NewServer. The zero value serves without limits.
+type ServerOptions struct {
+	// UploadLimit caps response body bytes per second over all clients
+	// (0: unlimited).
+	UploadLimit int64
+	Logger      *slog.Logger
+	// Registry receives the server's metrics; nil makes a new one.
+	Registry *prometheus.Registry
+}
+
+// Server serves a store's manifests and chunks over HTTP. It reads the
+// store's files directly (chunkstore.Dir, manifest.Releases), takes no
+// lock, and so sees releases published while it runs. Every chunk is
+// verified against its ID before it is sent; a corrupt file is answered
+// with 500 and counted, never sent.
+type Server struct {
+	dir      *chunkstore.Dir
+	rel      *manifest.Releases
+	log      *slog.Logger
+	limit    *rate.Limiter
+	reg      *prometheus.Registry
+	served   prometheus.Counter
+	requests *prometheus.CounterVec
+	corrupt  prometheus.Counter
+	mux      *http.ServeMux
+}
+
+// NewServer returns a server for the store at root.
+func NewServer(root string, opts ServerOptions) (*Server, error) {
+	dir, err := chunkstore.OpenDir(root)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{dir: dir, rel: manifest.OpenReleases(root), log: opts.Logger, limit: NewLimiter(opts.UploadLimit), reg: opts.Registry}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.reg == nil {
+		s.reg = prometheus.NewRegistry()
+	}
+	s.served = prometheus.NewCounter(prometheus.CounterOpts{Name: "imgctl_served_bytes_total", Help: "Response body bytes sent."})
+	s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "imgctl_http_requests_total", Help: "HTTP requests by route and status code."}, []string{"route", "code"})
+	s.corrupt = prometheus.NewCounter(prometheus.CounterOpts{Name: "imgctl_chunk_verify_failures_total", Help: "Stored chunks that failed verification when read for serving."})
+	for _, c := range []prometheus.Collector{s.served, s.requests, s.corrupt} {
+		if err := s.reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	s.mux = http.NewServeMux()
+	s.mux.HandleFunc("GET /v1/manifests/{name}/{channel}/{rev}", s.wrap("manifest", s.handleManifest))
+	s.mux.HandleFunc("GET /v1/chunks/{id}", s.wrap("chunk", s.handleChunk))
+	s.mux.HandleFunc("POST /v1/chunks/batch", s.wrap("batch", s.handleBatch))
+	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
+	return s, nil
+}
+
+// Registry returns the metrics registry.
+func (s *Server) Registry() *prometheus.Registry { return s.reg }
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+type countingWriter struct {
+	http.ResponseWriter
+	body   io.Writer
+	n      int64
+	status int
+}
+
+func (c *countingWriter) WriteHeader(code int) {
+	if c.status == 0 {
+		c.status = code
+	}
+	c.ResponseWriter.WriteHeader(code)
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	if c.status == 0 {
+		c.status = http.StatusOK
+	}
+	n, err := c.body.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func (s *Server) wrap(route string, h func(http.ResponseWriter, *http.Request)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		cw := &countingWriter{ResponseWriter: w, body: w}
+		if s.limit != nil {
+			cw.body = limitedWriter{ctx: r.Context(), w: w, l: s.limit}
+		}
+		h(cw, r)
+		if cw.status == 0 {
+			cw.status = http.StatusOK
+		}
+		s.served.Add(float64(cw.n))
+		s.requests.WithLabelValues(route, strconv.Itoa(cw.status)).Inc()
+	}
+}
+
+func (s *Server) handleManifest(w http.ResponseWriter, r *http.Request) {
+	name, channel, revs := r.PathValue("name"), r.PathValue("channel"), r.PathValue("rev")
+	var rev uint64
+	if revs != "latest" {
+		v, err := strconv.ParseUint(revs, 10, 64)
+		if err != nil || v == 0 {
+			http.Error(w, "bad revision", http.StatusBadRequest)
+			return
+		}
+		rev = v
+	}
+	env, got, err := s.rel.Read(name, channel, rev)
+	if errors.Is(err, manifest.ErrNoRelease) {
+		http.Error(w, err.Error(), http.StatusNotFound)
+		return
+	}
+	if err != nil {
+		s.log.Error("read manifest", "err", err)
+		http.Error(w, "internal error", http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", MediaManifest)
+	w.Header().Set("X-Imgctl-Revision", strconv.FormatUint(got, 10))
+	if rev == 0 {
+		w.Header().Set("Cache-Control", "no-cache")
+	} else {
+		w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
+	}
+	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(env))
+}
+
+// readVerified reads id and checks it, counting corruption.
+func (s *Server) readVerified(id chunkstore.ID) ([]byte, error) {
+	b, err := s.dir.ReadStored(id)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := chunkstore.Verify(id, b, -1); err != nil {
+		s.corrupt.Inc()
+		s.log.Error("refusing to serve corrupt chunk", "id", id, "err", err)
+		return nil, err
+	}
+	return b, nil
+}
+
+func (s *Server) handleChunk(w http.ResponseWriter, r *http.Request) {
+	id, err := chunkstore.ParseID(strings.TrimSuffix(r.PathValue("id"), ".zst"))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	b, err := s.readVerified(id)
+	switch {
+	case errors.Is(err, chunkstore.ErrNotFound):
+		http.Error(w, "no such chunk", http.StatusNotFound)
+		return
+	case err != nil:
+		http.Error(w, "chunk unavailable", http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", MediaChunk)
+	w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
+	w.Header().Set("ETag", `"`+id.String()+`"`)
+	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(b))
+}
+
+// Batch wire format. Request body: chunk IDs in hex, one per line, at most
+// BatchMax. Response body, for each requested ID in order:
+//
+//	id      [32]byte
+//	length  uint32 big-endian; missingChunk if the server lacks the chunk
+//	stored  length bytes
+const missingChunk = 0xFFFFFFFF
+
+func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) {
+	var ids []chunkstore.ID
+	sc := bufio.NewScanner(io.LimitReader(r.Body, int64(BatchMax)*66+1024))
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" {
+			continue
+		}
+		id, err := chunkstore.ParseID(line)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		ids = append(ids, id)
+		if len(ids) > BatchMax {
+			http.Error(w, fmt.Sprintf("more than %d chunks", BatchMax), http.StatusRequestEntityTooLarge)
+			return
+		}
+	}
+	if err := sc.Err(); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	w.Header().Set("Content-Type", MediaBatch)
+	bw := bufio.NewWriterSize(w, 256<<10)
+	var hdr [36]byte
+	for _, id := range ids {
+		b, err := s.readVerified(id)
+		copy(hdr[:32], id[:])
+		if err != nil {
+			binary.BigEndian.PutUint32(hdr[32:], missingChunk)
+			b = nil
+		} else {
+			binary.BigEndian.PutUint32(hdr[32:], uint32(len(b)))
+		}
+		if _, err := bw.Write(hdr[:]); err != nil {
+			return
+		}
+		if _, err := bw.Write(b); err != nil {
+			return
+		}
+	}
+	bw.Flush()
+}
