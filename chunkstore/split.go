@@ -22,7 +22,7 @@ type Extent struct {
 // sectionSize is how much of a long data extent one worker cuts before the
 // next worker's section begins. Workers resynchronise (see Split), so the
 // value only affects speed, never boundaries.
-const sectionSize = 8 << 20
+var sectionSize int64 = 8 << 20
 
 // Split cuts the size bytes of r into extents under p, in order.
 //

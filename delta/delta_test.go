@@ -1,0 +1,257 @@
+package delta_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/imgctl/imgctl/chunkstore"
+	"github.com/imgctl/imgctl/delta"
+	"github.com/imgctl/imgctl/manifest"
+)
+
+// mem is an in-memory Output.
+type mem struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+func (m *mem) WriteAt(p []byte, off int64) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	copy(m.b[off:], p)
+	return len(p), nil
+}
+
+func (m *mem) ReadAt(p []byte, off int64) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return copy(p, m.b[off:]), nil
+}
+
+// content builds content and its manifest from a layout description: a
+// letter is a 1000-byte chunk filled with that letter, '0' is 4096 zeros.
+func content(t *testing.T, layout string) ([]byte, *manifest.Manifest) {
+	t.Helper()
+	var data []byte
+	b := manifest.NewBuilder()
+	for _, c := range layout {
+		if c == '0' {
+			data = append(data, make([]byte, 4096)...)
+			b.AddZero(4096)
+			continue
+		}
+		chunk := bytes.Repeat([]byte{byte(c)}, 1000)
+		data = append(data, chunk...)
+		b.AddChunk(chunkstore.Sum(chunk), 1000)
+	}
+	m := &manifest.Manifest{Kind: manifest.KindImage, Name: "t", Channel: "c", Revision: 1,
+		Chunker: chunkstore.DefaultParams(), Compression: manifest.CompressionZstd, Size: b.Size(), Digest: chunkstore.Sum(data)}
+	m.Chunks, m.Runs = b.Result()
+	return data, m
+}
+
+// fetcher serves chunks from a map and records what was asked.
+type fetcher struct {
+	mu     sync.Mutex
+	chunks map[chunkstore.ID][]byte
+	asked  []chunkstore.ID
+	err    error
+}
+
+func (f *fetcher) Fetch(ctx context.Context, refs []manifest.ChunkRef, fn func(chunkstore.Chunk) error) error {
+	if f.err != nil {
+		return f.err
+	}
+	for _, r := range refs {
+		f.mu.Lock()
+		f.asked = append(f.asked, r.ID)
+		f.mu.Unlock()
+		c, err := chunkstore.VerifyPlain(r.ID, f.chunks[r.ID])
+		if err != nil {
+			return err
+		}
+		if err := fn(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func chunkMap(data []byte, m *manifest.Manifest) map[chunkstore.ID][]byte {
+	out := map[chunkstore.ID][]byte{}
+	m.Walk(func(off, size int64, c int) bool {
+		if c >= 0 {
+			out[m.Chunks[c].ID] = data[off : off+size]
+		}
+		return true
+	})
+	return out
+}
+
+func TestPlanPrefersLocalSources(t *testing.T) {
+	_, target := content(t, "ab0cda")
+	_, seed := content(t, "xbyc")
+	_, inplace := content(t, "qb")
+	have := func(id chunkstore.ID) bool { return id == chunkstore.Sum(bytes.Repeat([]byte{'d'}, 1000)) }
+	p := delta.NewPlan(delta.Inputs{Target: target, InPlace: inplace, Seeds: []delta.SeedIndex{delta.IndexManifest(seed)}, Have: have})
+	var got []string
+	for i, c := range p.Sources {
+		s := "fetch"
+		if len(c) > 0 {
+			s = c[0].Kind.String()
+		}
+		got = append(got, fmt.Sprintf("%c:%s", "abcd"[i], s))
+	}
+	want := "a:fetch b:in-place c:seed d:cache"
+	if strings.Join(got, " ") != want {
+		t.Fatalf("plan %q, want %q", strings.Join(got, " "), want)
+	}
+	r := p.Report
+	if r.FetchChunks != 1 || r.InPlaceChunks != 1 || r.SeedChunks != 1 || r.CacheChunks != 1 || r.ZeroBytes != 4096 {
+		t.Fatalf("report %+v", r)
+	}
+	if len(p.Missing()) != 1 {
+		t.Fatalf("missing %v", p.Missing())
+	}
+}
+
+func TestAssembleFromSeedFetchAndFallback(t *testing.T) {
+	want, target := content(t, "abc0dbbba0e")
+	seedData, seedMan := content(t, "eabx")
+	// The seed drifted: chunk 'b' in it is no longer what its manifest says.
+	seedData[1000+500] = 'Z'
+	f := &fetcher{chunks: chunkMap(want, target)}
+	out := &mem{b: bytes.Repeat([]byte{0xEE}, len(want))} // old junk: zero fill needed
+	plan := delta.NewPlan(delta.Inputs{Target: target, Seeds: []delta.SeedIndex{delta.IndexManifest(seedMan)}})
+	asm := &delta.Assembler{Out: out, Seeds: []io.ReaderAt{bytes.NewReader(seedData)}, Fetch: f, ZeroFill: true, Workers: 3}
+	st, err := asm.Run(context.Background(), plan)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(out.b, want) {
+		t.Fatal("assembled content differs")
+	}
+	if err := delta.VerifyDigest(context.Background(), out, target, nil); err != nil {
+		t.Fatal(err)
+	}
+	if st.SeedChunks != 2 || st.Fallbacks != 1 || st.FetchChunks != 3 {
+		t.Fatalf("stats %+v: want a and e from the seed, b refetched after a fallback, c d fetched", st)
+	}
+	// The drifted chunk was fetched, and nothing was fetched twice.
+	seen := map[chunkstore.ID]bool{}
+	for _, id := range f.asked {
+		if seen[id] {
+			t.Fatal("chunk fetched twice")
+		}
+		seen[id] = true
+	}
+}
+
+func TestAssembleInPlaceSkipsCorrectChunks(t *testing.T) {
+	want, target := content(t, "abcd")
+	out := &mem{b: append([]byte{}, want...)}
+	copy(out.b[2000:], bytes.Repeat([]byte{'X'}, 1000)) // 'c' is damaged
+	f := &fetcher{chunks: chunkMap(want, target)}
+	plan := delta.NewPlan(delta.Inputs{Target: target, InPlace: target})
+	st, err := (&delta.Assembler{Out: out, Fetch: f}).Run(context.Background(), plan)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.InPlaceChunks != 3 || st.FetchChunks != 1 || !bytes.Equal(out.b, want) {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestAssembleFetchFailureIsReported(t *testing.T) {
+	_, target := content(t, "ab")
+	out := &mem{b: make([]byte, target.Size)}
+	f := &fetcher{err: errors.New("network down")}
+	_, err := (&delta.Assembler{Out: out, Fetch: f}).Run(context.Background(), delta.NewPlan(delta.Inputs{Target: target}))
+	if err == nil || !strings.Contains(err.Error(), "network down") {
+		t.Fatalf("err %v", err)
+	}
+}
+
+func TestVerifyDigestNamesBadChunk(t *testing.T) {
+	want, target := content(t, "abc")
+	out := &mem{b: append([]byte{}, want...)}
+	out.b[1500] ^= 1
+	err := delta.VerifyDigest(context.Background(), out, target, nil)
+	if !errors.Is(err, delta.ErrDigestMismatch) || !strings.Contains(err.Error(), "offset 1000") {
+		t.Fatalf("err %v", err)
+	}
+}
+
+func TestIndexSeedFindsShiftedChunks(t *testing.T) {
+	// Real chunker: content shifted by an insertion still shares chunks.
+	base := make([]byte, 2<<20)
+	x := uint64(1)
+	for i := range base {
+		x ^= x << 13
+		x ^= x >> 7
+		x ^= x << 17
+		base[i] = byte(x)
+	}
+	shifted := append(append([]byte("inserted!"), base[:1<<20]...), base[1<<20:]...)
+	p := chunkstore.DefaultParams()
+	ctx := context.Background()
+	exts, err := chunkstore.Split(ctx, bytes.NewReader(shifted), int64(len(shifted)), p, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[uint32]bool{}
+	ids := map[chunkstore.ID]bool{}
+	for _, e := range exts {
+		want[uint32(e.Size)] = true
+		ids[chunkstore.Sum(shifted[e.Offset:e.Offset+e.Size])] = true
+	}
+	idx, err := delta.IndexSeed(ctx, bytes.NewReader(base), int64(len(base)), p, want, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shared := 0
+	for id := range idx {
+		if ids[id] {
+			shared++
+		}
+	}
+	if shared < len(exts)/2 {
+		t.Fatalf("only %d of %d chunks found in the unshifted seed", shared, len(exts))
+	}
+}
+
+func TestDiff(t *testing.T) {
+	_, old := content(t, "abc0d")
+	_, new := content(t, "abe0dc")
+	d := delta.Compare(old, new, nil)
+	if d.NewChunks != 1 || d.SharedChunks != 4 || d.RemovedChunks != 0 || d.FetchBytes != 1000 || d.FetchExact {
+		t.Fatalf("diff %+v", d)
+	}
+	kinds := ""
+	for _, r := range d.Regions {
+		kinds += string(r.Kind[0])
+	}
+	// a b same, e new, zero, d moved (offset changed? no: same offset), c moved
+	if kinds != "snzsm" {
+		t.Fatalf("regions %q (%+v)", kinds, d.Regions)
+	}
+	var sb strings.Builder
+	if err := d.WriteHTML(&sb); err != nil {
+		t.Fatal(err)
+	}
+	h := sb.String()
+	if !strings.Contains(h, "<svg") || strings.Contains(h, "<script") || strings.Contains(h, "http://") && !strings.Contains(h, "http://www.w3.org/2000/svg") {
+		t.Fatal("html report is not a self-contained page with an svg")
+	}
+	sb.Reset()
+	d.WriteText(&sb, 0)
+	if !strings.Contains(sb.String(), "new") {
+		t.Fatal(sb.String())
+	}
+}

@@ -1,0 +1,262 @@
+package transport_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/imgctl/imgctl/chunkstore"
+	"github.com/imgctl/imgctl/chunkstore/storetest"
+	"github.com/imgctl/imgctl/manifest"
+	"github.com/imgctl/imgctl/transport"
+)
+
+// origin makes a store holding n chunks and one signed release, served by a
+// real Server.
+func origin(t *testing.T, n int) (string, []manifest.ChunkRef, *transport.Server) {
+	t.Helper()
+	dir := t.TempDir()
+	s, err := chunkstore.Open(dir, chunkstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := manifest.NewBuilder()
+	var refs []manifest.ChunkRef
+	for i := 0; i < n; i++ {
+		c := storetest.Chunk(t, uint64(i), 3000+i*10)
+		if _, err := s.Put(context.Background(), c); err != nil {
+			t.Fatal(err)
+		}
+		refs = append(refs, manifest.ChunkRef{ID: c.ID(), Size: uint32(c.Size())})
+		b.AddChunk(c.ID(), uint32(c.Size()))
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	m := &manifest.Manifest{Kind: manifest.KindImage, Name: "os", Channel: "stable", Revision: 1,
+		Chunker: chunkstore.DefaultParams(), Compression: manifest.CompressionZstd, Size: b.Size()}
+	m.Chunks, m.Runs = b.Result()
+	priv := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{1}, 32))
+	env, err := manifest.Sign(m, manifest.PrivateKey{Key: priv, ID: manifest.KeyIDOf(priv.Public().(ed25519.PublicKey))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := manifest.OpenReleases(dir).Put(env, m); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := transport.NewServer(dir, transport.ServerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir, refs, srv
+}
+
+func noSleep(context.Context, time.Duration) error { return nil }
+
+func fetchAll(t *testing.T, c *transport.Client, refs []manifest.ChunkRef) (map[chunkstore.ID]bool, error) {
+	var mu sync.Mutex
+	got := map[chunkstore.ID]bool{}
+	err := c.Fetch(context.Background(), refs, func(ch chunkstore.Chunk) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if got[ch.ID()] {
+			t.Errorf("chunk delivered twice")
+		}
+		got[ch.ID()] = true
+		return nil
+	})
+	return got, err
+}
+
+func TestFetchRoundTripAndMetrics(t *testing.T) {
+	_, refs, srv := origin(t, 200)
+	hs := httptest.NewServer(srv)
+	defer hs.Close()
+	c, err := transport.NewClient(hs.URL, transport.ClientOptions{BatchBytes: 50 << 10, Sleep: noSleep})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env, err := c.Manifest(context.Background(), "os", "stable", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := manifest.Open(env); err != nil || m.Revision != 1 {
+		t.Fatalf("manifest: %v", err)
+	}
+	got, err := fetchAll(t, c, refs)
+	if err != nil || len(got) != len(refs) {
+		t.Fatalf("fetched %d of %d: %v", len(got), len(refs), err)
+	}
+	resp, err := http.Get(hs.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), "imgctl_served_bytes_total") {
+		t.Fatal("metrics lack imgctl_served_bytes_total")
+	}
+	// Served bytes equal what the client received (before /metrics itself).
+	var served float64
+	for _, l := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(l, "imgctl_served_bytes_total ") {
+			_, err := fmtSscan(strings.TrimPrefix(l, "imgctl_served_bytes_total "), &served)
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if int64(served) != c.Received() {
+		t.Fatalf("server counted %v bytes, client received %d", served, c.Received())
+	}
+	if _, err := c.Manifest(context.Background(), "os", "stable", 7); !errors.Is(err, manifest.ErrNoRelease) {
+		t.Fatalf("missing revision: %v", err)
+	}
+}
+
+// corrupting wraps a handler and flips a byte in the bodies of chunk
+// responses for the first `times` requests.
+type corrupting struct {
+	h     http.Handler
+	mu    sync.Mutex
+	times int
+}
+
+type rec struct {
+	http.ResponseWriter
+	buf bytes.Buffer
+}
+
+func (r *rec) Write(p []byte) (int, error) { return r.buf.Write(p) }
+
+func (c *corrupting) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !strings.HasPrefix(r.URL.Path, "/v1/chunks") {
+		c.h.ServeHTTP(w, r)
+		return
+	}
+	rw := &rec{ResponseWriter: w}
+	c.h.ServeHTTP(rw, r)
+	b := rw.buf.Bytes()
+	c.mu.Lock()
+	if c.times != 0 && len(b) > 100 {
+		b[len(b)-5] ^= 0xFF
+		if c.times > 0 {
+			c.times--
+		}
+	}
+	c.mu.Unlock()
+	w.Write(b)
+}
+
+func TestCorruptServerIsRetriedThenRefused(t *testing.T) {
+	_, refs, srv := origin(t, 20)
+	// Transient corruption: retried, then succeeds.
+	hs := httptest.NewServer(&corrupting{h: srv, times: 2})
+	c, _ := transport.NewClient(hs.URL, transport.ClientOptions{Sleep: noSleep})
+	got, err := fetchAll(t, c, refs)
+	hs.Close()
+	if err != nil || len(got) != len(refs) {
+		t.Fatalf("transient corruption: %d of %d: %v", len(got), len(refs), err)
+	}
+	// Persistent corruption: an IntegrityError, and the bad chunk is never delivered.
+	hs = httptest.NewServer(&corrupting{h: srv, times: -1})
+	defer hs.Close()
+	c, _ = transport.NewClient(hs.URL, transport.ClientOptions{Sleep: noSleep, Retries: 2})
+	got, err = fetchAll(t, c, refs)
+	if !errors.Is(err, chunkstore.ErrCorrupt) {
+		t.Fatalf("persistent corruption: %v, want ErrCorrupt", err)
+	}
+	if len(got) == len(refs) {
+		t.Fatal("corrupt chunk delivered")
+	}
+}
+
+// A server that sends more than it should is cut off at the bound.
+func TestOversizedBodyIsCutOff(t *testing.T) {
+	_, refs, _ := origin(t, 1)
+	huge := 0
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			http.NotFound(w, r) // no batch route: single GETs
+			return
+		}
+		chunk := bytes.Repeat([]byte{1}, 1<<20)
+		for i := 0; i < 50; i++ {
+			n, err := w.Write(chunk)
+			huge += n
+			if err != nil {
+				return
+			}
+		}
+	}))
+	defer hs.Close()
+	c, _ := transport.NewClient(hs.URL, transport.ClientOptions{Sleep: noSleep, Retries: 1})
+	_, err := fetchAll(t, c, refs)
+	if !errors.Is(err, chunkstore.ErrCorrupt) {
+		t.Fatalf("oversized body: %v", err)
+	}
+	if c.Received() > int64(2*chunkstore.MaxStoredSize(int(refs[0].Size))+10) {
+		t.Fatalf("client read %d bytes of an oversized body", c.Received())
+	}
+}
+
+func TestFallbackToSingleGets(t *testing.T) {
+	_, refs, srv := origin(t, 10)
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			http.Error(w, "no", http.StatusMethodNotAllowed)
+			return
+		}
+		srv.ServeHTTP(w, r)
+	}))
+	defer hs.Close()
+	c, _ := transport.NewClient(hs.URL, transport.ClientOptions{Sleep: noSleep})
+	got, err := fetchAll(t, c, refs)
+	if err != nil || len(got) != len(refs) {
+		t.Fatalf("%d of %d: %v", len(got), len(refs), err)
+	}
+}
+
+func TestServerRefusesCorruptFile(t *testing.T) {
+	dir, refs, srv := origin(t, 3)
+	d, _ := chunkstore.OpenDir(dir)
+	p := d.Path(refs[1].ID)
+	b, _ := readFile(p)
+	b[len(b)/2] ^= 1
+	writeFile(t, p, b)
+	hs := httptest.NewServer(srv)
+	defer hs.Close()
+	resp, err := http.Get(hs.URL + "/v1/chunks/" + refs[1].ID.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusInternalServerError {
+		t.Fatalf("corrupt chunk served with %s", resp.Status)
+	}
+	resp, _ = http.Get(hs.URL + "/v1/chunks/" + refs[0].ID.String())
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("good chunk: %s", resp.Status)
+	}
+}
+
+func TestParseRate(t *testing.T) {
+	for in, want := range map[string]int64{"0": 0, "10MB/s": 10e6, "512KiB": 512 << 10, "1.5M": 1536 << 10, "100": 100} {
+		got, err := transport.ParseRate(in)
+		if err != nil || got != want {
+			t.Errorf("%s: %d %v, want %d", in, got, err, want)
+		}
+	}
+	if _, err := transport.ParseRate("fast"); err == nil {
+		t.Error("bad rate accepted")
+	}
+}
