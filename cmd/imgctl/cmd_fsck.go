@@ -73,7 +73,7 @@ func runFsck(ctx context.Context, g *globalOptions, root string, repair, asJSON 
 		return err
 	}
 	rep.Chunks = len(infos)
-	prog := newProgress(g, "fsck")
+	prog := newCountProgress(g, "fsck chunks")
 	prog.Start(int64(len(infos)))
 	var mu sync.Mutex
 	var bad, gone []chunkstore.ID

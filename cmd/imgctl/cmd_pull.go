@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -290,14 +289,6 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 			return nil, err
 		}
 	}
-	// Keep the manifest as a release of the cache too, so that the cache is
-	// itself a servable store.
-	if rel := manifest.OpenReleases(o.cache); true {
-		if _, _, err := rel.Read(m.Name, m.Channel, m.Revision); errors.Is(err, manifest.ErrNoRelease) {
-			_ = rel.Put(env, m)
-		}
-	}
-
 	res := &pullResult{
 		Name: m.Name, Channel: m.Channel, Revision: m.Revision, ID: id, Size: m.Size, Out: outPath,
 		BytesFetched: client.Received(), ManifestBytes: len(env), BytesFromSeed: st.SeedBytes,

@@ -124,8 +124,28 @@ func run(ctx context.Context, args []string, g *globalOptions) int {
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	g := &globalOptions{stdout: os.Stdout, stderr: os.Stderr, now: time.Now, isTTY: isTerminal(os.Stderr)}
+	now, err := clockFromEnv(os.Getenv("IMGCTL_NOW"))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "imgctl: %v\n", err)
+		os.Exit(exitUsage)
+	}
+	g := &globalOptions{stdout: os.Stdout, stderr: os.Stderr, now: now, isTTY: isTerminal(os.Stderr)}
 	os.Exit(run(ctx, os.Args[1:], g))
+}
+
+// clockFromEnv returns the clock: the real one, or, when IMGCTL_NOW holds an
+// RFC 3339 time, a clock that starts there and runs on (for tests and for
+// checking how a fleet will treat expiring manifests).
+func clockFromEnv(v string) (func() time.Time, error) {
+	if v == "" {
+		return time.Now, nil
+	}
+	t0, err := time.Parse(time.RFC3339, v)
+	if err != nil {
+		return nil, fmt.Errorf("IMGCTL_NOW=%q: want an RFC 3339 time: %v", v, err)
+	}
+	start := time.Now()
+	return func() time.Time { return t0.Add(time.Since(start)) }, nil
 }
 
 func writeJSON(w io.Writer, v any) error {

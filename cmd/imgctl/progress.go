@@ -23,9 +23,14 @@ type progress struct {
 	total int64
 	done  int64
 	step  int64
+	count bool // units are items, not bytes
 }
 
 func newProgress(g *globalOptions, what string) *progress { return &progress{g: g, what: what} }
+
+func newCountProgress(g *globalOptions, what string) *progress {
+	return &progress{g: g, what: what, count: true}
+}
 
 func (p *progress) Start(total int64) {
 	if p.g.quiet {
@@ -36,7 +41,7 @@ func (p *progress) Start(total int64) {
 	p.total, p.done, p.step = total, 0, 0
 	if p.g.isTTY {
 		p.bar = progressbar.NewOptions64(total, progressbar.OptionSetWriter(p.g.stderr),
-			progressbar.OptionSetDescription(p.what), progressbar.OptionShowBytes(true),
+			progressbar.OptionSetDescription(p.what), progressbar.OptionShowBytes(!p.count), progressbar.OptionShowCount(),
 			progressbar.OptionThrottle(100*time.Millisecond), progressbar.OptionClearOnFinish(),
 			progressbar.OptionSetWidth(30))
 	}
@@ -56,7 +61,11 @@ func (p *progress) Add(n int64) {
 	if p.total > 0 {
 		if s := p.done * 10 / p.total; s > p.step {
 			p.step = s
-			fmt.Fprintf(p.g.stderr, "%s: %d%% (%s of %s)\n", p.what, s*10, human(p.done), human(p.total))
+			if p.count {
+				fmt.Fprintf(p.g.stderr, "%s: %d%% (%d of %d)\n", p.what, s*10, p.done, p.total)
+			} else {
+				fmt.Fprintf(p.g.stderr, "%s: %d%% (%s of %s)\n", p.what, s*10, human(p.done), human(p.total))
+			}
 		}
 	}
 }

@@ -1,0 +1,5 @@
+package main
+
+import "io"
+
+func ioNopCloser(r io.Reader) io.ReadCloser { return io.NopCloser(r) }
