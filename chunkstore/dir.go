@@ -1,161 +1,226 @@
 package chunkstore
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
+	"sort"
 	"sync"
-
-	"golang.org/x/sys/unix"
+	"time"
 )
 
-// Dir is the file half of a store: chunks/ab/<id>.zst files, no index. It
-// needs no lock, so a server can read a store that a publisher is writing.
-// Has is a stat; Get verifies the file against its ID.
+// Dir reads a store's packs through their sidecar indexes, without the
+// store's lock: a server reads a store while a publisher writes it. On a
+// miss it rescans the packs directory (at most every RescanEvery), so
+// chunks published after Open are found; packs removed by gc are dropped.
+// Every read is verified.
 type Dir struct {
 	root string
-	// SyncEach makes Put fsync every file and its directory; otherwise
-	// writes are made durable in one go by Flush.
-	SyncEach bool
+	// RescanEvery bounds how often a miss rescans the directory.
+	RescanEvery time.Duration
+	now         func() time.Time
 
-	mu    sync.Mutex
-	dirty bool
+	mu      sync.RWMutex
+	entries []idxEntry // sorted by id, one per id (the newest pack's)
+	known   map[uint32]bool
+	files   map[uint32]*os.File
+	scanned time.Time
 }
 
-var _ WriteStore = (*Dir)(nil)
+var _ Store = (*Dir)(nil)
 
-// OpenDir opens (creating if needed) the chunk files under root.
+// OpenDir opens the packs under root for reading.
 func OpenDir(root string) (*Dir, error) {
-	if err := os.MkdirAll(filepath.Join(root, "chunks"), 0o755); err != nil {
+	if _, err := os.Stat(root); err != nil {
 		return nil, err
 	}
-	return &Dir{root: root}, nil
+	d := &Dir{root: root, RescanEvery: 100 * time.Millisecond, now: time.Now, known: map[uint32]bool{}, files: map[uint32]*os.File{}}
+	if err := d.Refresh(); err != nil {
+		return nil, err
+	}
+	return d, nil
 }
 
 // Root returns the store's root directory.
 func (d *Dir) Root() string { return d.root }
 
-// Path returns the file that holds id.
-func (d *Dir) Path(id ID) string {
-	h := id.String()
-	return filepath.Join(d.root, "chunks", h[:2], h+".zst")
+// Refresh rescans the packs directory.
+func (d *Dir) Refresh() error {
+	seqs, _, err := listPacks(d.root)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.scanned = d.now()
+	present := map[uint32]bool{}
+	var added []idxEntry
+	for _, s := range seqs {
+		present[s] = true
+		if d.known[s] {
+			continue
+		}
+		st, err := os.Stat(packPath(d.root, s))
+		if err != nil {
+			continue // removed meanwhile
+		}
+		es, err := readIdx(d.root, s, st.Size())
+		if err != nil {
+			continue // not complete (or damaged: fsck reports it)
+		}
+		d.known[s] = true
+		added = append(added, es...)
+	}
+	removed := false
+	for s := range d.known {
+		if !present[s] {
+			delete(d.known, s)
+			if f := d.files[s]; f != nil {
+				f.Close()
+				delete(d.files, s)
+			}
+			removed = true
+		}
+	}
+	if len(added) == 0 && !removed {
+		return nil
+	}
+	all := append(d.entries, added...)
+	if removed {
+		kept := all[:0]
+		for _, e := range all {
+			if d.known[e.pack] {
+				kept = append(kept, e)
+			}
+		}
+		all = kept
+	}
+	// Sort by id, newest pack first, and keep one entry per id.
+	sort.Slice(all, func(i, j int) bool {
+		if c := bytes.Compare(all[i].id[:], all[j].id[:]); c != 0 {
+			return c < 0
+		}
+		return all[i].pack > all[j].pack
+	})
+	out := all[:0]
+	for i, e := range all {
+		if i > 0 && e.id == all[i-1].id {
+			continue
+		}
+		out = append(out, e)
+	}
+	d.entries = out
+	return nil
 }
 
-// Has reports whether the chunk's file exists.
+func (d *Dir) find(id ID) (loc, bool) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	i := sort.Search(len(d.entries), func(i int) bool { return bytes.Compare(d.entries[i].id[:], id[:]) >= 0 })
+	if i < len(d.entries) && d.entries[i].id == id {
+		return d.entries[i].loc, true
+	}
+	return loc{}, false
+}
+
+func (d *Dir) lookup(id ID) (loc, bool, error) {
+	if l, ok := d.find(id); ok {
+		return l, true, nil
+	}
+	d.mu.RLock()
+	stale := d.now().Sub(d.scanned) >= d.RescanEvery
+	d.mu.RUnlock()
+	if !stale {
+		return loc{}, false, nil
+	}
+	if err := d.Refresh(); err != nil {
+		return loc{}, false, err
+	}
+	l, ok := d.find(id)
+	return l, ok, nil
+}
+
+// Has reports whether the store holds id.
 func (d *Dir) Has(_ context.Context, id ID) (bool, error) {
-	_, err := os.Stat(d.Path(id))
-	if err == nil {
-		return true, nil
-	}
-	if errors.Is(err, fs.ErrNotExist) {
-		return false, nil
-	}
-	return false, err
+	_, ok, err := d.lookup(id)
+	return ok, err
 }
 
-// ReadStored returns the stored bytes of id, unverified.
-func (d *Dir) ReadStored(id ID) ([]byte, error) {
-	b, err := os.ReadFile(d.Path(id))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("chunk %s: %w", id.Short(), ErrNotFound)
+// StoredSize returns the stored size of id, if the store holds it.
+func (d *Dir) StoredSize(id ID) (int64, bool) {
+	l, ok, _ := d.lookup(id)
+	return int64(l.stored), ok
+}
+
+func (d *Dir) file(seq uint32) (*os.File, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if f := d.files[seq]; f != nil {
+		return f, nil
 	}
-	return b, err
+	f, err := os.Open(packPath(d.root, seq))
+	if err != nil {
+		return nil, err
+	}
+	d.files[seq] = f
+	return f, nil
+}
+
+// ReadStored returns the stored bytes of id, unverified, and its plain size.
+func (d *Dir) ReadStored(id ID) ([]byte, int, error) {
+	for attempt := 0; ; attempt++ {
+		l, ok, err := d.lookup(id)
+		if err != nil {
+			return nil, 0, err
+		}
+		if !ok {
+			return nil, 0, fmt.Errorf("chunk %s: %w", id.Short(), ErrNotFound)
+		}
+		f, err := d.file(l.pack)
+		if errors.Is(err, os.ErrNotExist) && attempt == 0 {
+			d.Refresh() // removed by gc: look again
+			continue
+		}
+		if err != nil {
+			return nil, 0, err
+		}
+		b := make([]byte, l.stored)
+		if _, err := f.ReadAt(b, int64(l.off)); err != nil {
+			return nil, 0, fmt.Errorf("read chunk %s: %w", id.Short(), err)
+		}
+		return b, int(l.size), nil
+	}
 }
 
 // Get reads and verifies id.
-func (d *Dir) Get(ctx context.Context, id ID) (Chunk, error) {
-	return d.get(ctx, id, -1)
-}
-
-func (d *Dir) get(_ context.Context, id ID, size int) (Chunk, error) {
-	b, err := d.ReadStored(id)
+func (d *Dir) Get(_ context.Context, id ID) (Chunk, error) {
+	b, size, err := d.ReadStored(id)
 	if err != nil {
 		return Chunk{}, err
 	}
 	return Verify(id, b, size)
 }
 
-// Put writes c's stored bytes unless the file exists.
-func (d *Dir) Put(ctx context.Context, c Chunk) (bool, error) {
-	if c.IsZero() {
-		return false, errors.New("put: empty chunk")
-	}
-	if c.stored == nil {
-		var err error
-		if c, err = Encode(c.plain, LevelDefault); err != nil {
-			return false, err
-		}
-	}
-	p := d.Path(c.id)
-	if _, err := os.Stat(p); err == nil {
-		return false, nil
-	}
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		return false, err
-	}
-	if err := writeTempRename(p, c.stored, 0o444, d.SyncEach); err != nil {
-		return false, err
-	}
-	if d.SyncEach {
-		return true, SyncDir(filepath.Dir(p))
-	}
-	d.mu.Lock()
-	d.dirty = true
-	d.mu.Unlock()
-	return true, nil
-}
-
-// Remove deletes the chunk's file (absent is not an error).
-func (d *Dir) Remove(id ID) error {
-	err := os.Remove(d.Path(id))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	return err
-}
-
-// Flush makes every Put so far durable: one syncfs(2) on the store's file
-// system, which covers the files and the renames that named them.
-func (d *Dir) Flush(_ context.Context) error {
+// Close closes open pack files.
+func (d *Dir) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if !d.dirty {
-		return nil
+	for s, f := range d.files {
+		f.Close()
+		delete(d.files, s)
 	}
-	f, err := os.Open(d.root)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := unix.Syncfs(int(f.Fd())); err != nil {
-		return fmt.Errorf("syncfs %s: %w", d.root, err)
-	}
-	d.dirty = false
 	return nil
 }
 
-// Close flushes.
-func (d *Dir) Close() error { return d.Flush(context.Background()) }
-
-// WalkFiles calls fn for every chunk file, in no particular order. Files
-// whose names are not chunk IDs are passed with ok false.
-func (d *Dir) WalkFiles(fn func(id ID, path string, ok bool) error) error {
-	return filepath.WalkDir(filepath.Join(d.root, "chunks"), func(path string, e fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if e.IsDir() {
-			return nil
-		}
-		name := e.Name()
-		if len(name) == 68 && filepath.Ext(name) == ".zst" {
-			if id, err := ParseID(name[:64]); err == nil {
-				return fn(id, path, true)
-			}
-		}
-		return fn(ID{}, path, false)
-	})
+// Locate returns the pack file, offset and stored length of id (for tools
+// and tests).
+func (d *Dir) Locate(id ID) (path string, off int64, n int, err error) {
+	l, ok, err := d.lookup(id)
+	if err != nil || !ok {
+		return "", 0, 0, fmt.Errorf("chunk %s: %w", id.Short(), ErrNotFound)
+	}
+	return filepath.Join(d.root, packDir, packName(l.pack)+".pack"), int64(l.off), int(l.stored), nil
 }

@@ -14,19 +14,27 @@
 //
 // # Stores
 //
-// Dir holds chunk files at <root>/chunks/ab/<id>.zst. Local adds a bbolt
-// index at <root>/index.db (chunk sizes and small metadata records) and is
-// the store publish and pull write to. Every Store verifies every read.
-// storetest.Run is the conformance suite every implementation passes.
+// Chunks live in pack files, <root>/packs/<seq>.pack, each with an
+// immutable sidecar index <seq>.idx (see pack.go). Local is the writable
+// store: it appends to packs and keeps a bbolt index at <root>/index.db
+// (chunk locations and small metadata records); one process at a time
+// holds it. Dir reads the packs through their .idx files without any lock,
+// which is what a server uses while a publisher writes the same store.
+// Every read is verified. storetest.Run is the conformance suite every
+// writable store passes.
 //
 // # Durability
 //
-// A chunk file is written to a temporary name and renamed into place. For
-// speed, files are not fsynced one by one: Flush issues one syncfs(2) for the
-// store's file system and only then commits the batch to the index, so the
-// index never names a file a crash could take back. A crash leaves at worst
-// unindexed files, which the next Put of the same chunk rewrites and fsck
-// reports. Options.SyncEach fsyncs every file and directory instead.
+// Put appends to the current pack. Flush (or a full pack, or
+// Options.FlushEvery) writes the pack's .idx, fsyncs both files, renames them
+// into place, fsyncs the directory, and only then commits the entries to the
+// index. Open repairs what a crash left: temporary files are removed, and a
+// complete pack the index does not know is imported from its .idx. A crash
+// therefore loses at most the unflushed pack, never a flushed chunk, and
+// never leaves the index naming bytes that are not durable.
+//
+// Delete drops chunks from the index and compacts: packs with nothing live
+// are removed, packs less than half live are rewritten.
 //
 // # Split
 //

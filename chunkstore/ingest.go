@@ -2,7 +2,6 @@ package chunkstore
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"runtime"
@@ -56,6 +55,7 @@ func Ingest(ctx context.Context, r io.ReaderAt, size int64, p Params, dst interf
 		err error
 	}
 	dch := make(chan digestResult, 1)
+	holes := findHoles(r, size)
 	go func() {
 		h := blake3.New()
 		buf := make([]byte, 1<<20)
@@ -65,11 +65,7 @@ func Ingest(ctx context.Context, r io.ReaderAt, size int64, p Params, dst interf
 				return
 			}
 			n := min(int64(len(buf)), size-off)
-			k, err := r.ReadAt(buf[:n], off)
-			if int64(k) < n {
-				if err == nil || errors.Is(err, io.EOF) {
-					err = io.ErrUnexpectedEOF
-				}
+			if err := holes.readAt(r, buf[:n], off); err != nil {
 				dch <- digestResult{err: fmt.Errorf("read at %d: %w", off, err)}
 				return
 			}

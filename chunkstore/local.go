@@ -5,8 +5,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -21,35 +23,51 @@ type Options struct {
 	Timeout time.Duration
 	// ReadOnly opens the index shared and refuses writes.
 	ReadOnly bool
-	// SyncEach fsyncs every chunk file on Put instead of once per batch.
-	SyncEach bool
-	// BatchSize is how many Puts are committed to the index at once (after
-	// one syncfs). Zero means 256.
-	BatchSize int
+	// FlushEvery, if positive, seals the current pack and commits it when
+	// the last commit is older than this: the most fetching a crash can
+	// lose. Zero: only Flush, Close and full packs commit.
+	FlushEvery time.Duration
+	// Now is the clock for FlushEvery; nil means time.Now.
+	Now func() time.Time
+	// Logger receives repairs made at Open; nil discards.
+	Logger *slog.Logger
 }
 
 var (
-	bucketChunks = []byte("chunks")
+	bucketChunks = []byte("chunks") // id → pack u32 ‖ off u32 ‖ stored u32 ‖ size u32
+	bucketPacks  = []byte("packs")  // seq u32 → (empty): packs whose entries are indexed
 	bucketMeta   = []byte("meta")
 )
 
-// Local is a chunk store on a local file system: chunk files (see Dir) plus
-// a bbolt index at <root>/index.db holding every chunk's sizes and small
-// metadata records. The index is the truth for Has: a file that is not
-// indexed (left by a crash before Flush) is rewritten by the next Put.
+// Local is the writable store: chunks appended to pack files (see pack.go)
+// and a bbolt index at <root>/index.db holding every chunk's location and
+// small metadata records.
 //
-// Only one process may hold a Local open for writing; Open waits up to
+// Only one process may hold a Local open for writing: Open waits up to
 // Options.Timeout and then fails with ErrLocked. Servers read through Dir,
 // which needs no lock.
+//
+// Durability: Put appends to the current pack; Flush (or a full pack, or
+// FlushEvery) writes the pack's .idx, fsyncs both, renames them into place,
+// fsyncs the directory and only then commits the entries to the index. A
+// crash leaves either a temporary pack (removed at the next Open) or a
+// complete pack whose entries the next Open imports from its .idx.
 type Local struct {
-	*Dir
-	db    *bolt.DB
-	opts  Options
-	quar  string
-	mu    sync.Mutex // guards pending
-	cmu   sync.Mutex // serialises commits
-	pend  map[ID]Info
-	close sync.Once
+	root string
+	db   *bolt.DB
+	opts Options
+	log  *slog.Logger
+
+	mu      sync.Mutex // guards everything below
+	cur     *os.File   // open pack (temporary name), nil if none
+	curSeq  uint32
+	curOff  int64
+	curEnts []idxEntry
+	pend    map[ID]loc
+	files   map[uint32]*os.File
+	nextSeq uint32
+	last    time.Time
+	closed  bool
 }
 
 var _ WriteStore = (*Local)(nil)
@@ -59,14 +77,18 @@ func Open(root string, opts Options) (*Local, error) {
 	if opts.Timeout == 0 {
 		opts.Timeout = 10 * time.Second
 	}
-	if opts.BatchSize <= 0 {
-		opts.BatchSize = 256
+	if opts.Now == nil {
+		opts.Now = time.Now
 	}
-	d, err := OpenDir(root)
-	if err != nil {
-		return nil, err
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
-	d.SyncEach = opts.SyncEach
+	if !opts.ReadOnly {
+		if err := os.MkdirAll(filepath.Join(root, packDir), 0o755); err != nil {
+			return nil, err
+		}
+	}
 	db, err := bolt.Open(filepath.Join(root, "index.db"), 0o644, &bolt.Options{Timeout: opts.Timeout, ReadOnly: opts.ReadOnly})
 	if err != nil {
 		if errors.Is(err, bolterr.ErrTimeout) {
@@ -74,99 +96,232 @@ func Open(root string, opts Options) (*Local, error) {
 		}
 		return nil, fmt.Errorf("open index %s: %w", root, err)
 	}
+	s := &Local{root: root, db: db, opts: opts, log: log, pend: map[ID]loc{}, files: map[uint32]*os.File{}, last: opts.Now()}
 	if !opts.ReadOnly {
-		err = db.Update(func(tx *bolt.Tx) error {
-			for _, b := range [][]byte{bucketChunks, bucketMeta} {
-				if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if err != nil {
+		if err := s.reconcile(); err != nil {
 			db.Close()
 			return nil, err
 		}
 	}
-	return &Local{Dir: d, db: db, opts: opts, pend: map[ID]Info{}, quar: filepath.Join(root, "quarantine")}, nil
+	return s, nil
 }
 
-func encodeInfo(i Info) []byte {
-	var b [8]byte
-	binary.BigEndian.PutUint32(b[:4], i.Size)
-	binary.BigEndian.PutUint32(b[4:], i.Stored)
+func encodeLoc(l loc) []byte {
+	var b [16]byte
+	binary.BigEndian.PutUint32(b[0:], l.pack)
+	binary.BigEndian.PutUint32(b[4:], l.off)
+	binary.BigEndian.PutUint32(b[8:], l.stored)
+	binary.BigEndian.PutUint32(b[12:], l.size)
 	return b[:]
 }
 
-func decodeInfo(id ID, v []byte) (Info, bool) {
-	if len(v) != 8 {
-		return Info{}, false
+func decodeLoc(v []byte) (loc, bool) {
+	if len(v) != 16 {
+		return loc{}, false
 	}
-	return Info{ID: id, Size: binary.BigEndian.Uint32(v[:4]), Stored: binary.BigEndian.Uint32(v[4:])}, true
+	return loc{pack: binary.BigEndian.Uint32(v[0:]), off: binary.BigEndian.Uint32(v[4:]),
+		stored: binary.BigEndian.Uint32(v[8:]), size: binary.BigEndian.Uint32(v[12:])}, true
 }
 
-// Stat returns the index record of id, or ErrNotFound.
-func (s *Local) Stat(_ context.Context, id ID) (Info, error) {
-	s.mu.Lock()
-	if i, ok := s.pend[id]; ok {
-		s.mu.Unlock()
-		return i, nil
+func seqKey(s uint32) []byte { return binary.BigEndian.AppendUint32(nil, s) }
+
+// reconcile makes the index agree with the packs on disk after a crash:
+// temporary files go, complete packs the index lacks are imported from
+// their .idx, incomplete packs go, and entries of vanished packs go.
+func (s *Local) reconcile() error {
+	seqs, other, err := listPacks(s.root)
+	if err != nil {
+		return err
 	}
-	s.mu.Unlock()
-	var info Info
-	found := false
-	err := s.db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketChunks)
-		if b == nil {
-			return nil
+	for _, p := range other {
+		s.log.Info("removing incomplete pack file", "path", p)
+		if err := os.Remove(p); err != nil {
+			return err
 		}
-		info, found = decodeInfo(id, b.Get(id[:]))
+	}
+	onDisk := map[uint32]bool{}
+	for _, q := range seqs {
+		onDisk[q] = true
+		s.nextSeq = max(s.nextSeq, q+1)
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketChunks, bucketPacks, bucketMeta} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		chunks, packs := tx.Bucket(bucketChunks), tx.Bucket(bucketPacks)
+		indexed := map[uint32]bool{}
+		var gone []uint32
+		if err := packs.ForEach(func(k, _ []byte) error {
+			q := binary.BigEndian.Uint32(k)
+			indexed[q] = true
+			s.nextSeq = max(s.nextSeq, q+1)
+			if !onDisk[q] {
+				gone = append(gone, q)
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		for _, q := range seqs {
+			if indexed[q] {
+				continue
+			}
+			st, err := os.Stat(packPath(s.root, q))
+			if err != nil {
+				return err
+			}
+			ents, err := readIdx(s.root, q, st.Size())
+			if err != nil {
+				s.log.Warn("removing pack with a bad index", "pack", packName(q), "err", err)
+				os.Remove(idxPath(s.root, q))
+				os.Remove(packPath(s.root, q))
+				continue
+			}
+			s.log.Info("importing pack written before a crash", "pack", packName(q), "chunks", len(ents))
+			for _, e := range ents {
+				if chunks.Get(e.id[:]) == nil {
+					if err := chunks.Put(e.id[:], encodeLoc(e.loc)); err != nil {
+						return err
+					}
+				}
+			}
+			if err := packs.Put(seqKey(q), nil); err != nil {
+				return err
+			}
+		}
+		if len(gone) > 0 {
+			lost := map[uint32]bool{}
+			for _, q := range gone {
+				lost[q] = true
+				if err := packs.Delete(seqKey(q)); err != nil {
+					return err
+				}
+			}
+			var drop [][]byte
+			chunks.ForEach(func(k, v []byte) error {
+				if l, ok := decodeLoc(v); ok && lost[l.pack] {
+					drop = append(drop, append([]byte(nil), k...))
+				}
+				return nil
+			})
+			s.log.Warn("packs missing from disk: dropping their chunks from the index", "packs", len(gone), "chunks", len(drop))
+			for _, k := range drop {
+				if err := chunks.Delete(k); err != nil {
+					return err
+				}
+			}
+		}
 		return nil
 	})
+}
+
+// Root returns the store's root directory.
+func (s *Local) Root() string { return s.root }
+
+func (s *Local) locate(id ID) (loc, bool, error) {
+	s.mu.Lock()
+	if l, ok := s.pend[id]; ok {
+		s.mu.Unlock()
+		return l, true, nil
+	}
+	s.mu.Unlock()
+	var l loc
+	var found bool
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if b := tx.Bucket(bucketChunks); b != nil {
+			l, found = decodeLoc(b.Get(id[:]))
+		}
+		return nil
+	})
+	return l, found, err
+}
+
+// Stat returns the sizes of id, or ErrNotFound.
+func (s *Local) Stat(_ context.Context, id ID) (Info, error) {
+	l, ok, err := s.locate(id)
 	if err != nil {
 		return Info{}, err
 	}
-	if !found {
+	if !ok {
 		return Info{}, fmt.Errorf("chunk %s: %w", id.Short(), ErrNotFound)
 	}
-	return info, nil
+	return Info{ID: id, Size: l.size, Stored: l.stored}, nil
 }
 
-// Has reports whether the index (or the unflushed batch) holds id.
-func (s *Local) Has(ctx context.Context, id ID) (bool, error) {
-	_, err := s.Stat(ctx, id)
-	if errors.Is(err, ErrNotFound) {
-		return false, nil
+// Has reports whether the store holds id (flushed or not).
+func (s *Local) Has(_ context.Context, id ID) (bool, error) {
+	_, ok, err := s.locate(id)
+	return ok, err
+}
+
+func (s *Local) file(seq uint32) (*os.File, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cur != nil && seq == s.curSeq {
+		return s.cur, nil
 	}
-	return err == nil, err
+	if f := s.files[seq]; f != nil {
+		return f, nil
+	}
+	f, err := os.Open(packPath(s.root, seq))
+	if err != nil {
+		return nil, err
+	}
+	s.files[seq] = f
+	return f, nil
 }
 
-// Get reads and verifies id. A chunk whose file is missing or corrupt is
-// dropped from the index (the file is moved to <root>/quarantine), so that a
-// later Put repairs it; the error wraps ErrNotFound or ErrCorrupt.
-func (s *Local) Get(ctx context.Context, id ID) (Chunk, error) {
-	info, err := s.Stat(ctx, id)
+func (s *Local) readStored(id ID, l loc) ([]byte, error) {
+	f, err := s.file(l.pack)
+	if err != nil {
+		return nil, fmt.Errorf("chunk %s: %w", id.Short(), err)
+	}
+	b := make([]byte, l.stored)
+	if _, err := f.ReadAt(b, int64(l.off)); err != nil {
+		return nil, &IntegrityError{ID: id, Reason: "read: " + err.Error()}
+	}
+	return b, nil
+}
+
+// Get reads and verifies id. A chunk that fails verification is dropped
+// from the index, so that a later Put stores a good copy; the error wraps
+// ErrCorrupt.
+func (s *Local) Get(_ context.Context, id ID) (Chunk, error) {
+	l, ok, err := s.locate(id)
 	if err != nil {
 		return Chunk{}, err
 	}
-	c, err := s.Dir.get(ctx, id, int(info.Size))
-	if err != nil && !s.opts.ReadOnly && (errors.Is(err, ErrCorrupt) || errors.Is(err, ErrNotFound)) {
-		s.quarantine(id)
+	if !ok {
+		return Chunk{}, fmt.Errorf("chunk %s: %w", id.Short(), ErrNotFound)
+	}
+	b, err := s.readStored(id, l)
+	var c Chunk
+	if err == nil {
+		c, err = Verify(id, b, int(l.size))
+	}
+	if err != nil && errors.Is(err, ErrCorrupt) && !s.opts.ReadOnly {
+		s.log.Warn("dropping corrupt chunk from the index", "id", id, "err", err)
+		s.Unindex([]ID{id})
 	}
 	return c, err
 }
 
-func (s *Local) quarantine(id ID) {
-	s.mu.Lock()
-	delete(s.pend, id)
-	s.mu.Unlock()
-	_ = s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketChunks).Delete(id[:]) })
-	if os.MkdirAll(s.quar, 0o755) == nil {
-		_ = os.Rename(s.Path(id), filepath.Join(s.quar, id.String()+".zst"))
+// ReadStored returns the stored bytes of id, unverified, and its size.
+func (s *Local) ReadStored(id ID) ([]byte, int, error) {
+	l, ok, err := s.locate(id)
+	if err != nil {
+		return nil, 0, err
 	}
+	if !ok {
+		return nil, 0, fmt.Errorf("chunk %s: %w", id.Short(), ErrNotFound)
+	}
+	b, err := s.readStored(id, l)
+	return b, int(l.size), err
 }
 
-// Put stores c unless the index already holds it.
+// Put stores c unless the store holds it already.
 func (s *Local) Put(ctx context.Context, c Chunk) (bool, error) {
 	if s.opts.ReadOnly {
 		return false, errors.New("put: store opened read-only")
@@ -183,20 +338,16 @@ func (s *Local) Put(ctx context.Context, c Chunk) (bool, error) {
 			return false, err
 		}
 	}
-	p := s.Path(c.id)
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		return false, err
-	}
-	// Always write: an unindexed file may be a torn leftover of a crash.
-	if err := writeTempRename(p, c.stored, 0o444, s.opts.SyncEach); err != nil {
-		return false, err
-	}
-	s.Dir.mu.Lock()
-	s.Dir.dirty = true
-	s.Dir.mu.Unlock()
 	s.mu.Lock()
-	s.pend[c.id] = Info{ID: c.id, Size: uint32(len(c.plain)), Stored: uint32(len(c.stored))}
-	full := len(s.pend) >= s.opts.BatchSize
+	if _, ok := s.pend[c.id]; ok { // a concurrent Put won
+		s.mu.Unlock()
+		return false, nil
+	}
+	if err := s.append(c.id, c.stored, uint32(len(c.plain))); err != nil {
+		s.mu.Unlock()
+		return false, err
+	}
+	full := s.curOff >= MaxPackSize || (s.opts.FlushEvery > 0 && s.opts.Now().Sub(s.last) >= s.opts.FlushEvery)
 	s.mu.Unlock()
 	if full {
 		if err := s.Flush(ctx); err != nil {
@@ -206,56 +357,121 @@ func (s *Local) Put(ctx context.Context, c Chunk) (bool, error) {
 	return true, nil
 }
 
-// Flush makes all Puts durable (one syncfs) and then records them in the
-// index, in that order, so the index never names a chunk that a crash could
-// take back.
-func (s *Local) Flush(ctx context.Context) error {
+// append writes stored bytes to the current pack. s.mu is held.
+func (s *Local) append(id ID, stored []byte, size uint32) error {
+	if s.closed {
+		return ErrClosed
+	}
+	if s.cur == nil {
+		seq := s.nextSeq
+		f, err := os.OpenFile(filepath.Join(s.root, packDir, ".tmp-"+packName(seq)+".pack"), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+		if err != nil {
+			return err
+		}
+		s.nextSeq++
+		s.cur, s.curSeq, s.curOff, s.curEnts = f, seq, 0, nil
+	}
+	if _, err := s.cur.WriteAt(stored, s.curOff); err != nil {
+		return fmt.Errorf("write pack: %w", err)
+	}
+	l := loc{pack: s.curSeq, off: uint32(s.curOff), stored: uint32(len(stored)), size: size}
+	s.pend[id] = l
+	s.curEnts = append(s.curEnts, idxEntry{id: id, loc: l})
+	s.curOff += int64(len(stored))
+	return nil
+}
+
+// Flush seals the current pack (index file, fsync, rename, fsync dir) and
+// commits its entries to the index.
+func (s *Local) Flush(_ context.Context) error {
 	if s.opts.ReadOnly {
 		return nil
 	}
-	s.cmu.Lock()
-	defer s.cmu.Unlock()
 	s.mu.Lock()
-	batch := make([]Info, 0, len(s.pend))
-	for _, i := range s.pend {
-		batch = append(batch, i)
-	}
-	s.mu.Unlock()
-	if len(batch) == 0 {
+	defer s.mu.Unlock()
+	return s.seal()
+}
+
+// seal finishes the current pack. s.mu is held.
+func (s *Local) seal() error {
+	if s.cur == nil {
 		return nil
 	}
-	if err := s.Dir.Flush(ctx); err != nil {
+	seq := s.curSeq
+	tmpIdx := filepath.Join(s.root, packDir, ".tmp-"+packName(seq)+".idx")
+	if err := writeTempRenameTo(tmpIdx, encodeIdx(append([]idxEntry(nil), s.curEnts...))); err != nil {
+		return err
+	}
+	if err := s.cur.Sync(); err != nil {
+		return fmt.Errorf("fsync pack: %w", err)
+	}
+	if err := os.Rename(s.cur.Name(), packPath(s.root, seq)); err != nil {
+		return err
+	}
+	if err := os.Rename(tmpIdx, idxPath(s.root, seq)); err != nil {
+		return err
+	}
+	if err := SyncDir(filepath.Join(s.root, packDir)); err != nil {
 		return err
 	}
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketChunks)
-		for _, i := range batch {
-			if err := b.Put(i.ID[:], encodeInfo(i)); err != nil {
+		for _, e := range s.curEnts {
+			if err := b.Put(e.id[:], encodeLoc(e.loc)); err != nil {
 				return err
 			}
 		}
-		return nil
+		return tx.Bucket(bucketPacks).Put(seqKey(seq), nil)
 	})
 	if err != nil {
 		return fmt.Errorf("index commit: %w", err)
 	}
-	s.mu.Lock()
-	for _, i := range batch {
-		delete(s.pend, i.ID)
-	}
-	s.mu.Unlock()
+	s.files[seq] = s.cur
+	s.cur, s.curEnts = nil, nil
+	clear(s.pend)
+	s.last = s.opts.Now()
 	return nil
 }
 
-// Close flushes and closes the index. It is safe to call more than once.
+// writeTempRenameTo writes data to path (a temporary name) and fsyncs it.
+func writeTempRenameTo(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// Close seals the current pack and closes the index. Safe to call twice.
 func (s *Local) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
 	var err error
-	s.close.Do(func() {
-		err = s.Flush(context.Background())
-		if cerr := s.db.Close(); err == nil {
-			err = cerr
-		}
-	})
+	if !s.opts.ReadOnly {
+		err = s.seal()
+	}
+	s.closed = true
+	for q, f := range s.files {
+		f.Close()
+		delete(s.files, q)
+	}
+	if s.cur != nil {
+		s.cur.Close()
+	}
+	if cerr := s.db.Close(); err == nil {
+		err = cerr
+	}
 	return err
 }
 
@@ -266,49 +482,24 @@ func (s *Local) Walk(fn func(Info) error) error {
 		return err
 	}
 	return s.db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketChunks)
-		if b == nil {
-			return nil
-		}
-		return b.ForEach(func(k, v []byte) error {
-			var id ID
-			copy(id[:], k)
-			info, ok := decodeInfo(id, v)
-			if !ok || len(k) != len(id) {
+		return tx.Bucket(bucketChunks).ForEach(func(k, v []byte) error {
+			l, ok := decodeLoc(v)
+			if !ok || len(k) != 32 {
 				return fmt.Errorf("index: bad record for key %x", k)
 			}
-			return fn(info)
+			return fn(Info{ID: ID(k), Size: l.size, Stored: l.stored})
 		})
 	})
 }
 
-// Delete removes chunks from the index and then their files.
-func (s *Local) Delete(ids []ID) error {
-	if err := s.Flush(context.Background()); err != nil {
-		return err
-	}
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketChunks)
-		for _, id := range ids {
-			if err := b.Delete(id[:]); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	for _, id := range ids {
-		if err := s.Remove(id); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// Unindex drops index records without touching files (fsck repair).
+// Unindex drops index records (the bytes stay in their packs until the
+// next compaction).
 func (s *Local) Unindex(ids []ID) error {
+	s.mu.Lock()
+	for _, id := range ids {
+		delete(s.pend, id)
+	}
+	s.mu.Unlock()
 	return s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketChunks)
 		for _, id := range ids {
@@ -335,7 +526,7 @@ func (s *Local) GetMeta(key string) ([]byte, error) {
 }
 
 // PutMeta stores a metadata record durably (bbolt fsyncs its commit). A nil
-// value deletes the record. Pending chunks are flushed first, so a record
+// value deletes the record. Pending chunks are sealed first, so a record
 // never refers to chunks a crash could lose.
 func (s *Local) PutMeta(key string, value []byte) error {
 	if err := s.Flush(context.Background()); err != nil {
@@ -358,12 +549,23 @@ func (s *Local) MetaPrefix(prefix string, fn func(key string, value []byte) erro
 			return nil
 		}
 		c := b.Cursor()
-		p := []byte(prefix)
-		for k, v := c.Seek(p); k != nil && len(k) >= len(p) && string(k[:len(p)]) == prefix; k, v = c.Next() {
+		for k, v := c.Seek([]byte(prefix)); k != nil && strings.HasPrefix(string(k), prefix); k, v = c.Next() {
 			if err := fn(string(k), v); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
+}
+
+// Locate returns the pack file, offset and stored length of id.
+func (s *Local) Locate(id ID) (path string, off int64, n int, err error) {
+	if err := s.Flush(context.Background()); err != nil {
+		return "", 0, 0, err
+	}
+	l, ok, err := s.locate(id)
+	if err != nil || !ok {
+		return "", 0, 0, fmt.Errorf("chunk %s: %w", id.Short(), ErrNotFound)
+	}
+	return packPath(s.root, l.pack), int64(l.off), int(l.stored), nil
 }

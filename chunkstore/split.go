@@ -45,7 +45,7 @@ func Split(ctx context.Context, r io.ReaderAt, size int64, p Params, workers int
 	if workers < 1 {
 		workers = 1
 	}
-	spans, err := zeroSpans(ctx, r, size, p)
+	spans, err := zeroSpans(ctx, r, size, p, findHoles(r, size))
 	if err != nil {
 		return nil, err
 	}
@@ -168,7 +168,7 @@ feed:
 
 // zeroSpans splits [0,size) into maximal zero extents (per p) and the data
 // spans between them.
-func zeroSpans(ctx context.Context, r io.ReaderAt, size int64, p Params) ([]Extent, error) {
+func zeroSpans(ctx context.Context, r io.ReaderAt, size int64, p Params, holes holeMap) ([]Extent, error) {
 	if p.ZeroBlock == 0 {
 		if size == 0 {
 			return nil, nil
@@ -196,7 +196,7 @@ func zeroSpans(ctx context.Context, r io.ReaderAt, size int64, p Params) ([]Exte
 		add(runStart, at-runStart, at-runStart >= int64(p.ZeroMin))
 		runStart = -1
 	}
-	buf := make([]byte, 4<<20)
+	buf := make([]byte, 1<<20)
 	dataStart := int64(0)
 	for off := int64(0); off < full; {
 		if err := ctx.Err(); err != nil {
@@ -206,8 +206,17 @@ func zeroSpans(ctx context.Context, r io.ReaderAt, size int64, p Params) ([]Exte
 		if full-off < n {
 			n = full - off
 		}
-		if got, err := r.ReadAt(buf[:n], off); int64(got) < n {
-			if err == nil || errors.Is(err, io.EOF) {
+		if holes.covers(off, n) {
+			// All zero blocks, known without reading.
+			if runStart < 0 {
+				add(dataStart, off-dataStart, false)
+				runStart = off
+			}
+			off += n
+			continue
+		}
+		if err := holes.readAt(r, buf[:n], off); err != nil {
+			if errors.Is(err, io.ErrUnexpectedEOF) {
 				return nil, fmt.Errorf("split: input shorter than %d bytes", size)
 			}
 			return nil, fmt.Errorf("split: read at %d: %w", off, err)

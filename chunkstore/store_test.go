@@ -13,35 +13,29 @@ import (
 	"github.com/imgctl/imgctl/chunkstore/storetest"
 )
 
-type testDir struct{ *chunkstore.Dir }
-
-func (d testDir) Corrupt(t *testing.T, id chunkstore.ID) { corruptFile(t, d.Path(id)) }
-
 type testLocal struct{ *chunkstore.Local }
 
-func (l testLocal) Corrupt(t *testing.T, id chunkstore.ID) { corruptFile(t, l.Path(id)) }
-
-func corruptFile(t *testing.T, p string) {
-	t.Helper()
-	b, err := os.ReadFile(p)
+func (l testLocal) Corrupt(t *testing.T, id chunkstore.ID) {
+	p, off, n, err := l.Locate(id)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b[len(b)/2] ^= 0x40
-	os.Chmod(p, 0o644)
-	if err := os.WriteFile(p, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	corruptAt(t, p, off+int64(n/2))
 }
 
-func TestDirConformance(t *testing.T) {
-	storetest.Run(t, func(t *testing.T) storetest.Store {
-		d, err := chunkstore.OpenDir(t.TempDir())
-		if err != nil {
-			t.Fatal(err)
-		}
-		return testDir{d}
-	})
+func corruptAt(t *testing.T, p string, at int64) {
+	t.Helper()
+	f, err := os.OpenFile(p, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 1)
+	f.ReadAt(b, at)
+	b[0] ^= 0x40
+	if _, err := f.WriteAt(b, at); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func TestLocalConformance(t *testing.T) {
@@ -54,9 +48,9 @@ func TestLocalConformance(t *testing.T) {
 	})
 }
 
-func TestLocalSyncEachConformance(t *testing.T) {
+func TestLocalFlushEveryConformance(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) storetest.Store {
-		s, err := chunkstore.Open(t.TempDir(), chunkstore.Options{SyncEach: true, BatchSize: 3})
+		s, err := chunkstore.Open(t.TempDir(), chunkstore.Options{FlushEvery: time.Nanosecond})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -77,37 +71,73 @@ func TestLocalSecondWriterFailsFast(t *testing.T) {
 	}
 }
 
-// A file left by a crash before Flush is not indexed; the next Put of the
-// same chunk must rewrite it even if it is torn.
-func TestLocalRewritesUnindexedLeftover(t *testing.T) {
+// A reader without the lock sees chunks the writer flushes after the reader
+// opened, and never sees unflushed ones.
+func TestDirSeesFlushedPacks(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	c := storetest.Chunk(t, 1, 40000)
-	d, _ := chunkstore.OpenDir(dir)
-	p := d.Path(c.ID())
-	os.MkdirAll(filepath.Dir(p), 0o755)
-	if err := os.WriteFile(p, c.Stored()[:10], 0o444); err != nil { // torn
+	w, err := chunkstore.Open(dir, chunkstore.Options{})
+	if err != nil {
 		t.Fatal(err)
 	}
+	defer w.Close()
+	r, err := chunkstore.OpenDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	r.RescanEvery = 0
+	c := storetest.Chunk(t, 1, 5000)
+	w.Put(ctx, c)
+	if ok, _ := r.Has(ctx, c.ID()); ok {
+		t.Fatal("reader sees an unflushed chunk")
+	}
+	if err := w.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got, err := r.Get(ctx, c.ID())
+	if err != nil || got.ID() != c.ID() {
+		t.Fatalf("reader after flush: %v", err)
+	}
+	if n, ok := r.StoredSize(c.ID()); !ok || n != int64(len(c.Stored())) {
+		t.Fatalf("stored size %d %v", n, ok)
+	}
+}
+
+// Crash simulations: a temporary pack (crash before sealing) is removed; a
+// sealed pack whose entries never reached the index (crash between rename
+// and commit) is imported from its .idx.
+func TestLocalReconcilesAfterCrash(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s, _ := chunkstore.Open(dir, chunkstore.Options{})
+	a := storetest.Chunk(t, 1, 3000)
+	s.Put(ctx, a)
+	s.Flush(ctx)
+	s.Close()
+	// The sealed pack's index records lost: rebuild the index from scratch.
+	os.Remove(filepath.Join(dir, "index.db"))
+	os.WriteFile(filepath.Join(dir, "packs", ".tmp-000000ff.pack"), []byte("torn"), 0o644)
 	s, err := chunkstore.Open(dir, chunkstore.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if ok, _ := s.Has(ctx, c.ID()); ok {
-		t.Fatal("unindexed leftover counted as present")
+	if _, err := s.Get(ctx, a.ID()); err != nil {
+		t.Fatalf("sealed pack not imported: %v", err)
 	}
-	if added, err := s.Put(ctx, c); err != nil || !added {
-		t.Fatalf("put over leftover: %v %v", added, err)
+	if _, err := os.Stat(filepath.Join(dir, "packs", ".tmp-000000ff.pack")); err == nil {
+		t.Fatal("temporary pack left behind")
 	}
-	if _, err := s.Get(ctx, c.ID()); err != nil {
-		t.Fatalf("get after repair: %v", err)
+	rep, err := s.Check(ctx, nil)
+	if err != nil || !rep.OK() || rep.Chunks != 1 {
+		t.Fatalf("check after reconcile: %+v %v", rep, err)
 	}
 }
 
-// A corrupt chunk is quarantined and dropped from the index, so that the
-// next Put restores it.
-func TestLocalCorruptIsQuarantinedAndRepairable(t *testing.T) {
+// A corrupt chunk is dropped from the index, so that the next Put restores
+// it (in a newer pack, which readers prefer).
+func TestLocalCorruptIsDroppedAndRepairable(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	s, err := chunkstore.Open(dir, chunkstore.Options{})
@@ -116,19 +146,17 @@ func TestLocalCorruptIsQuarantinedAndRepairable(t *testing.T) {
 	}
 	defer s.Close()
 	c := storetest.Chunk(t, 2, 50000)
-	if _, err := s.Put(ctx, c); err != nil {
-		t.Fatal(err)
+	s.Put(ctx, c)
+	testLocal{s}.Corrupt(t, c.ID())
+	rep, _ := s.Check(ctx, nil)
+	if len(rep.Corrupt) != 1 || rep.OK() {
+		t.Fatalf("check: %+v", rep)
 	}
-	s.Flush(ctx)
-	corruptFile(t, s.Path(c.ID()))
 	if _, err := s.Get(ctx, c.ID()); !errors.Is(err, chunkstore.ErrCorrupt) {
 		t.Fatalf("get: %v", err)
 	}
 	if ok, _ := s.Has(ctx, c.ID()); ok {
 		t.Fatal("corrupt chunk still indexed")
-	}
-	if _, err := os.Stat(filepath.Join(dir, "quarantine", c.ID().String()+".zst")); err != nil {
-		t.Fatalf("not quarantined: %v", err)
 	}
 	if added, err := s.Put(ctx, c); err != nil || !added {
 		t.Fatalf("re-put: %v %v", added, err)
@@ -136,19 +164,66 @@ func TestLocalCorruptIsQuarantinedAndRepairable(t *testing.T) {
 	if _, err := s.Get(ctx, c.ID()); err != nil {
 		t.Fatal(err)
 	}
+	s.Flush(ctx)
+	r, _ := chunkstore.OpenDir(dir)
+	defer r.Close()
+	if _, err := r.Get(ctx, c.ID()); err != nil {
+		t.Fatalf("reader prefers the repaired copy: %v", err)
+	}
 }
 
-// Batches are committed to the index: a reopened store sees what was
-// flushed, and Close flushes.
+func TestLocalDeleteCompacts(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s, _ := chunkstore.Open(dir, chunkstore.Options{})
+	defer s.Close()
+	var keep, drop []chunkstore.Chunk
+	for i := 0; i < 40; i++ {
+		c := storetest.Chunk(t, uint64(100+i), 4000+i)
+		s.Put(ctx, c)
+		if i%4 == 0 {
+			keep = append(keep, c)
+		} else {
+			drop = append(drop, c)
+		}
+	}
+	s.Flush(ctx)
+	only := storetest.Chunk(t, 999, 7000) // a pack with nothing live after the delete
+	s.Put(ctx, only)
+	s.Flush(ctx)
+	var ids []chunkstore.ID
+	for _, c := range append(drop, only) {
+		ids = append(ids, c.ID())
+	}
+	st, err := s.Delete(ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.PacksRemoved != 1 || st.PacksRewritten != 1 || st.BytesFreed <= 0 {
+		t.Fatalf("compaction %+v", st)
+	}
+	for _, c := range keep {
+		if _, err := s.Get(ctx, c.ID()); err != nil {
+			t.Fatalf("kept chunk lost: %v", err)
+		}
+	}
+	for _, c := range drop {
+		if ok, _ := s.Has(ctx, c.ID()); ok {
+			t.Fatal("deleted chunk still present")
+		}
+	}
+	rep, err := s.Check(ctx, nil)
+	if err != nil || !rep.OK() || rep.Unindexed != 0 || rep.Packs != 1 {
+		t.Fatalf("check after compaction: %+v %v", rep, err)
+	}
+}
+
 func TestLocalReopen(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	s, _ := chunkstore.Open(dir, chunkstore.Options{BatchSize: 10})
-	var ids []chunkstore.ID
+	s, _ := chunkstore.Open(dir, chunkstore.Options{})
 	for i := 0; i < 25; i++ {
-		c := storetest.Chunk(t, uint64(i), 1000)
-		s.Put(ctx, c)
-		ids = append(ids, c.ID())
+		s.Put(ctx, storetest.Chunk(t, uint64(i), 1000))
 	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
@@ -206,5 +281,33 @@ func TestMaxStoredSizeHoldsForRandomData(t *testing.T) {
 		if len(c.Stored()) > chunkstore.MaxStoredSize(n) {
 			t.Fatalf("%d bytes stored as %d > bound %d", n, len(c.Stored()), chunkstore.MaxStoredSize(n))
 		}
+	}
+}
+
+// Killed in the middle of sealing: temporary pack and index both exist.
+// Both must go, and the next pack must be creatable.
+func TestLocalReconcilesInterruptedSeal(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s, _ := chunkstore.Open(dir, chunkstore.Options{})
+	s.Put(ctx, storetest.Chunk(t, 1, 3000))
+	s.Close()
+	for _, n := range []string{".tmp-00000001.pack", ".tmp-00000001.idx", "00000007.pack"} {
+		os.WriteFile(filepath.Join(dir, "packs", n), []byte("x"), 0o644)
+	}
+	s, err := chunkstore.Open(dir, chunkstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	left, _ := filepath.Glob(filepath.Join(dir, "packs", "*"))
+	if len(left) != 2 {
+		t.Fatalf("left after reconcile: %v", left)
+	}
+	if _, err := s.Put(ctx, storetest.Chunk(t, 2, 3000)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Flush(ctx); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -64,7 +64,8 @@ type Server struct {
 	mux      *http.ServeMux
 }
 
-// NewServer returns a server for the store at root.
+// NewServer returns a server for the store at root. Close releases the
+// store's open files.
 func NewServer(root string, opts ServerOptions) (*Server, error) {
 	dir, err := chunkstore.OpenDir(root)
 	if err != nil {
@@ -93,6 +94,9 @@ func NewServer(root string, opts ServerOptions) (*Server, error) {
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
 	return s, nil
 }
+
+// Close closes the store's open pack files.
+func (s *Server) Close() error { return s.dir.Close() }
 
 // Registry returns the metrics registry.
 func (s *Server) Registry() *prometheus.Registry { return s.reg }
@@ -171,11 +175,11 @@ func (s *Server) handleManifest(w http.ResponseWriter, r *http.Request) {
 
 // readVerified reads id and checks it, counting corruption.
 func (s *Server) readVerified(id chunkstore.ID) ([]byte, error) {
-	b, err := s.dir.ReadStored(id)
+	b, size, err := s.dir.ReadStored(id)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := chunkstore.Verify(id, b, -1); err != nil {
+	if _, err := chunkstore.Verify(id, b, size); err != nil {
 		s.corrupt.Inc()
 		s.log.Error("refusing to serve corrupt chunk", "id", id, "err", err)
 		return nil, err

@@ -228,9 +228,13 @@ func TestFallbackToSingleGets(t *testing.T) {
 func TestServerRefusesCorruptFile(t *testing.T) {
 	dir, refs, srv := origin(t, 3)
 	d, _ := chunkstore.OpenDir(dir)
-	p := d.Path(refs[1].ID)
+	p, off, n, err := d.Locate(refs[1].ID)
+	d.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
 	b, _ := readFile(p)
-	b[len(b)/2] ^= 1
+	b[off+int64(n/2)] ^= 1
 	writeFile(t, p, b)
 	hs := httptest.NewServer(srv)
 	defer hs.Close()

@@ -135,13 +135,14 @@ func runDemo(ctx context.Context, g *globalOptions, keep string, sizeMiB int) er
 	if err != nil {
 		return err
 	}
-	d := delta.Compare(om, nm, storedSize(sdir))
+	defer sdir.Close()
+	d := delta.Compare(om, nm, sdir.StoredSize)
 	if err := d.WriteText(out, 8); err != nil {
 		return err
 	}
 	var full int64 // what a terminal with nothing fetches for release 2
 	for _, c := range nm.Chunks {
-		n, _ := storedSize(sdir)(c.ID)
+		n, _ := sdir.StoredSize(c.ID)
 		full += n
 	}
 	fmt.Fprintf(out, "\nupdate 1 → 2 fetched %s: %.2f %% of the %s image, %.1f %% of its %s compressed chunks\n",

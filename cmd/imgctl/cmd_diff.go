@@ -35,7 +35,8 @@ image. --format html writes one self-contained page with an SVG map.`,
 				if err != nil {
 					return err
 				}
-				stored = storedSize(d)
+				defer d.Close()
+				stored = d.StoredSize
 			}
 			d := delta.Compare(om, nm, stored)
 			switch format {

@@ -2,13 +2,9 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
-	"strings"
-	"sync"
 
 	"github.com/imgctl/imgctl/chunkstore"
 	"github.com/imgctl/imgctl/manifest"
@@ -16,11 +12,7 @@ import (
 )
 
 type fsckReport struct {
-	Chunks       int      `json:"chunks"`
-	Corrupt      []string `json:"corrupt,omitempty"`
-	Missing      []string `json:"missing,omitempty"`
-	Orphans      []string `json:"orphans,omitempty"`
-	TempFiles    []string `json:"temp_files,omitempty"`
+	*chunkstore.CheckReport
 	Releases     int      `json:"releases"`
 	BadReleases  []string `json:"bad_releases,omitempty"`
 	Unreferenced int      `json:"unreferenced_chunks"`
@@ -32,13 +24,13 @@ func newFsckCommand(g *globalOptions) *cobra.Command {
 	var repair, asJSON bool
 	cmd := &cobra.Command{
 		Use:   "fsck --store S",
-		Short: "Check a store: every chunk re-hashed, index against files, manifests against chunks",
+		Short: "Check a store: every chunk re-hashed, index against packs, manifests against chunks",
 		Long: `fsck re-reads and re-hashes every indexed chunk, compares the index with the
-chunk files, and checks that every stored manifest decodes and names only
-chunks the store holds. It exits 3 when a chunk is corrupt or missing or a
-manifest is bad. With --repair, corrupt files move to <store>/quarantine,
-their index records and those of missing files are dropped (a later publish or
-pull restores them), and unindexed and temporary files are removed.`,
+packs' own index files, and checks that every stored manifest decodes and
+names only chunks the store holds. It exits 3 when a chunk is corrupt or
+missing, a pack's index is bad, or a manifest is bad. With --repair, corrupt
+and missing chunks are dropped from the index (a later publish or pull
+stores them again) and stray files in packs/ are removed.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if store == "" {
@@ -57,88 +49,21 @@ func runFsck(ctx context.Context, g *globalOptions, root string, repair, asJSON 
 	if _, err := os.Stat(filepath.Join(root, "index.db")); err != nil {
 		return fmt.Errorf("%s is not a store: %w", root, err)
 	}
-	s, err := chunkstore.Open(root, chunkstore.Options{})
+	s, err := chunkstore.Open(root, chunkstore.Options{Logger: g.log})
 	if err != nil {
 		return err
 	}
 	defer s.Close()
-	var rep fsckReport
-	var infos []chunkstore.Info
-	indexed := map[chunkstore.ID]bool{}
-	if err := s.Walk(func(i chunkstore.Info) error {
-		infos = append(infos, i)
-		indexed[i.ID] = true
-		return nil
-	}); err != nil {
-		return err
-	}
-	rep.Chunks = len(infos)
+	total := 0
+	s.Walk(func(chunkstore.Info) error { total++; return nil })
 	prog := newCountProgress(g, "fsck chunks")
-	prog.Start(int64(len(infos)))
-	var mu sync.Mutex
-	var bad, gone []chunkstore.ID
-	jobs := make(chan chunkstore.Info)
-	var wg sync.WaitGroup
-	for w := 0; w < runtime.GOMAXPROCS(0); w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range jobs {
-				b, err := s.ReadStored(i.ID)
-				if err == nil {
-					_, err = chunkstore.Verify(i.ID, b, int(i.Size))
-				}
-				mu.Lock()
-				switch {
-				case errors.Is(err, chunkstore.ErrNotFound):
-					gone = append(gone, i.ID)
-				case err != nil:
-					bad = append(bad, i.ID)
-					g.log.Error("corrupt chunk", "id", i.ID, "err", err)
-				}
-				mu.Unlock()
-				prog.Add(1)
-			}
-		}()
-	}
-	for _, i := range infos {
-		if ctx.Err() != nil {
-			break
-		}
-		jobs <- i
-	}
-	close(jobs)
-	wg.Wait()
+	prog.Start(int64(total))
+	check, err := s.Check(ctx, func() { prog.Add(1) })
 	prog.Done()
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	for _, id := range bad {
-		rep.Corrupt = append(rep.Corrupt, id.String())
-	}
-	for _, id := range gone {
-		rep.Missing = append(rep.Missing, id.String())
-	}
-	var orphans []string
-	err = filepath.WalkDir(filepath.Join(root, "chunks"), func(p string, e os.DirEntry, err error) error {
-		if err != nil || e.IsDir() {
-			return err
-		}
-		name := e.Name()
-		if strings.HasPrefix(name, ".tmp-") {
-			rep.TempFiles = append(rep.TempFiles, p)
-			return nil
-		}
-		id, perr := chunkstore.ParseID(strings.TrimSuffix(name, ".zst"))
-		if perr != nil || !strings.HasSuffix(name, ".zst") || !indexed[id] {
-			orphans = append(orphans, p)
-		}
-		return nil
-	})
 	if err != nil {
 		return err
 	}
-	rep.Orphans = orphans
+	rep := fsckReport{CheckReport: check}
 	rels, err := manifest.OpenReleases(root).List()
 	if err != nil {
 		return err
@@ -157,7 +82,7 @@ func runFsck(ctx context.Context, g *globalOptions, root string, repair, asJSON 
 		if err == nil {
 			for _, c := range m.Chunks {
 				referenced[c.ID] = true
-				if !indexed[c.ID] {
+				if ok, _ := s.Has(ctx, c.ID); !ok && err == nil {
 					err = fmt.Errorf("names chunk %s the store lacks", c.ID.Short())
 				}
 			}
@@ -166,30 +91,20 @@ func runFsck(ctx context.Context, g *globalOptions, root string, repair, asJSON 
 			rep.BadReleases = append(rep.BadReleases, fmt.Sprintf("%s/%s@%d: %v", r.Name, r.Channel, r.Revision, err))
 		}
 	}
-	for id := range indexed {
-		if !referenced[id] {
-			rep.Unreferenced++
-		}
+	if len(rels) > 0 {
+		s.Walk(func(i chunkstore.Info) error {
+			if !referenced[i.ID] {
+				rep.Unreferenced++
+			}
+			return nil
+		})
 	}
 	if repair {
-		if err := s.Unindex(append(append([]chunkstore.ID{}, bad...), gone...)); err != nil {
+		if err := s.Unindex(append(append([]chunkstore.ID{}, check.Corrupt...), check.Missing...)); err != nil {
 			return err
 		}
-		q := filepath.Join(root, "quarantine")
-		if len(bad) > 0 {
-			if err := os.MkdirAll(q, 0o755); err != nil {
-				return err
-			}
-		}
-		for _, id := range bad {
-			if err := os.Rename(s.Path(id), filepath.Join(q, id.String()+".zst")); err != nil {
-				return err
-			}
-		}
-		for _, p := range append(append([]string{}, orphans...), rep.TempFiles...) {
-			if err := os.Remove(p); err != nil {
-				return err
-			}
+		if err := s.RemoveStray(check.Stray); err != nil {
+			return err
 		}
 		rep.Repaired = true
 	}
@@ -198,19 +113,26 @@ func runFsck(ctx context.Context, g *globalOptions, root string, repair, asJSON 
 			return err
 		}
 	} else {
-		fmt.Fprintf(g.stdout, "%d chunks checked: %d corrupt, %d missing; %d unindexed files, %d temporary files; %d releases, %d bad; %d chunks referenced by no release\n",
-			rep.Chunks, len(rep.Corrupt), len(rep.Missing), len(rep.Orphans), len(rep.TempFiles), rep.Releases, len(rep.BadReleases), rep.Unreferenced)
-		for _, c := range rep.Corrupt {
+		fmt.Fprintf(g.stdout, "%d chunks in %d packs checked: %d corrupt, %d missing, %d bad packs, %d stray files; %d releases, %d bad; %d chunks referenced by no release, %d awaiting compaction\n",
+			check.Chunks, check.Packs, len(check.Corrupt), len(check.Missing), len(check.BadPacks), len(check.Stray),
+			rep.Releases, len(rep.BadReleases), rep.Unreferenced, check.Unindexed)
+		for _, c := range check.Corrupt {
 			fmt.Fprintf(g.stdout, "corrupt  %s\n", c)
 		}
-		for _, c := range rep.Missing {
+		for _, c := range check.Missing {
 			fmt.Fprintf(g.stdout, "missing  %s\n", c)
+		}
+		for _, p := range check.BadPacks {
+			fmt.Fprintf(g.stdout, "bad pack %s\n", p)
 		}
 		for _, r := range rep.BadReleases {
 			fmt.Fprintf(g.stdout, "bad      %s\n", r)
 		}
 	}
-	if len(rep.Corrupt)+len(rep.Missing)+len(rep.BadReleases) > 0 {
+	if !check.OK() || len(rep.BadReleases) > 0 {
+		if repair {
+			g.logf("fsck: dropped what was broken; publish or pull again to restore it")
+		}
 		return fmt.Errorf("fsck: store %s has problems: %w", root, chunkstore.ErrCorrupt)
 	}
 	return nil

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/imgctl/imgctl/chunkstore"
 	"github.com/imgctl/imgctl/manifest"
@@ -18,7 +17,8 @@ type gcReport struct {
 	RemovedReleases int   `json:"removed_releases"`
 	RemovedChunks   int   `json:"removed_chunks"`
 	FreedBytes      int64 `json:"freed_bytes"`
-	RemovedFiles    int   `json:"removed_unindexed_files"`
+	PacksRemoved    int   `json:"packs_removed"`
+	PacksRewritten  int   `json:"packs_rewritten"`
 	DryRun          bool  `json:"dry_run"`
 }
 
@@ -32,7 +32,8 @@ func newGCCommand(g *globalOptions) *cobra.Command {
 		Long: `gc keeps the newest N revisions of every name and channel, plus any release a
 file record of a pull cache names (the slot images on this machine), removes
 the other manifests, then removes every chunk that no kept release names and
-any unindexed chunk file. Chunks of kept releases are never removed.`,
+compacts the packs (a pack with nothing live is deleted, one less than half
+live is rewritten). Chunks of kept releases are never removed.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if store == "" {
@@ -118,12 +119,9 @@ func runGC(ctx context.Context, g *globalOptions, root string, keep int, dryRun,
 		}
 	}
 	var drop []chunkstore.ID
-	indexed := map[chunkstore.ID]bool{}
 	err = s.Walk(func(i chunkstore.Info) error {
-		indexed[i.ID] = true
 		if !referenced[i.ID] {
 			drop = append(drop, i.ID)
-			rep.FreedBytes += int64(i.Stored)
 		}
 		return nil
 	})
@@ -131,33 +129,16 @@ func runGC(ctx context.Context, g *globalOptions, root string, keep int, dryRun,
 		return err
 	}
 	rep.RemovedChunks = len(drop)
-	var stray []string
-	err = filepath.WalkDir(filepath.Join(root, "chunks"), func(p string, e os.DirEntry, err error) error {
-		if err != nil || e.IsDir() {
-			return err
-		}
-		id, perr := chunkstore.ParseID(strings.TrimSuffix(e.Name(), ".zst"))
-		if perr != nil || !indexed[id] {
-			stray = append(stray, p)
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	rep.RemovedFiles = len(stray)
 	if !dryRun {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if err := s.Delete(drop); err != nil {
+		st, err := s.Delete(drop)
+		if err != nil {
 			return err
 		}
-		for _, p := range stray {
-			if err := os.Remove(p); err != nil {
-				return err
-			}
-		}
+		rep.FreedBytes = st.BytesFreed
+		rep.PacksRemoved, rep.PacksRewritten = st.PacksRemoved, st.PacksRewritten
 	}
 	if asJSON {
 		return writeJSON(g.stdout, rep)
@@ -166,7 +147,7 @@ func runGC(ctx context.Context, g *globalOptions, root string, keep int, dryRun,
 	if dryRun {
 		verb = "would remove"
 	}
-	fmt.Fprintf(g.stdout, "kept %d releases; %s %d releases, %d chunks (%s), %d unindexed files\n",
-		rep.KeptReleases, verb, rep.RemovedReleases, rep.RemovedChunks, human(rep.FreedBytes), rep.RemovedFiles)
+	fmt.Fprintf(g.stdout, "kept %d releases; %s %d releases and %d chunks; %d packs removed, %d rewritten, %s freed\n",
+		rep.KeptReleases, verb, rep.RemovedReleases, rep.RemovedChunks, rep.PacksRemoved, rep.PacksRewritten, human(rep.FreedBytes))
 	return nil
 }

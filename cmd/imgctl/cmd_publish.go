@@ -206,7 +206,10 @@ func runPublish(ctx context.Context, g *globalOptions, o *publishOptions, image 
 	if len(revs) > 0 {
 		if prevEnv, _, err := rels.Read(o.name, o.channel, revs[len(revs)-1]); err == nil {
 			if prev, err := manifest.Open(prevEnv); err == nil {
-				out.Previous = delta.Compare(prev, m, storedSize(store.Dir))
+				out.Previous = delta.Compare(prev, m, func(id chunkstore.ID) (int64, bool) {
+					i, err := store.Stat(ctx, id)
+					return int64(i.Stored), err == nil
+				})
 				out.Previous.Regions = nil
 			}
 		}
@@ -224,14 +227,3 @@ func runPublish(ctx context.Context, g *globalOptions, o *publishOptions, image 
 	return &out, nil
 }
 
-// storedSize reports chunk file sizes (the bytes a transfer of the chunk
-// costs).
-func storedSize(d *chunkstore.Dir) func(chunkstore.ID) (int64, bool) {
-	return func(id chunkstore.ID) (int64, bool) {
-		st, err := os.Stat(d.Path(id))
-		if err != nil {
-			return 0, false
-		}
-		return st.Size(), true
-	}
-}

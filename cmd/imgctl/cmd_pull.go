@@ -184,7 +184,9 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 	if o.cache == "" {
 		o.cache = defaultCacheDir()
 	}
-	cache, err := chunkstore.Open(o.cache, chunkstore.Options{Timeout: o.lockTimeout})
+	// Fetched chunks are committed at least every second: a crash loses at
+	// most that much fetching.
+	cache, err := chunkstore.Open(o.cache, chunkstore.Options{Timeout: o.lockTimeout, FlushEvery: time.Second, Now: g.now})
 	if err != nil {
 		return nil, err
 	}

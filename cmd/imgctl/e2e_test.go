@@ -460,14 +460,12 @@ func TestEndToEndKillAndResume(t *testing.T) {
 	defer kill()
 	deadline := time.Now().Add(90 * time.Second)
 	for time.Now().Before(deadline) {
-		n := 0
-		filepath.WalkDir(filepath.Join(cache, "chunks"), func(p string, e os.DirEntry, err error) error {
-			if err == nil && !e.IsDir() {
-				n++
-			}
-			return nil
-		})
-		if n >= 400 { // past the first index commits (every 256 chunks)
+		// Sealed packs of fetched chunks (one per second of fetching).
+		idx, _ := filepath.Glob(filepath.Join(cache, "packs", "*.idx"))
+		if len(idx) >= 2 {
+			break
+		}
+		if cmd.ProcessState != nil {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
