@@ -226,4 +226,3 @@ func runPublish(ctx context.Context, g *globalOptions, o *publishOptions, image 
 	}
 	return &out, nil
 }
-
