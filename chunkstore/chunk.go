@@ -3,6 +3,7 @@ package chunkstore
 import (
 	"bytes"
 	"fmt"
+	"runtime"
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
@@ -59,10 +60,10 @@ func encoder(l Level) (*zstd.Encoder, error) {
 		levels := [4]zstd.EncoderLevel{zstd.SpeedDefault, zstd.SpeedFastest, zstd.SpeedBetterCompression, zstd.SpeedBestCompression}
 		for i, lv := range levels {
 			// CRC off: every chunk is already checked by its BLAKE3 ID.
-			// Concurrency 1: EncodeAll is used from many goroutines and
-			// each call is independent.
+			// Concurrency: EncodeAll borrows one of this many internal
+			// encoders, so it bounds how many chunks compress at once.
 			encs[i], encErr = zstd.NewWriter(nil, zstd.WithEncoderLevel(lv), zstd.WithEncoderCRC(false),
-				zstd.WithEncoderConcurrency(1), zstd.WithZeroFrames(true))
+				zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithZeroFrames(true))
 			if encErr != nil {
 				return
 			}

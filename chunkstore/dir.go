@@ -169,15 +169,35 @@ func (d *Dir) file(seq uint32) (*os.File, error) {
 	return f, nil
 }
 
+// ReadStoredChecked returns the stored bytes of id after checking them
+// against the pack index's checksum of the stored bytes (cheap: no
+// decompression), and the chunk's plain size. A mismatch is an
+// *IntegrityError. Servers send these bytes; clients verify them fully.
+func (d *Dir) ReadStoredChecked(id ID) ([]byte, int, error) {
+	b, size, sum, err := d.readStored(id)
+	if err != nil {
+		return nil, 0, err
+	}
+	if sumStored(b) != sum {
+		return nil, 0, &IntegrityError{ID: id, Reason: "stored bytes do not match the pack index"}
+	}
+	return b, size, nil
+}
+
 // ReadStored returns the stored bytes of id, unverified, and its plain size.
 func (d *Dir) ReadStored(id ID) ([]byte, int, error) {
+	b, size, _, err := d.readStored(id)
+	return b, size, err
+}
+
+func (d *Dir) readStored(id ID) ([]byte, int, storedSum, error) {
 	for attempt := 0; ; attempt++ {
 		l, ok, err := d.lookup(id)
 		if err != nil {
-			return nil, 0, err
+			return nil, 0, storedSum{}, err
 		}
 		if !ok {
-			return nil, 0, fmt.Errorf("chunk %s: %w", id.Short(), ErrNotFound)
+			return nil, 0, storedSum{}, fmt.Errorf("chunk %s: %w", id.Short(), ErrNotFound)
 		}
 		f, err := d.file(l.pack)
 		if errors.Is(err, os.ErrNotExist) && attempt == 0 {
@@ -185,13 +205,13 @@ func (d *Dir) ReadStored(id ID) ([]byte, int, error) {
 			continue
 		}
 		if err != nil {
-			return nil, 0, err
+			return nil, 0, storedSum{}, err
 		}
 		b := make([]byte, l.stored)
 		if _, err := f.ReadAt(b, int64(l.off)); err != nil {
-			return nil, 0, fmt.Errorf("read chunk %s: %w", id.Short(), err)
+			return nil, 0, storedSum{}, fmt.Errorf("read chunk %s: %w", id.Short(), err)
 		}
-		return b, int(l.size), nil
+		return b, int(l.size), l.sum, nil
 	}
 }
 

@@ -1,31 +1,65 @@
 package chunkstore
 
 import (
+	"context"
+	"fmt"
+
 	"errors"
+	"github.com/zeebo/blake3"
 	"io"
 	"sort"
 
 	"golang.org/x/sys/unix"
 )
 
+// Digest returns BLAKE3 of the first size bytes of r, reading nothing
+// where the file system reports a hole (a hole reads as zeros). progress,
+// if set, is called with byte counts.
+func Digest(ctx context.Context, r io.ReaderAt, size int64, progress func(int64)) (ID, error) {
+	holes := FindHoles(r, size)
+	h := blake3.New()
+	buf := make([]byte, 1<<20)
+	for off := int64(0); off < size; {
+		if err := ctx.Err(); err != nil {
+			return ID{}, err
+		}
+		n := min(int64(len(buf)), size-off)
+		if err := holes.ReadAt(r, buf[:n], off); err != nil {
+			return ID{}, fmt.Errorf("read at %d: %w", off, err)
+		}
+		h.Write(buf[:n])
+		off += n
+		if progress != nil {
+			progress(n)
+		}
+	}
+	var id ID
+	h.Sum(id[:0])
+	return id, nil
+}
+
 // span is a byte range [off, off+n).
 type span struct{ off, n int64 }
 
-// holeMap lists the ranges of r that the file system reports as holes
+// HoleMap lists the ranges of r that the file system reports as holes
 // (SEEK_HOLE/SEEK_DATA). A hole reads as zeros by definition, so scanning
 // and hashing can take zeros for it without reading. Readers that are not
 // files, and file systems without hole support, give an empty map: every
 // byte is then read.
-type holeMap []span
+type HoleMap []span
 
-func findHoles(r io.ReaderAt, size int64) holeMap {
+func FindHoles(r io.ReaderAt, size int64) HoleMap { return FindHolesIn(r, 0, size) }
+
+// FindHolesIn is FindHoles for [from, size). The map is a snapshot: use it
+// only for ranges nothing writes to any more.
+func FindHolesIn(r io.ReaderAt, from, size int64) HoleMap {
 	f, ok := r.(interface{ Fd() uintptr })
-	if !ok || size == 0 {
+	if !ok || size <= from {
 		return nil
 	}
 	fd := int(f.Fd())
-	var holes holeMap
-	for off := int64(0); off < size; {
+	var holes HoleMap
+	for off := from; off < size; {
 		h, err := unix.Seek(fd, off, unix.SEEK_HOLE)
 		if err != nil || h >= size {
 			break
@@ -45,15 +79,15 @@ func findHoles(r io.ReaderAt, size int64) holeMap {
 	return holes
 }
 
-// covers reports whether [off, off+n) lies entirely inside one hole.
-func (h holeMap) covers(off, n int64) bool {
+// Covers reports whether [off, off+n) lies entirely inside one hole.
+func (h HoleMap) Covers(off, n int64) bool {
 	i := sort.Search(len(h), func(i int) bool { return h[i].off+h[i].n > off })
 	return i < len(h) && h[i].off <= off && off+n <= h[i].off+h[i].n
 }
 
-// readAt fills p from r at off, taking zeros where a hole covers the range.
-func (h holeMap) readAt(r io.ReaderAt, p []byte, off int64) error {
-	if h.covers(off, int64(len(p))) {
+// ReadAt fills p from r at off, taking zeros where a hole covers the range.
+func (h HoleMap) ReadAt(r io.ReaderAt, p []byte, off int64) error {
+	if h.Covers(off, int64(len(p))) {
 		clear(p)
 		return nil
 	}

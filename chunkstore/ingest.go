@@ -7,8 +7,6 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
-
-	"github.com/zeebo/blake3"
 )
 
 // Piece is one extent of ingested content with its chunk ID (zero for a
@@ -55,26 +53,9 @@ func Ingest(ctx context.Context, r io.ReaderAt, size int64, p Params, dst interf
 		err error
 	}
 	dch := make(chan digestResult, 1)
-	holes := findHoles(r, size)
 	go func() {
-		h := blake3.New()
-		buf := make([]byte, 1<<20)
-		for off := int64(0); off < size; {
-			if err := ctx.Err(); err != nil {
-				dch <- digestResult{err: err}
-				return
-			}
-			n := min(int64(len(buf)), size-off)
-			if err := holes.readAt(r, buf[:n], off); err != nil {
-				dch <- digestResult{err: fmt.Errorf("read at %d: %w", off, err)}
-				return
-			}
-			h.Write(buf[:n])
-			off += n
-		}
-		var id ID
-		h.Sum(id[:0])
-		dch <- digestResult{id: id}
+		id, err := Digest(ctx, r, size, nil)
+		dch <- digestResult{id: id, err: err}
 	}()
 
 	exts, err := Split(ctx, r, size, p, workers)

@@ -34,7 +34,7 @@ type Options struct {
 }
 
 var (
-	bucketChunks = []byte("chunks") // id → pack u32 ‖ off u32 ‖ stored u32 ‖ size u32
+	bucketChunks = []byte("chunks") // id → pack u32 ‖ off u32 ‖ stored u32 ‖ size u32 ‖ stored sum [16]
 	bucketPacks  = []byte("packs")  // seq u32 → (empty): packs whose entries are indexed
 	bucketMeta   = []byte("meta")
 )
@@ -58,10 +58,12 @@ type Local struct {
 	opts Options
 	log  *slog.Logger
 
+	smu     sync.Mutex // serialises seals
 	mu      sync.Mutex // guards everything below
 	cur     *os.File   // open pack (temporary name), nil if none
 	curSeq  uint32
-	curOff  int64
+	curOff  int64  // logical end of the pack (buffer included)
+	curBuf  []byte // appended bytes not yet written to cur, ending at curOff
 	curEnts []idxEntry
 	pend    map[ID]loc
 	files   map[uint32]*os.File
@@ -107,20 +109,21 @@ func Open(root string, opts Options) (*Local, error) {
 }
 
 func encodeLoc(l loc) []byte {
-	var b [16]byte
+	var b [32]byte
 	binary.BigEndian.PutUint32(b[0:], l.pack)
 	binary.BigEndian.PutUint32(b[4:], l.off)
 	binary.BigEndian.PutUint32(b[8:], l.stored)
 	binary.BigEndian.PutUint32(b[12:], l.size)
+	copy(b[16:], l.sum[:])
 	return b[:]
 }
 
 func decodeLoc(v []byte) (loc, bool) {
-	if len(v) != 16 {
+	if len(v) != 32 {
 		return loc{}, false
 	}
 	return loc{pack: binary.BigEndian.Uint32(v[0:]), off: binary.BigEndian.Uint32(v[4:]),
-		stored: binary.BigEndian.Uint32(v[8:]), size: binary.BigEndian.Uint32(v[12:])}, true
+		stored: binary.BigEndian.Uint32(v[8:]), size: binary.BigEndian.Uint32(v[12:]), sum: storedSum(v[16:32])}, true
 }
 
 func seqKey(s uint32) []byte { return binary.BigEndian.AppendUint32(nil, s) }
@@ -260,7 +263,7 @@ func (s *Local) file(seq uint32) (*os.File, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.cur != nil && seq == s.curSeq {
-		return s.cur, nil
+		return s.cur, s.writeBuf() // reads see buffered appends
 	}
 	if f := s.files[seq]; f != nil {
 		return f, nil
@@ -370,42 +373,90 @@ func (s *Local) append(id ID, stored []byte, size uint32) error {
 		}
 		s.nextSeq++
 		s.cur, s.curSeq, s.curOff, s.curEnts = f, seq, 0, nil
+		if s.curBuf == nil {
+			s.curBuf = make([]byte, 0, packBufSize)
+		}
 	}
-	if _, err := s.cur.WriteAt(stored, s.curOff); err != nil {
-		return fmt.Errorf("write pack: %w", err)
+	// Appends are buffered: one write per MiB instead of one per chunk.
+	if len(s.curBuf)+len(stored) > cap(s.curBuf) {
+		if err := s.writeBuf(); err != nil {
+			return err
+		}
 	}
-	l := loc{pack: s.curSeq, off: uint32(s.curOff), stored: uint32(len(stored)), size: size}
+	if len(stored) >= packBufSize {
+		if _, err := s.cur.WriteAt(stored, s.curOff); err != nil {
+			return fmt.Errorf("write pack: %w", err)
+		}
+	} else {
+		s.curBuf = append(s.curBuf, stored...)
+	}
+	l := loc{pack: s.curSeq, off: uint32(s.curOff), stored: uint32(len(stored)), size: size, sum: sumStored(stored)}
 	s.pend[id] = l
 	s.curEnts = append(s.curEnts, idxEntry{id: id, loc: l})
 	s.curOff += int64(len(stored))
 	return nil
 }
 
+const packBufSize = 1 << 20
+
+// writeBuf writes the append buffer to the current pack. s.mu is held.
+func (s *Local) writeBuf() error {
+	if s.cur == nil || len(s.curBuf) == 0 {
+		return nil
+	}
+	if _, err := s.cur.WriteAt(s.curBuf, s.curOff-int64(len(s.curBuf))); err != nil {
+		return fmt.Errorf("write pack: %w", err)
+	}
+	s.curBuf = s.curBuf[:0]
+	return nil
+}
+
 // Flush seals the current pack (index file, fsync, rename, fsync dir) and
-// commits its entries to the index.
+// commits its entries to the index. Puts may go on meanwhile, into a new
+// pack.
 func (s *Local) Flush(_ context.Context) error {
 	if s.opts.ReadOnly {
 		return nil
 	}
+	s.smu.Lock()
+	defer s.smu.Unlock()
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.seal()
-}
-
-// seal finishes the current pack. s.mu is held.
-func (s *Local) seal() error {
 	if s.cur == nil {
+		s.mu.Unlock()
 		return nil
 	}
-	seq := s.curSeq
-	tmpIdx := filepath.Join(s.root, packDir, ".tmp-"+packName(seq)+".idx")
-	if err := writeTempRenameTo(tmpIdx, encodeIdx(append([]idxEntry(nil), s.curEnts...))); err != nil {
+	if err := s.writeBuf(); err != nil {
+		s.mu.Unlock()
 		return err
 	}
-	if err := s.cur.Sync(); err != nil {
+	f, seq, ents := s.cur, s.curSeq, s.curEnts
+	s.files[seq] = f // readers of pending chunks find the pack here
+	s.cur, s.curEnts = nil, nil
+	s.mu.Unlock()
+	if err := s.seal(f, seq, ents); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	for _, e := range ents {
+		if l, ok := s.pend[e.id]; ok && l.pack == seq {
+			delete(s.pend, e.id)
+		}
+	}
+	s.last = s.opts.Now()
+	s.mu.Unlock()
+	return nil
+}
+
+// seal makes pack seq durable and commits its entries. s.smu is held.
+func (s *Local) seal(f *os.File, seq uint32, ents []idxEntry) error {
+	tmpIdx := filepath.Join(s.root, packDir, ".tmp-"+packName(seq)+".idx")
+	if err := writeTempRenameTo(tmpIdx, encodeIdx(append([]idxEntry(nil), ents...))); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
 		return fmt.Errorf("fsync pack: %w", err)
 	}
-	if err := os.Rename(s.cur.Name(), packPath(s.root, seq)); err != nil {
+	if err := os.Rename(f.Name(), packPath(s.root, seq)); err != nil {
 		return err
 	}
 	if err := os.Rename(tmpIdx, idxPath(s.root, seq)); err != nil {
@@ -416,7 +467,7 @@ func (s *Local) seal() error {
 	}
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketChunks)
-		for _, e := range s.curEnts {
+		for _, e := range ents {
 			if err := b.Put(e.id[:], encodeLoc(e.loc)); err != nil {
 				return err
 			}
@@ -426,10 +477,6 @@ func (s *Local) seal() error {
 	if err != nil {
 		return fmt.Errorf("index commit: %w", err)
 	}
-	s.files[seq] = s.cur
-	s.cur, s.curEnts = nil, nil
-	clear(s.pend)
-	s.last = s.opts.Now()
 	return nil
 }
 
@@ -452,14 +499,14 @@ func writeTempRenameTo(path string, data []byte) error {
 
 // Close seals the current pack and closes the index. Safe to call twice.
 func (s *Local) Close() error {
+	var err error
+	if !s.opts.ReadOnly {
+		err = s.Flush(context.Background())
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return nil
-	}
-	var err error
-	if !s.opts.ReadOnly {
-		err = s.seal()
 	}
 	s.closed = true
 	for q, f := range s.files {

@@ -57,8 +57,9 @@ func (s *Local) Delete(ids []ID) (CompactStats, error) {
 		return st, err
 	}
 	var remove []uint32
+	s.smu.Lock()
+	defer s.smu.Unlock()
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	for _, q := range packs {
 		fi, err := os.Stat(packPath(s.root, q))
 		if err != nil {
@@ -78,6 +79,7 @@ func (s *Local) Delete(ids []ID) (CompactStats, error) {
 					continue // corrupt: not copied, dropped with the pack
 				}
 				if err := s.append(e.id, b, e.size); err != nil {
+					s.mu.Unlock()
 					return st, err
 				}
 			}
@@ -88,8 +90,23 @@ func (s *Local) Delete(ids []ID) (CompactStats, error) {
 		}
 		st.BytesFreed += fi.Size() - live[q]
 	}
-	if err := s.seal(); err != nil {
+	if err := s.writeBuf(); err != nil {
+		s.mu.Unlock()
 		return st, err
+	}
+	f, seq, ents := s.cur, s.curSeq, s.curEnts
+	if f != nil {
+		s.files[seq] = f
+		s.cur, s.curEnts = nil, nil
+	}
+	s.mu.Unlock()
+	if f != nil {
+		if err := s.seal(f, seq, ents); err != nil {
+			return st, err
+		}
+		s.mu.Lock()
+		clear(s.pend)
+		s.mu.Unlock()
 	}
 	// New locations are committed; the old packs can go.
 	err = s.db.Update(func(tx *bolt.Tx) error {
@@ -103,6 +120,8 @@ func (s *Local) Delete(ids []ID) (CompactStats, error) {
 	if err != nil {
 		return st, err
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	for _, q := range remove {
 		if f := s.files[q]; f != nil {
 			f.Close()

@@ -21,7 +21,8 @@ import (
 //	<root>/packs/<seq>.idx    sidecar index, immutable, written before the
 //	                          pack is renamed into place:
 //	  magic "IMGCTLX1" ‖ count u32 ‖ count × entry ‖ BLAKE3 of all before [32]
-//	  entry: id [32] ‖ offset u32 ‖ stored length u32 ‖ plain size u32
+//	  entry: id [32] ‖ offset u32 ‖ stored length u32 ‖ plain size u32 ‖
+//	         BLAKE3-128 of the stored bytes [16]
 //	  (entries sorted by id; all integers big-endian)
 //
 // A pack whose .idx is missing or does not check is incomplete and is
@@ -29,7 +30,7 @@ import (
 const (
 	packDir      = "packs"
 	idxMagic     = "IMGCTLX1"
-	idxEntrySize = 32 + 12
+	idxEntrySize = 32 + 12 + 16
 	// MaxPackSize is where the writer starts a new pack.
 	MaxPackSize = 64 << 20
 )
@@ -40,6 +41,16 @@ type loc struct {
 	off    uint32
 	stored uint32
 	size   uint32
+	sum    storedSum
+}
+
+// storedSum is BLAKE3-128 of a chunk's stored bytes: lets a server check
+// for bit rot without decompressing (clients verify the plain bytes).
+type storedSum [16]byte
+
+func sumStored(b []byte) storedSum {
+	id := Sum(b)
+	return storedSum(id[:16])
 }
 
 type idxEntry struct {
@@ -110,6 +121,7 @@ func encodeIdx(entries []idxEntry) []byte {
 		b = binary.BigEndian.AppendUint32(b, e.off)
 		b = binary.BigEndian.AppendUint32(b, e.stored)
 		b = binary.BigEndian.AppendUint32(b, e.size)
+		b = append(b, e.sum[:]...)
 	}
 	sum := Sum(b)
 	return append(b, sum[:]...)
@@ -142,6 +154,7 @@ func readIdx(root string, seq uint32, packSize int64) ([]idxEntry, error) {
 		out[i].off = binary.BigEndian.Uint32(p[32:])
 		out[i].stored = binary.BigEndian.Uint32(p[36:])
 		out[i].size = binary.BigEndian.Uint32(p[40:])
+		copy(out[i].sum[:], p[44:60])
 		if packSize >= 0 && int64(out[i].off)+int64(out[i].stored) > packSize {
 			return nil, bad("entry beyond the end of the pack")
 		}

@@ -45,7 +45,7 @@ func Split(ctx context.Context, r io.ReaderAt, size int64, p Params, workers int
 	if workers < 1 {
 		workers = 1
 	}
-	spans, err := zeroSpans(ctx, r, size, p, findHoles(r, size))
+	spans, err := zeroSpans(ctx, r, size, p, FindHoles(r, size))
 	if err != nil {
 		return nil, err
 	}
@@ -168,7 +168,7 @@ feed:
 
 // zeroSpans splits [0,size) into maximal zero extents (per p) and the data
 // spans between them.
-func zeroSpans(ctx context.Context, r io.ReaderAt, size int64, p Params, holes holeMap) ([]Extent, error) {
+func zeroSpans(ctx context.Context, r io.ReaderAt, size int64, p Params, holes HoleMap) ([]Extent, error) {
 	if p.ZeroBlock == 0 {
 		if size == 0 {
 			return nil, nil
@@ -206,7 +206,7 @@ func zeroSpans(ctx context.Context, r io.ReaderAt, size int64, p Params, holes h
 		if full-off < n {
 			n = full - off
 		}
-		if holes.covers(off, n) {
+		if holes.Covers(off, n) {
 			// All zero blocks, known without reading.
 			if runStart < 0 {
 				add(dataStart, off-dataStart, false)
@@ -215,7 +215,7 @@ func zeroSpans(ctx context.Context, r io.ReaderAt, size int64, p Params, holes h
 			off += n
 			continue
 		}
-		if err := holes.readAt(r, buf[:n], off); err != nil {
+		if err := holes.ReadAt(r, buf[:n], off); err != nil {
 			if errors.Is(err, io.ErrUnexpectedEOF) {
 				return nil, fmt.Errorf("split: input shorter than %d bytes", size)
 			}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/imgctl/imgctl/chunkstore"
 	"github.com/imgctl/imgctl/manifest"
+	"github.com/zeebo/blake3"
 )
 
 // Fetcher retrieves chunks from elsewhere. Fetch calls fn once for every
@@ -57,7 +58,10 @@ type Assembler struct {
 	// ZeroFill writes zero extents; leave it off only when the output is
 	// known to read as zeros there (a new or truncated file).
 	ZeroFill bool
+	Digest   bool
 	Workers  int // local copy workers; 0 means GOMAXPROCS
+	// Digest computes the BLAKE3 of the output while it is assembled
+	// (Stats.Digest).
 	Progress Progress
 	Logger   *slog.Logger
 }
@@ -75,25 +79,27 @@ type Stats struct {
 	// Fallbacks counts candidates that failed verification (a drifted seed,
 	// a corrupt cache file) and were passed over.
 	Fallbacks int `json:"fallbacks"`
+	// Digest is the BLAKE3 of the output, read back (Assembler.Digest).
+	Digest chunkstore.ID `json:"-"`
 }
 
-// Run assembles plan.Target into a.Out. On success every chunk written was
-// verified against its ID; the caller should still Sync the output and
-// check the whole-content digest (VerifyDigest).
+// Run assembles plan.Target into a.Out. The chunks the plan fetches are
+// requested at once, while local candidates are copied; chunks whose local
+// candidates all fail are fetched after that. On success every chunk
+// written was verified against its ID; with Digest set, Stats.Digest is the
+// BLAKE3 of the assembled output, read back from a.Out while it fills. The
+// caller should Sync the output and compare that digest (VerifyDigest
+// explains a mismatch).
 func (a *Assembler) Run(ctx context.Context, plan *Plan) (Stats, error) {
 	t := plan.Target
 	prog := a.Progress
 	if prog == nil {
 		prog = noProgress{}
 	}
-	log := a.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
 	prog.Start(t.Size)
 	defer prog.Done()
 
-	// Zero extents.
+	// Zero extents first: the hasher may read them at once.
 	for _, r := range t.Runs {
 		if r.Kind != manifest.RunZero {
 			continue
@@ -106,20 +112,102 @@ func (a *Assembler) Run(ctx context.Context, plan *Plan) (Stats, error) {
 		prog.Add(r.Size)
 	}
 
-	occ := t.Occurrences()
-	w := &writer{out: a.Out, t: t, occ: occ, prog: prog}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	tr := newTracker(len(t.Chunks))
+	defer tr.abort()
+	var digestc chan digestResult
+	if a.Digest {
+		digestc = make(chan digestResult, 1)
+		go func() { digestc <- a.hash(ctx, t, tr) }()
+	}
+
+	w := &writer{out: a.Out, t: t, occ: t.Occurrences(), prog: prog, tr: tr}
 	var (
 		st      Stats
 		mu      sync.Mutex
-		toFetch []int
+		missing []int
+		retry   []int
 	)
 	for i, c := range plan.Sources {
 		if len(c) == 0 {
-			toFetch = append(toFetch, i)
+			missing = append(missing, i)
 		}
 	}
+	errc := make(chan error, 2)
+	go func() { errc <- a.fetch(ctx, w, missing, &st, &mu) }()
+	go func() { errc <- a.locals(ctx, w, plan, &st, &mu, &retry) }()
+	var err error
+	for k := 0; k < 2; k++ {
+		if e := <-errc; e != nil && err == nil {
+			err = e
+			cancel()
+		}
+	}
+	if err == nil && len(retry) > 0 {
+		err = a.fetch(ctx, w, retry, &st, &mu)
+	}
+	if err != nil {
+		return st, err
+	}
+	if digestc != nil {
+		d := <-digestc
+		if d.err != nil {
+			return st, d.err
+		}
+		st.Digest = d.id
+	}
+	return st, nil
+}
 
-	// Local candidates.
+type digestResult struct {
+	id  chunkstore.ID
+	err error
+}
+
+// hash reads the output back in content order, each extent once the chunk
+// that fills it is written, and returns its BLAKE3.
+func (a *Assembler) hash(ctx context.Context, t *manifest.Manifest, tr *tracker) digestResult {
+	h := blake3.New()
+	buf := make([]byte, 1<<20)
+	var err error
+	t.Walk(func(off, size int64, c int) bool {
+		// Holes are asked for only in zero extents, which are final by
+		// now; chunk extents are always read.
+		var holes chunkstore.HoleMap
+		if c >= 0 && !tr.wait(c) {
+			err = context.Canceled
+			return false
+		} else if c < 0 {
+			holes = chunkstore.FindHolesIn(a.Out, off, off+size)
+		}
+		for size > 0 {
+			if err = ctx.Err(); err != nil {
+				return false
+			}
+			n := min(size, int64(len(buf)))
+			if err = holes.ReadAt(a.Out, buf[:n], off); err != nil {
+				err = fmt.Errorf("read back at %d: %w", off, err)
+				return false
+			}
+			h.Write(buf[:n])
+			off += n
+			size -= n
+		}
+		return true
+	})
+	if err != nil {
+		return digestResult{err: err}
+	}
+	var id chunkstore.ID
+	h.Sum(id[:0])
+	return digestResult{id: id}
+}
+
+// locals copies every chunk that has local candidates, with a.Workers
+// workers; chunks whose candidates all fail go to *retry.
+func (a *Assembler) locals(ctx context.Context, w *writer, plan *Plan, st *Stats, mu *sync.Mutex, retry *[]int) error {
+	t := plan.Target
 	workers := a.Workers
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
@@ -128,9 +216,6 @@ func (a *Assembler) Run(ctx context.Context, plan *Plan) (Stats, error) {
 	var wg sync.WaitGroup
 	var firstErr error
 	var errOnce sync.Once
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	fail := func(err error) { errOnce.Do(func() { firstErr = err; cancel() }) }
 	for k := 0; k < workers; k++ {
 		wg.Add(1)
 		go func() {
@@ -153,11 +238,11 @@ func (a *Assembler) Run(ctx context.Context, plan *Plan) (Stats, error) {
 					st.CacheChunks++
 					st.CacheBytes += n
 				default:
-					toFetch = append(toFetch, i)
+					*retry = append(*retry, i)
 				}
 				mu.Unlock()
 				if err != nil {
-					fail(err)
+					errOnce.Do(func() { firstErr = err })
 				}
 			}
 		}()
@@ -176,26 +261,28 @@ feed:
 	close(jobs)
 	wg.Wait()
 	if firstErr != nil {
-		return st, firstErr
+		return firstErr
 	}
-	if err := ctx.Err(); err != nil {
-		return st, err
-	}
+	return ctx.Err()
+}
 
-	if len(toFetch) == 0 {
-		return st, nil
+// fetch gets chunks idx from a.Fetch and writes them everywhere they go.
+func (a *Assembler) fetch(ctx context.Context, w *writer, idx []int, st *Stats, mu *sync.Mutex) error {
+	if len(idx) == 0 {
+		return nil
 	}
 	if a.Fetch == nil {
-		return st, fmt.Errorf("%d chunks must be fetched and no source is configured", len(toFetch))
+		return fmt.Errorf("%d chunks must be fetched and no source is configured", len(idx))
 	}
-	want := make(map[chunkstore.ID]int, len(toFetch))
-	refs := make([]manifest.ChunkRef, 0, len(toFetch))
-	for _, i := range toFetch {
+	t := w.t
+	want := make(map[chunkstore.ID]int, len(idx))
+	refs := make([]manifest.ChunkRef, 0, len(idx))
+	for _, i := range idx {
 		want[t.Chunks[i].ID] = i
 		refs = append(refs, t.Chunks[i])
 	}
 	var got atomic.Int64
-	done := make([]atomic.Bool, len(t.Chunks))
+	seen := make([]atomic.Bool, len(t.Chunks))
 	err := a.Fetch.Fetch(ctx, refs, func(c chunkstore.Chunk) error {
 		i, ok := want[c.ID()]
 		if !ok {
@@ -204,7 +291,7 @@ feed:
 		if c.Size() != int(t.Chunks[i].Size) {
 			return &chunkstore.IntegrityError{ID: c.ID(), Reason: "size differs from manifest"}
 		}
-		if done[i].Swap(true) {
+		if seen[i].Swap(true) {
 			return nil
 		}
 		if err := w.writeAll(i, c.Plain(), -1); err != nil {
@@ -218,12 +305,50 @@ feed:
 		return nil
 	})
 	if err != nil {
-		return st, err
+		return err
 	}
-	if int(got.Load()) != len(toFetch) {
-		return st, fmt.Errorf("fetch delivered %d of %d chunks", got.Load(), len(toFetch))
+	if int(got.Load()) != len(idx) {
+		return fmt.Errorf("fetch delivered %d of %d chunks", got.Load(), len(idx))
 	}
-	return st, nil
+	return nil
+}
+
+// tracker records which chunks are written, for the hasher.
+type tracker struct {
+	mu      sync.Mutex
+	cond    *sync.Cond
+	done    []bool
+	aborted bool
+}
+
+func newTracker(n int) *tracker {
+	t := &tracker{done: make([]bool, n)}
+	t.cond = sync.NewCond(&t.mu)
+	return t
+}
+
+func (t *tracker) mark(i int) {
+	t.mu.Lock()
+	t.done[i] = true
+	t.mu.Unlock()
+	t.cond.Broadcast()
+}
+
+func (t *tracker) abort() {
+	t.mu.Lock()
+	t.aborted = true
+	t.mu.Unlock()
+	t.cond.Broadcast()
+}
+
+// wait blocks until chunk i is written; false if the run was aborted.
+func (t *tracker) wait(i int) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for !t.done[i] && !t.aborted {
+		t.cond.Wait()
+	}
+	return t.done[i]
 }
 
 // local tries chunk i's local candidates in order. It returns the source
@@ -293,6 +418,7 @@ type writer struct {
 	t    *manifest.Manifest
 	occ  [][]manifest.Occurrence
 	prog Progress
+	tr   *tracker
 }
 
 // writeAll writes data at every occurrence of chunk i, except at skip.
@@ -309,6 +435,7 @@ func (w *writer) writeAll(i int, data []byte, skip int64) error {
 			w.prog.Add(n)
 		}
 	}
+	w.tr.mark(i)
 	return nil
 }
 

@@ -129,7 +129,7 @@ func TestAssembleFromSeedFetchAndFallback(t *testing.T) {
 	f := &fetcher{chunks: chunkMap(want, target)}
 	out := &mem{b: bytes.Repeat([]byte{0xEE}, len(want))} // old junk: zero fill needed
 	plan := delta.NewPlan(delta.Inputs{Target: target, Seeds: []delta.SeedIndex{delta.IndexManifest(seedMan)}})
-	asm := &delta.Assembler{Out: out, Seeds: []io.ReaderAt{bytes.NewReader(seedData)}, Fetch: f, ZeroFill: true, Workers: 3}
+	asm := &delta.Assembler{Out: out, Seeds: []io.ReaderAt{bytes.NewReader(seedData)}, Fetch: f, ZeroFill: true, Workers: 3, Digest: true}
 	st, err := asm.Run(context.Background(), plan)
 	if err != nil {
 		t.Fatal(err)
@@ -139,6 +139,9 @@ func TestAssembleFromSeedFetchAndFallback(t *testing.T) {
 	}
 	if err := delta.VerifyDigest(context.Background(), out, target, nil); err != nil {
 		t.Fatal(err)
+	}
+	if st.Digest != target.Digest {
+		t.Fatal("digest computed while assembling differs from the content's")
 	}
 	if st.SeedChunks != 2 || st.Fallbacks != 1 || st.FetchChunks != 3 {
 		t.Fatalf("stats %+v: want a and e from the seed, b refetched after a fallback, c d fetched", st)

@@ -90,6 +90,8 @@ type pullResult struct {
 	Plan           delta.Report  `json:"plan"`
 	Verified       bool          `json:"verified"`
 	Seconds        float64       `json:"seconds"`
+	// Phases are wall-clock milliseconds per step, for diagnosis.
+	Phases map[string]int64 `json:"phases_ms"`
 }
 
 // fileRecord is the cache's memory of what a file holds.
@@ -170,6 +172,13 @@ func parseSeed(arg string) (file, man string) {
 
 func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult, error) {
 	start := g.now()
+	phases := map[string]int64{}
+	mark := start
+	phase := func(name string) {
+		now := g.now()
+		phases[name] += now.Sub(mark).Milliseconds()
+		mark = now
+	}
 	if o.from == "" || o.name == "" || o.out == "" || len(o.trust) == 0 {
 		return nil, usagef("pull: --from, --trust, --name and --out are required")
 	}
@@ -213,6 +222,7 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 	if err := cache.PutMeta(manifestKey(id), env); err != nil {
 		return nil, err
 	}
+	phase("manifest")
 	g.logf("pull %s/%s@%d: %s, %d chunks", m.Name, m.Channel, m.Revision, human(m.Size), len(m.Chunks))
 
 	// 3: seeds.
@@ -254,6 +264,7 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 		return nil, err
 	}
 
+	phase("seeds")
 	// 4: plan.
 	plan := delta.NewPlan(delta.Inputs{Target: m, InPlace: inPlace, Seeds: seedIdx, Have: func(id chunkstore.ID) bool {
 		ok, _ := cache.Has(ctx, id)
@@ -266,9 +277,11 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 	// 5-6: fetch and assemble.
 	asm := &delta.Assembler{
 		Out: out, Seeds: seedFiles, Cache: cache, Fetch: storingFetcher{client: client, cache: cache},
-		ZeroFill: !out.fresh, Workers: o.workers, Progress: newProgress(g, "write"), Logger: g.log,
+		ZeroFill: !out.fresh, Digest: true, Workers: o.workers, Progress: newProgress(g, "write"), Logger: g.log,
 	}
+	phase("plan")
 	st, err := asm.Run(ctx, plan)
+	phase("assemble")
 	if ferr := cache.Flush(context.Background()); err == nil {
 		err = ferr
 	}
@@ -278,7 +291,10 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 	if err := out.Sync(); err != nil {
 		return nil, fmt.Errorf("sync %s: %w", outPath, err)
 	}
-	if err := delta.VerifyDigest(ctx, out, m, newProgress(g, "verify")); err != nil {
+	phase("sync")
+	// The digest was computed from what was read back while writing; it is
+	// compared only now that the output is synced.
+	if err := delta.CheckDigest(out, m, st.Digest); err != nil {
 		return nil, err
 	}
 	if err := saveFileRecord(cache, outPath, fileRecord{Manifest: id, Complete: true}); err != nil {
@@ -291,12 +307,13 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 			return nil, err
 		}
 	}
+	phase("record")
 	res := &pullResult{
 		Name: m.Name, Channel: m.Channel, Revision: m.Revision, ID: id, Size: m.Size, Out: outPath,
 		BytesFetched: client.Received(), ManifestBytes: len(env), BytesFromSeed: st.SeedBytes,
 		BytesFromCache: st.CacheBytes, BytesInPlace: st.InPlaceBytes, ChunksFetched: st.FetchChunks,
 		PlainFetched: st.FetchBytes, Chunks: len(m.Chunks), ZeroBytes: plan.Report.ZeroBytes,
-		Fallbacks: st.Fallbacks, Plan: plan.Report, Verified: true, Seconds: g.now().Sub(start).Seconds(),
+		Fallbacks: st.Fallbacks, Plan: plan.Report, Verified: true, Seconds: g.now().Sub(start).Seconds(), Phases: phases,
 	}
 	if o.json {
 		return res, writeJSON(g.stdout, res)
