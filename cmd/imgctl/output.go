@@ -17,21 +17,41 @@ type target struct {
 	regular bool
 	fresh   bool // created or empty: reads as zeros everywhere
 	dirty   atomic.Int64
+	kick    chan struct{}
+	done    chan struct{}
 }
 
 // writebackEvery is how many written bytes start asynchronous writeback,
 // so that the final fsync has little left to wait for.
 const writebackEvery = 32 << 20
 
-// WriteAt writes and, every writebackEvery bytes, asks the kernel to start
-// writing dirty pages back (sync_file_range without waiting).
+// WriteAt writes and, every writebackEvery bytes, asks a background
+// goroutine to start writeback of dirty pages (sync_file_range without
+// waiting), so that writers never block on submitting I/O.
 func (t *target) WriteAt(p []byte, off int64) (int, error) {
 	n, err := t.File.WriteAt(p, off)
 	if t.dirty.Add(int64(n)) >= writebackEvery {
 		t.dirty.Store(0)
-		_ = unix.SyncFileRange(int(t.Fd()), 0, 0, unix.SYNC_FILE_RANGE_WRITE)
+		select {
+		case t.kick <- struct{}{}:
+		default: // writeback already requested
+		}
 	}
 	return n, err
+}
+
+func (t *target) writeback() {
+	defer close(t.done)
+	for range t.kick {
+		_ = unix.SyncFileRange(int(t.Fd()), 0, 0, unix.SYNC_FILE_RANGE_WRITE)
+	}
+}
+
+// Close stops the writeback goroutine and closes the file.
+func (t *target) Close() error {
+	close(t.kick)
+	<-t.done
+	return t.File.Close()
 }
 
 // openTarget opens path for in-place writing and sizes it: a regular file is
@@ -46,7 +66,7 @@ func openTarget(path string, size int64) (*target, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &target{File: f, fresh: fresh}
+	t := &target{File: f, fresh: fresh, kick: make(chan struct{}, 1), done: make(chan struct{})}
 	st, err = f.Stat()
 	if err != nil {
 		f.Close()
@@ -75,6 +95,7 @@ func openTarget(path string, size int64) (*target, error) {
 		f.Close()
 		return nil, fmt.Errorf("%s is neither a regular file nor a block device", path)
 	}
+	go t.writeback()
 	return t, nil
 }
 
