@@ -4,17 +4,9 @@
 # fresh store and report what a terminal on v1 fetches (stored bytes of the
 # chunks v1 lacks, plus the manifest), the manifest size and the chunk count.
 #   bash bench/chunker-params.sh
-set -euo pipefail
-HERE=$(cd "$(dirname "$0")" && pwd)
-OUT=${OUT:-$HERE/out}
 PARAMS=${PARAMS:-"2:8:32 4:16:64 8:32:128 16:64:256 64:256:1024"}
-export OUT
-bash "$HERE/images.sh" >/dev/null
-W=$OUT/params
-rm -rf "$W" && mkdir -p "$W"
-(cd "$HERE/.." && CGO_ENABLED=0 go build -o "$W/imgctl" ./cmd/imgctl)
-I=$W/imgctl
-"$I" key gen --out "$W/k" -q
+W=params
+. "$(dirname "$0")/lib.sh"
 printf '%-12s %-5s %10s %10s %10s %9s %8s\n' params data "fetch MB" "manifest" "chunks v2" "new chks" "pub v2 s"
 for p in $PARAMS; do
 	for kind in img tar; do

@@ -3,17 +3,9 @@
 # Prints medians of RUNS runs and the ratios; see docs/performance.md.
 #   bash bench/compare.sh            (RUNS=3 by default)
 # Needs root (debootstrap), debootstrap, e2fsprogs, casync, GNU time.
-set -euo pipefail
-HERE=$(cd "$(dirname "$0")" && pwd)
-OUT=${OUT:-$HERE/out}
 RUNS=${RUNS:-3}
-export OUT
-bash "$HERE/images.sh" >/dev/null
-W=$OUT/run
-rm -rf "$W" && mkdir -p "$W"
-(cd "$HERE/.." && CGO_ENABLED=0 go build -o "$W/imgctl" ./cmd/imgctl)
-I=$W/imgctl
-"$I" key gen --out "$W/k" -q
+W=run
+. "$(dirname "$0")/lib.sh"
 
 secs() { # command... ; prints elapsed seconds
 	local s e

@@ -11,15 +11,16 @@ import (
 // directory is written, fsynced and renamed over path, then the directory is
 // fsynced.
 func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
-	if err := writeTempRename(path, data, perm, true); err != nil {
+	if err := writeTempRename(path, data, perm); err != nil {
 		return err
 	}
 	return SyncDir(filepath.Dir(path))
 }
 
-// writeTempRename writes data to a temporary file beside path and renames it
-// over path; with sync it fsyncs the file first.
-func writeTempRename(path string, data []byte, perm os.FileMode, sync bool) (err error) {
+// writeTempRename writes data to a temporary file beside path (created
+// 0600, so a secret is never readable by others), fsyncs it, sets perm and
+// renames it over path.
+func writeTempRename(path string, data []byte, perm os.FileMode) (err error) {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, ".tmp-"+filepath.Base(path)+"-*")
 	if err != nil {
@@ -35,10 +36,8 @@ func writeTempRename(path string, data []byte, perm os.FileMode, sync bool) (err
 	if _, err = f.Write(data); err != nil {
 		return fmt.Errorf("write %s: %w", tmp, err)
 	}
-	if sync {
-		if err = f.Sync(); err != nil {
-			return fmt.Errorf("fsync %s: %w", tmp, err)
-		}
+	if err = f.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", tmp, err)
 	}
 	if err = f.Chmod(perm); err != nil {
 		return err
@@ -63,4 +62,21 @@ func SyncDir(dir string) error {
 		return fmt.Errorf("fsync %s: %w", dir, err)
 	}
 	return nil
+}
+
+// writeFileSync writes data to path (truncating it) and fsyncs it.
+func writeFileSync(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }

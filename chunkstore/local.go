@@ -450,7 +450,7 @@ func (s *Local) Flush(_ context.Context) error {
 // seal makes pack seq durable and commits its entries. s.smu is held.
 func (s *Local) seal(f *os.File, seq uint32, ents []idxEntry) error {
 	tmpIdx := filepath.Join(s.root, packDir, ".tmp-"+packName(seq)+".idx")
-	if err := writeTempRenameTo(tmpIdx, encodeIdx(append([]idxEntry(nil), ents...))); err != nil {
+	if err := writeFileSync(tmpIdx, encodeIdx(append([]idxEntry(nil), ents...))); err != nil {
 		return err
 	}
 	if err := f.Sync(); err != nil {
@@ -478,23 +478,6 @@ func (s *Local) seal(f *os.File, seq uint32, ents []idxEntry) error {
 		return fmt.Errorf("index commit: %w", err)
 	}
 	return nil
-}
-
-// writeTempRenameTo writes data to path (a temporary name) and fsyncs it.
-func writeTempRenameTo(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }
 
 // Close seals the current pack and closes the index. Safe to call twice.

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/imgctl/imgctl/chunkstore"
 	"github.com/imgctl/imgctl/manifest"
 	"github.com/spf13/cobra"
 )
@@ -53,30 +54,13 @@ func runKeyGen(g *globalOptions, out string, force bool) error {
 		return err
 	}
 	pk, _ := k.MarshalText()
-	if err := writeNew(priv, pk, 0o600); err != nil {
+	if err := chunkstore.WriteFileAtomic(priv, pk, 0o600); err != nil {
 		return err
 	}
 	pb, _ := k.Public().MarshalText()
-	if err := writeNew(pub, pb, 0o644); err != nil {
+	if err := chunkstore.WriteFileAtomic(pub, pb, 0o644); err != nil {
 		return err
 	}
 	g.logf("wrote %s (secret) and %s; key id %s", priv, pub, k.ID)
 	return nil
-}
-
-func writeNew(path string, data []byte, perm os.FileMode) error {
-	os.Remove(path)
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }

@@ -1,0 +1,14 @@
+# Shared setup of the bench scripts: sourced, not run.
+#   W=<work dir name>; . "$(dirname "$0")/lib.sh"
+# Builds the data (bench/images.sh), a fresh $W under $OUT, imgctl as $I and
+# a signing key $W/k.key.
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[1]}")" && pwd)
+OUT=${OUT:-$HERE/out}
+export OUT
+bash "$HERE/images.sh" >/dev/null
+W=$OUT/$W
+rm -rf "$W" && mkdir -p "$W"
+(cd "$HERE/.." && CGO_ENABLED=0 go build -o "$W/imgctl" ./cmd/imgctl)
+I=$W/imgctl
+"$I" key gen --out "$W/k" -q
