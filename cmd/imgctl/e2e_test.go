@@ -495,3 +495,52 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("demo output:\n%s", out)
 	}
 }
+
+// A full disk loses nothing: a publish into a store on a full file system
+// fails with a clear error and leaves the store consistent; a pull whose
+// output runs out of space fails, its cache stays sound, and the same pull
+// onto a roomy disk fetches only what the failed one had not.
+func TestEndToEndFullDisk(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a small tmpfs (CI runs as root)")
+	}
+	f := newFixture(t, 24<<20)
+	small := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", small).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", small).Run() })
+
+	// Publish into a store on the full disk.
+	full := filepath.Join(small, "store")
+	r := imgctl(t, nil, "publish", "--store", full, "--key", f.key, "--name", "os", f.img1, "-q")
+	if r.code != 1 || !strings.Contains(r.stderr, "no space left") {
+		t.Fatalf("publish on a full disk: exit %d %s", r.code, r.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(full, "manifests", "os", "stable", "1.imgm")); err == nil {
+		t.Fatal("a manifest was written for a release whose chunks did not fit")
+	}
+	// fsck runs on the still full disk: the interrupted pack is cleaned up
+	// and what remains is consistent.
+	mustRun(t, "fsck", "--store", full)
+
+	// Pull onto a full disk.
+	f.publish(t, f.img1)
+	url := serve(t, f.store)
+	cache := filepath.Join(f.dir, "cache")
+	r = imgctl(t, nil, "pull", "--from", url, "--trust", f.pub, "--name", "os", "--cache", cache, "--out", filepath.Join(small, "slot"), "-q")
+	if r.code != 1 || !strings.Contains(r.stderr, "no space left") {
+		t.Fatalf("pull onto a full disk: exit %d %s", r.code, r.stderr)
+	}
+	mustRun(t, "fsck", "--store", cache)
+	got, res := f.pull(t, url, cache, filepath.Join(f.dir, "slot"))
+	if res.code != 0 {
+		t.Fatalf("pull after the full disk: %s", res.stderr)
+	}
+	sameFile(t, filepath.Join(f.dir, "slot"), f.img1)
+	// The failed pull stopped fetching when the disk filled; what it had
+	// fetched was kept and is not fetched again.
+	if got.BytesFromCache == 0 || got.ChunksFetched >= got.Chunks {
+		t.Fatalf("chunks fetched before the disk filled were fetched again: %+v", got)
+	}
+}
