@@ -12,7 +12,6 @@ import (
 
 	"github.com/imgctl/imgctl/chunkstore"
 	"github.com/imgctl/imgctl/manifest"
-	"github.com/zeebo/blake3"
 )
 
 // Fetcher retrieves chunks from elsewhere. Fetch calls fn once for every
@@ -166,10 +165,12 @@ type digestResult struct {
 }
 
 // hash reads the output back in content order, each extent once the chunk
-// that fills it is written, and returns its BLAKE3.
+// that fills it is written, and returns its BLAKE3. Bytes are fed to the
+// hasher in large blocks, which it hashes on all cores.
 func (a *Assembler) hash(ctx context.Context, t *manifest.Manifest, tr *tracker) digestResult {
-	h := blake3.New()
-	buf := make([]byte, 1<<20)
+	h := chunkstore.NewDigest()
+	buf := make([]byte, chunkstore.DigestBlock)
+	fill := 0
 	var err error
 	t.Walk(func(off, size int64, c int) bool {
 		// Holes are asked for only in zero extents, which are final by
@@ -185,20 +186,25 @@ func (a *Assembler) hash(ctx context.Context, t *manifest.Manifest, tr *tracker)
 			if err = ctx.Err(); err != nil {
 				return false
 			}
-			n := min(size, int64(len(buf)))
-			if err = holes.ReadAt(a.Out, buf[:n], off); err != nil {
+			n := min(size, int64(len(buf)-fill))
+			if err = holes.ReadAt(a.Out, buf[fill:fill+int(n)], off); err != nil {
 				err = fmt.Errorf("read back at %d: %w", off, err)
 				return false
 			}
-			h.Write(buf[:n])
+			fill += int(n)
 			off += n
 			size -= n
+			if fill == len(buf) {
+				h.Write(buf)
+				fill = 0
+			}
 		}
 		return true
 	})
 	if err != nil {
 		return digestResult{err: err}
 	}
+	h.Write(buf[:fill])
 	var id chunkstore.ID
 	h.Sum(id[:0])
 	return digestResult{id: id}
