@@ -54,6 +54,11 @@ for r in $(seq "$RUNS"); do
 	sync
 	T[imgctl-pull]+="$(secs "$I" pull -q --from "$URL" --trust "$W/k.pub" --name os --seed "$W/slotA" --cache "$W/cache" --out "$W/slotB") "
 	cmp "$W/slotB" "$OUT/v2.img"
+	rm -rf "$W/cache" "$W/slotB"
+	cp -a "$W/cache1" "$W/cache"
+	sync
+	T[imgctl-pulldir]+="$(secs "$I" pull -q --from "$W/s" --trust "$W/k.pub" --name os --seed "$W/slotA" --cache "$W/cache" --out "$W/slotB") "
+	cmp "$W/slotB" "$OUT/v2.img"
 	sync
 	T[casync-pull]+="$(secs casync extract --seed="$OUT/v1.img" --store="$W/c2" "$W/v2.caibx" "$W/casync-out.img") "
 	cmp "$W/casync-out.img" "$OUT/v2.img"
@@ -79,8 +84,9 @@ printf '%-44s %9.0f %9.0f\n' "  MB/s" "$(echo "$size/$pi/1000000" | bc -l)" "$(e
 ti=$(m imgctl-v2.tar); tc=$(m casync-v2.tar)
 printf '%-44s %9.2fs %9.2fs %7sx\n' "publish dense tar $(mb "$tarsize") MB (s)" "$ti" "$tc" "$(ratio "$tc" "$ti")"
 printf '%-44s %9.0f %9.0f\n' "  MB/s" "$(echo "$tarsize/$ti/1000000" | bc -l)" "$(echo "$tarsize/$tc/1000000" | bc -l)"
-li=$(m imgctl-pull); lc=$(m casync-pull)
-printf '%-44s %9.2fs %9.2fs %7sx\n' "pull v2 with v1 as seed (s)" "$li" "$lc" "$(ratio "$lc" "$li")"
+li=$(m imgctl-pull); lc=$(m casync-pull); ld=$(m imgctl-pulldir)
+printf '%-44s %9.2fs %9.2fs %7sx\n' "pull v2, v1 as seed, from a store directory" "$ld" "$lc" "$(ratio "$lc" "$ld")"
+printf '%-44s %9.2fs %9.2fs %7sx\n' "  the same from an HTTP origin on loopback" "$li" "$lc" "$(ratio "$lc" "$li")"
 printf '%-44s %8s MB %7s MB %7sx\n' "bytes for v1→v2 (imgctl: fetched; casync: new chunks + index)" "$(mb "$fetched")" "$(mb $((casync_delta + casync_index)))" "$(ratio $((casync_delta + casync_index)) "$fetched")"
 printf '%-44s %9s %%\n' "manifest size / image size" "$(echo "scale=4; 100*$manifest/$size" | bc)"
 printf '%-44s %7s MiB\n' "peak RSS, delta pull of 1 GiB" "$(( $(cat "$W/rss") / 1024 ))"

@@ -30,7 +30,7 @@ type pullOptions struct {
 }
 
 func (o *pullOptions) AddFlags(f *pflag.FlagSet) {
-	f.StringVar(&o.from, "from", "", "origin or branch cache URL, e.g. http://10.0.0.1:8420")
+	f.StringVar(&o.from, "from", "", "origin or branch cache URL (http://10.0.0.1:8420), or a store directory (a USB stick, an NFS mount)")
 	f.StringSliceVar(&o.trust, "trust", nil, "trusted public key or trust file (repeatable)")
 	f.StringVar(&o.name, "name", "", "release name")
 	f.StringVar(&o.channel, "channel", "stable", "release channel")
@@ -142,11 +142,37 @@ func saveFileRecord(c *chunkstore.Local, path string, r fileRecord) error {
 	return c.PutMeta(fileKey(path), b)
 }
 
-// storingFetcher fetches over HTTP and keeps every chunk in the cache
+// source is where a pull gets manifests and chunks: an HTTP origin or a
+// store directory.
+type source interface {
+	Manifest(ctx context.Context, name, channel string, rev uint64) ([]byte, error)
+	Fetch(ctx context.Context, refs []manifest.ChunkRef, fn func(chunkstore.Chunk) error) error
+	Received() int64
+}
+
+func openSource(g *globalOptions, from string, concurrency int) (source, func(), error) {
+	if strings.HasPrefix(from, "http://") || strings.HasPrefix(from, "https://") {
+		c, err := transport.NewClient(from, transport.ClientOptions{Concurrency: concurrency, Logger: g.log})
+		if err != nil {
+			return nil, nil, usageError{err}
+		}
+		return c, func() {}, nil
+	}
+	if st, err := os.Stat(filepath.Join(strings.TrimPrefix(from, "file://"), "manifests")); err != nil || !st.IsDir() {
+		return nil, nil, usagef("--from %q: neither an http(s) URL nor a store directory", from)
+	}
+	d, err := transport.OpenDirSource(strings.TrimPrefix(from, "file://"))
+	if err != nil {
+		return nil, nil, err
+	}
+	return d, func() { d.Close() }, nil
+}
+
+// storingFetcher fetches from the source and keeps every chunk in the cache
 // (canonical stored bytes) before it is written out, so an interrupted pull
 // does not fetch it again.
 type storingFetcher struct {
-	client *transport.Client
+	client source
 	cache  *chunkstore.Local
 }
 
@@ -186,10 +212,11 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 	if err != nil {
 		return nil, err
 	}
-	client, err := transport.NewClient(o.from, transport.ClientOptions{Concurrency: o.concurrency, Logger: g.log})
+	client, closeSource, err := openSource(g, o.from, o.concurrency)
 	if err != nil {
-		return nil, usageError{err}
+		return nil, err
 	}
+	defer closeSource()
 	if o.cache == "" {
 		o.cache = defaultCacheDir()
 	}

@@ -262,6 +262,14 @@ func TestEndToEndPublishServePullDelta(t *testing.T) {
 	if r3.BytesFromSeed < r2.BytesFromSeed/2 || r3.BytesFetched > 2*r2.BytesFetched {
 		t.Fatalf("unknown seed: %+v vs known seed %+v", r3, r2)
 	}
+	// The same update straight from the store directory (a USB stick):
+	// same bytes, same checks, no server.
+	r5, res := f.pull(t, f.store, filepath.Join(f.dir, "cache5"), filepath.Join(f.dir, "slotE"), "--seed", copyA)
+	if res.code != 0 || r5.BytesFromSeed == 0 || r5.ChunksFetched == 0 {
+		t.Fatalf("pull from a store directory: %+v %s", r5, res.stderr)
+	}
+	sameFile(t, filepath.Join(f.dir, "slotE"), f.img2)
+
 	// Pulling again into a complete slot fetches only the manifest.
 	r4, res := f.pull(t, url, cache, slotB)
 	if res.code != 0 || r4.ChunksFetched != 0 || r4.BytesFetched != int64(r4.ManifestBytes) {
@@ -395,6 +403,15 @@ func TestEndToEndRefusals(t *testing.T) {
 	if r := imgctl(t, nil, "publish", "--bogus"); r.code != 2 {
 		t.Fatalf("unknown flag: exit %d", r.code)
 	}
+	if r := imgctl(t, nil, "pull", "--from", f.dir, "--trust", f.pub, "--name", "os", "--out", out("z")); r.code != 2 {
+		t.Fatalf("--from a directory that is not a store: exit %d", r.code)
+	}
+	// A tampered manifest read from a store directory is refused the same way.
+	os.WriteFile(m2, bad, 0o644)
+	if _, res := f.pull(t, f.store, out("c6"), out("f")); res.code != 3 {
+		t.Fatalf("tampered, from a directory: exit %d %s", res.code, res.stderr)
+	}
+	os.WriteFile(m2, orig, 0o644)
 }
 
 func assertAbsent(t *testing.T, p string) {
