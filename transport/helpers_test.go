@@ -17,3 +17,5 @@ func writeFile(t *testing.T, p string, b []byte) {
 		t.Fatal(err)
 	}
 }
+
+func itoa(n int) string { return fmt.Sprint(n) }

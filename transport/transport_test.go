@@ -264,3 +264,46 @@ func TestParseRate(t *testing.T) {
 		t.Error("bad rate accepted")
 	}
 }
+
+// A connection dropped in the middle of a batch: the client asks again for
+// what it did not get, and every chunk is delivered exactly once.
+func TestDroppedConnectionIsResumed(t *testing.T) {
+	_, refs, srv := origin(t, 120)
+	var mu sync.Mutex
+	drops := 2
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		drop := r.Method == http.MethodPost && drops > 0
+		if drop {
+			drops--
+		}
+		mu.Unlock()
+		if !drop {
+			srv.ServeHTTP(w, r)
+			return
+		}
+		rw := &rec{ResponseWriter: w}
+		srv.ServeHTTP(rw, r)
+		body := rw.buf.Bytes()
+		hj, ok := w.(http.Hijacker)
+		if !ok {
+			t.Error("no hijacker")
+			return
+		}
+		conn, bw, _ := hj.Hijack()
+		// Promise the whole body, send half, hang up.
+		bw.WriteString("HTTP/1.1 200 OK\r\nContent-Type: " + transport.MediaBatch + "\r\nContent-Length: " + itoa(len(body)) + "\r\n\r\n")
+		bw.Write(body[:len(body)/2])
+		bw.Flush()
+		conn.Close()
+	}))
+	defer hs.Close()
+	c, _ := transport.NewClient(hs.URL, transport.ClientOptions{Sleep: noSleep, BatchBytes: 100 << 10})
+	got, err := fetchAll(t, c, refs)
+	if err != nil || len(got) != len(refs) {
+		t.Fatalf("fetched %d of %d: %v", len(got), len(refs), err)
+	}
+	if drops != 0 {
+		t.Fatal("no connection was dropped")
+	}
+}
