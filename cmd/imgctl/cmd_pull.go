@@ -259,8 +259,12 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 	}
 	var seedIdx []delta.SeedIndex
 	var seedFiles []io.ReaderAt
+	outSt, outErr := os.Stat(outPath)
 	for _, arg := range o.seeds {
 		file, manPath := parseSeed(arg)
+		if st, err := os.Stat(file); err == nil && outErr == nil && os.SameFile(st, outSt) {
+			return nil, usagef("--seed %s is the --out file: a pull never reads what it overwrites (the slot being written is found in place anyway)", file)
+		}
 		idx, f, err := openSeed(ctx, g, cache, file, manPath, m, want)
 		if err != nil {
 			return nil, fmt.Errorf("seed %s: %w", file, err)

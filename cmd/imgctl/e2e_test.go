@@ -403,6 +403,9 @@ func TestEndToEndRefusals(t *testing.T) {
 	if r := imgctl(t, nil, "publish", "--bogus"); r.code != 2 {
 		t.Fatalf("unknown flag: exit %d", r.code)
 	}
+	if r := imgctl(t, nil, "pull", "--from", url, "--trust", f.pub, "--name", "os", "--cache", cache, "--out", out("a"), "--seed", out("a")); r.code != 2 || !strings.Contains(r.stderr, "overwrites") {
+		t.Fatalf("--seed equal to --out: exit %d %s", r.code, r.stderr)
+	}
 	if r := imgctl(t, nil, "pull", "--from", f.dir, "--trust", f.pub, "--name", "os", "--out", out("z")); r.code != 2 {
 		t.Fatalf("--from a directory that is not a store: exit %d", r.code)
 	}
