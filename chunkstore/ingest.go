@@ -7,6 +7,8 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+
+	"golang.org/x/sync/errgroup"
 )
 
 // Piece is one extent of ingested content with its chunk ID (zero for a
@@ -69,81 +71,66 @@ func Ingest(ctx context.Context, r io.ReaderAt, size int64, p Params, dst interf
 		inflight sync.Map
 		newN     atomic.Int64
 		added    atomic.Int64
-		wg       sync.WaitGroup
-		once     sync.Once
-		first    error
 		pool     = sync.Pool{New: func() any { b := make([]byte, p.MaxSize); return &b }}
 	)
-	fail := func(err error) { once.Do(func() { first = err; cancel() }) }
-	jobs := make(chan int, workers*4)
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range jobs {
-				e := exts[i]
-				res.Pieces[i] = Piece{Extent: e}
-				if e.Zero {
-					if opts.Progress != nil {
-						opts.Progress(e.Size)
-					}
-					continue
-				}
-				bp := pool.Get().(*[]byte)
-				buf := (*bp)[:e.Size]
-				if k, err := r.ReadAt(buf, e.Offset); int64(k) != e.Size {
-					pool.Put(bp)
-					fail(fmt.Errorf("read at %d: %v", e.Offset, err))
-					continue
-				}
-				if IsZeros(buf) {
-					res.Pieces[i].Zero = true
-					pool.Put(bp)
-					if opts.Progress != nil {
-						opts.Progress(e.Size)
-					}
-					continue
-				}
-				id := Sum(buf)
-				res.Pieces[i].ID = id
-				if _, busy := inflight.LoadOrStore(id, true); !busy {
-					has, err := dst.Has(ctx, id)
-					if err == nil && !has {
-						var c Chunk
-						c, err = Encode(buf, opts.Level)
-						if err == nil {
-							var ok bool
-							ok, err = dst.Put(ctx, c)
-							if ok {
-								newN.Add(1)
-								added.Add(int64(len(c.stored)))
-							}
-						}
-					}
-					if err != nil {
-						fail(err)
-					}
-				}
-				pool.Put(bp)
-				if opts.Progress != nil {
-					opts.Progress(e.Size)
-				}
-			}
-		}()
-	}
-feed:
-	for i := range exts {
-		select {
-		case jobs <- i:
-		case <-ctx.Done():
-			break feed
+	progress := func(n int64) {
+		if opts.Progress != nil {
+			opts.Progress(n)
 		}
 	}
-	close(jobs)
-	wg.Wait()
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(workers)
+	for i, e := range exts {
+		res.Pieces[i] = Piece{Extent: e}
+		if e.Zero {
+			progress(e.Size)
+			continue
+		}
+		if gctx.Err() != nil {
+			break
+		}
+		g.Go(func() error {
+			defer progress(e.Size)
+			bp := pool.Get().(*[]byte)
+			defer pool.Put(bp)
+			buf := (*bp)[:e.Size]
+			if k, err := r.ReadAt(buf, e.Offset); int64(k) != e.Size {
+				return fmt.Errorf("read at %d: %v", e.Offset, err)
+			}
+			if IsZeros(buf) {
+				res.Pieces[i].Zero = true
+				return nil
+			}
+			id := Sum(buf)
+			res.Pieces[i].ID = id
+			if _, busy := inflight.LoadOrStore(id, true); busy {
+				return nil // another worker stores it
+			}
+			if has, err := dst.Has(gctx, id); err != nil || has {
+				return err
+			}
+			c, err := Encode(buf, opts.Level)
+			if err != nil {
+				return err
+			}
+			ok, err := dst.Put(gctx, c)
+			if ok {
+				newN.Add(1)
+				added.Add(int64(len(c.stored)))
+			}
+			return err
+		})
+	}
+	werr := g.Wait()
+	if werr != nil {
+		cancel()
+	}
 	d := <-dch
-	if first != nil {
-		return nil, first
+	if werr != nil {
+		return nil, werr
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
 	}
 	if d.err != nil {
 		return nil, d.err

@@ -12,6 +12,7 @@ import (
 
 	"github.com/imgctl/imgctl/chunkstore"
 	"github.com/imgctl/imgctl/manifest"
+	"golang.org/x/sync/errgroup"
 )
 
 // Fetcher retrieves chunks from elsewhere. Fetch calls fn once for every
@@ -218,56 +219,44 @@ func (a *Assembler) locals(ctx context.Context, w *writer, plan *Plan, st *Stats
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
 	}
-	jobs := make(chan int)
-	var wg sync.WaitGroup
-	var firstErr error
-	var errOnce sync.Once
-	for k := 0; k < workers; k++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			buf := make([]byte, 0, t.Chunker.MaxSize)
-			for i := range jobs {
-				kind, fallbacks, err := a.local(ctx, w, plan, i, buf)
-				mu.Lock()
-				st.Fallbacks += fallbacks
-				n := int64(t.Chunks[i].Size)
-				switch {
-				case err != nil:
-				case kind == SourceInPlace:
-					st.InPlaceChunks++
-					st.InPlaceBytes += n
-				case kind == SourceSeed:
-					st.SeedChunks++
-					st.SeedBytes += n
-				case kind == SourceCache:
-					st.CacheChunks++
-					st.CacheBytes += n
-				default:
-					*retry = append(*retry, i)
-				}
-				mu.Unlock()
-				if err != nil {
-					errOnce.Do(func() { firstErr = err })
-				}
-			}
-		}()
-	}
-feed:
+	pool := sync.Pool{New: func() any { b := make([]byte, 0, t.Chunker.MaxSize); return &b }}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(workers)
 	for i, c := range plan.Sources {
 		if len(c) == 0 {
 			continue
 		}
-		select {
-		case jobs <- i:
-		case <-ctx.Done():
-			break feed
+		if gctx.Err() != nil {
+			break
 		}
+		g.Go(func() error {
+			bp := pool.Get().(*[]byte)
+			defer pool.Put(bp)
+			kind, fallbacks, err := a.local(gctx, w, plan, i, *bp)
+			mu.Lock()
+			defer mu.Unlock()
+			st.Fallbacks += fallbacks
+			n := int64(t.Chunks[i].Size)
+			switch {
+			case err != nil:
+				return err
+			case kind == SourceInPlace:
+				st.InPlaceChunks++
+				st.InPlaceBytes += n
+			case kind == SourceSeed:
+				st.SeedChunks++
+				st.SeedBytes += n
+			case kind == SourceCache:
+				st.CacheChunks++
+				st.CacheBytes += n
+			default:
+				*retry = append(*retry, i)
+			}
+			return nil
+		})
 	}
-	close(jobs)
-	wg.Wait()
-	if firstErr != nil {
-		return firstErr
+	if err := g.Wait(); err != nil {
+		return err
 	}
 	return ctx.Err()
 }

@@ -4,11 +4,11 @@ import (
 	"context"
 	"fmt"
 	"runtime"
-	"sync"
 	"sync/atomic"
 
 	"github.com/imgctl/imgctl/chunkstore"
 	"github.com/imgctl/imgctl/manifest"
+	"golang.org/x/sync/errgroup"
 )
 
 // DirSource reads manifests and chunks straight from a store directory: a
@@ -56,49 +56,27 @@ func (s *DirSource) Fetch(ctx context.Context, refs []manifest.ChunkRef, fn func
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	jobs := make(chan manifest.ChunkRef)
-	var (
-		wg    sync.WaitGroup
-		once  sync.Once
-		first error
-	)
-	fail := func(err error) { once.Do(func() { first = err; cancel() }) }
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for r := range jobs {
-				b, _, err := s.dir.ReadStored(r.ID)
-				if err != nil {
-					fail(fmt.Errorf("chunk %s: %w", r.ID.Short(), err))
-					continue
-				}
-				s.received.Add(int64(len(b)))
-				c, err := chunkstore.Verify(r.ID, b, int(r.Size))
-				if err != nil {
-					fail(err)
-					continue
-				}
-				if err := fn(c); err != nil {
-					fail(err)
-				}
-			}
-		}()
-	}
-feed:
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(workers)
 	for _, r := range refs {
-		select {
-		case jobs <- r:
-		case <-ctx.Done():
-			break feed
+		if gctx.Err() != nil {
+			break
 		}
+		g.Go(func() error {
+			b, _, err := s.dir.ReadStored(r.ID)
+			if err != nil {
+				return fmt.Errorf("chunk %s: %w", r.ID.Short(), err)
+			}
+			s.received.Add(int64(len(b)))
+			c, err := chunkstore.Verify(r.ID, b, int(r.Size))
+			if err != nil {
+				return err
+			}
+			return fn(c)
+		})
 	}
-	close(jobs)
-	wg.Wait()
-	if first != nil {
-		return first
+	if err := g.Wait(); err != nil {
+		return err
 	}
 	return ctx.Err()
 }
