@@ -1,0 +1,267 @@
+package partition
+
+import (
+	"context"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// bootSim is a simulated bootloader: Boot applies the boot-side rules of
+// docs/boot.md to the environment and returns the slot it boots ("" if it
+// would boot none).
+type bootSim interface {
+	Boot(t *testing.T) string
+}
+
+// grubSim follows the GRUB script of docs/boot.md.
+type grubSim struct{ g *Grub }
+
+var stripX = regexp.MustCompile(`^x(.*)$`) // what GRUB's regexp --set=1:LEFT does
+
+func (s grubSim) Boot(t *testing.T) string {
+	ctx := context.Background()
+	env, err := s.g.Read(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	order := strings.Fields(env["ORDER"])
+	for _, slot := range order {
+		ok, try, left := env[slot+"_OK"], env[slot+"_TRY"], env[slot+"_LEFT"]
+		if ok == "1" && try == "0" {
+			must(t, s.g.set(ctx, map[string]string{slot + "_TRY": "1"}))
+			return slot
+		}
+		if ok == "1" && left != "" {
+			m := stripX.FindStringSubmatch(left)
+			must(t, s.g.set(ctx, map[string]string{slot + "_LEFT": m[1]}))
+			return slot
+		}
+	}
+	// No slot left: every OK slot gets one more try rather than no boot.
+	kv := map[string]string{}
+	first := ""
+	for _, slot := range order {
+		if env[slot+"_OK"] == "1" {
+			kv[slot+"_TRY"] = "0"
+			if first == "" {
+				first = slot
+			}
+		}
+	}
+	if first == "" {
+		return ""
+	}
+	kv[first+"_TRY"] = "1"
+	must(t, s.g.set(ctx, kv))
+	return first
+}
+
+// ubootSim follows the U-Boot boot script of docs/boot.md (RAUC's).
+type ubootSim struct{ u *UBoot }
+
+func (s ubootSim) Boot(t *testing.T) string {
+	ctx := context.Background()
+	env, err := s.u.Read(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, slot := range strings.Fields(env["BOOT_ORDER"]) {
+		if left := leftOf(env, slot); left > 0 {
+			must(t, s.u.set(ctx, map[string]string{"BOOT_" + slot + "_LEFT": strconv.FormatUint(uint64(left-1), 16)}))
+			return slot
+		}
+	}
+	// No valid slot: reset the tries of every slot in BOOT_ORDER, boot the first.
+	kv := map[string]string{}
+	order := strings.Fields(env["BOOT_ORDER"])
+	if len(order) == 0 {
+		return ""
+	}
+	for _, slot := range order {
+		kv["BOOT_"+slot+"_LEFT"] = strconv.FormatUint(uint64(s.u.tries()), 16)
+	}
+	kv["BOOT_"+order[0]+"_LEFT"] = strconv.FormatUint(uint64(s.u.tries()-1), 16)
+	must(t, s.u.set(ctx, kv))
+	return order[0]
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func needTool(t *testing.T, tools ...string) {
+	t.Helper()
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s not installed: .ci/run installs grub-common, u-boot-tools and libubootenv-tool", tool)
+		}
+	}
+}
+
+type backend struct {
+	name string
+	bl   Bootloader
+	sim  bootSim
+}
+
+func backends(t *testing.T, tries int) []backend {
+	needTool(t, "grub-editenv", "fw_printenv", "fw_setenv", "mkenvimage")
+	ctx := context.Background()
+	slots := []string{"A", "B"}
+	g := &Grub{Env: filepath.Join(t.TempDir(), "grubenv"), Slots: slots, MaxTries: tries}
+	must(t, g.Init(ctx, "A"))
+	cfg, err := InitUBootEnv(ctx, t.TempDir(), slots, "A", tries, 0x4000)
+	must(t, err)
+	u := &UBoot{Config: cfg, Slots: slots, MaxTries: tries}
+	return []backend{{"grub", g, grubSim{g}}, {"uboot", u, ubootSim{u}}}
+}
+
+// boots simulates n boots; healthy(slot) decides whether the booted system
+// confirms itself (the mark-good unit runs and succeeds).
+func boots(t *testing.T, b backend, n int, healthy func(string) bool) []string {
+	var seq []string
+	for i := 0; i < n; i++ {
+		slot := b.sim.Boot(t)
+		if slot == "" {
+			t.Fatalf("%s: boot %d found no slot to boot (sequence %v)", b.name, i, seq)
+		}
+		seq = append(seq, slot)
+		if healthy(slot) {
+			must(t, b.bl.SetState(context.Background(), slot, Good))
+		}
+	}
+	return seq
+}
+
+func count(seq []string, slot string) int {
+	n := 0
+	for _, s := range seq {
+		if s == slot {
+			n++
+		}
+	}
+	return n
+}
+
+// A new slot that never confirms itself is tried exactly MaxTries times,
+// then the old good slot boots and the failed one is never tried again.
+func TestBootFallbackAfterMaxTries(t *testing.T) {
+	ctx := context.Background()
+	for _, tries := range []int{1, 3} {
+		for _, b := range backends(t, tries) {
+			must(t, b.bl.SetPrimary(ctx, "B"))
+			if p, _ := b.bl.Primary(ctx); p != "B" {
+				t.Fatalf("%s: primary %q after SetPrimary(B)", b.name, p)
+			}
+			seq := boots(t, b, 20, func(s string) bool { return s == "A" })
+			want := strings.Repeat("B", tries) + strings.Repeat("A", 20-tries)
+			if got := strings.Join(seq, ""); got != want {
+				t.Fatalf("%s tries=%d: boots %s, want %s", b.name, tries, got, want)
+			}
+			if st, _ := b.bl.State(ctx, "B"); st != Bad {
+				t.Fatalf("%s: failed slot B is %s", b.name, st)
+			}
+			if st, _ := b.bl.State(ctx, "A"); st != Good {
+				t.Fatalf("%s: fallback slot A is %s", b.name, st)
+			}
+			if p, _ := b.bl.Primary(ctx); p != "A" {
+				t.Fatalf("%s: primary %q after fallback", b.name, p)
+			}
+			if n, _ := b.bl.TriesLeft(ctx, "B"); n != 0 {
+				t.Fatalf("%s: failed slot has %d tries left", b.name, n)
+			}
+		}
+	}
+}
+
+// A new slot that confirms itself keeps booting: mark-good stops the
+// counting, and the old slot stays good for a later rollback.
+func TestBootMarkGoodStopsCounting(t *testing.T) {
+	ctx := context.Background()
+	for _, b := range backends(t, 3) {
+		must(t, b.bl.SetPrimary(ctx, "B"))
+		seq := boots(t, b, 15, func(string) bool { return true })
+		if count(seq, "B") != 15 {
+			t.Fatalf("%s: boots %v, want B every time", b.name, seq)
+		}
+		for _, s := range []string{"A", "B"} {
+			if st, _ := b.bl.State(ctx, s); st != Good {
+				t.Fatalf("%s: slot %s is %s", b.name, s, st)
+			}
+		}
+		// Rollback: make A primary again; it boots.
+		must(t, b.bl.SetPrimary(ctx, "A"))
+		if seq := boots(t, b, 3, func(string) bool { return true }); count(seq, "A") != 3 {
+			t.Fatalf("%s: after rollback boots %v", b.name, seq)
+		}
+	}
+}
+
+// Even if neither slot ever confirms itself, the bootloader always boots
+// something, and a failed new slot is not retried before the old one.
+func TestBootNeverNoSlot(t *testing.T) {
+	ctx := context.Background()
+	for _, b := range backends(t, 2) {
+		must(t, b.bl.SetPrimary(ctx, "B"))
+		seq := boots(t, b, 30, func(string) bool { return false })
+		if seq[0] != "B" || seq[1] != "B" || seq[2] != "A" {
+			t.Fatalf("%s: boots %v: want B twice, then A", b.name, seq)
+		}
+	}
+}
+
+// mark-bad takes a slot out; the other slot boots.
+func TestBootMarkBad(t *testing.T) {
+	ctx := context.Background()
+	for _, b := range backends(t, 3) {
+		must(t, b.bl.SetPrimary(ctx, "B"))
+		boots(t, b, 1, func(string) bool { return true })
+		must(t, b.bl.SetState(ctx, "B", Bad))
+		if p, _ := b.bl.Primary(ctx); p != "A" {
+			t.Fatalf("%s: primary %q after marking B bad", b.name, p)
+		}
+		if seq := boots(t, b, 5, func(string) bool { return true }); count(seq, "A") != 5 {
+			t.Fatalf("%s: boots %v after mark-bad", b.name, seq)
+		}
+		if err := b.bl.SetPrimary(ctx, "C"); err == nil {
+			t.Fatalf("%s: unknown slot accepted", b.name)
+		}
+	}
+}
+
+// The environment written by the backends is the real tools' format: the
+// U-Boot LEFT counters are hex as RAUC writes them, GRUB's file stays 1 KiB.
+func TestEnvFormats(t *testing.T) {
+	ctx := context.Background()
+	bs := backends(t, 12)
+	g, u := bs[0].bl.(*Grub), bs[1].bl.(*UBoot)
+	must(t, g.SetPrimary(ctx, "B"))
+	must(t, u.SetPrimary(ctx, "B"))
+	out, err := exec.Command("fw_printenv", "-c", u.Config, "-n", "BOOT_B_LEFT").Output()
+	if err != nil || strings.TrimSpace(string(out)) != "c" {
+		t.Fatalf("BOOT_B_LEFT = %q (%v), want hex c", out, err)
+	}
+	out, _ = exec.Command("fw_printenv", "-c", u.Config, "-n", "BOOT_ORDER").Output()
+	if strings.TrimSpace(string(out)) != "B A" {
+		t.Fatalf("BOOT_ORDER = %q", out)
+	}
+	out, _ = exec.Command("grub-editenv", g.Env, "list").Output()
+	for _, want := range []string{"ORDER=B A", "B_OK=1", "B_TRY=0", "B_LEFT=xxxxxxxxxxx"} {
+		if !strings.Contains(string(out), want+"\n") {
+			t.Fatalf("grubenv lacks %s:\n%s", want, out)
+		}
+	}
+	if st, err := fileSize(g.Env); err != nil || st != 1024 {
+		t.Fatalf("grubenv is %d bytes, want 1024 (%v)", st, err)
+	}
+	if _, err := (&Grub{Env: filepath.Join(t.TempDir(), "missing"), Slots: []string{"A"}}).Primary(ctx); err == nil {
+		t.Fatal("missing grubenv accepted (grub-editenv list would have created it)")
+	}
+}

@@ -1,0 +1,11 @@
+package partition
+
+import "os"
+
+func fileSize(p string) (int64, error) {
+	st, err := os.Stat(p)
+	if err != nil {
+		return 0, err
+	}
+	return st.Size(), nil
+}
