@@ -120,7 +120,22 @@ func backends(t *testing.T, tries int) []backend {
 	cfg, err := InitUBootEnv(ctx, t.TempDir(), slots, "A", tries, 0x4000)
 	must(t, err)
 	u := &UBoot{Config: cfg, Slots: slots, MaxTries: tries}
-	return []backend{{"grub", g, grubSim{g}}, {"uboot", u, ubootSim{u}}}
+	bs := []backend{{"grub", g, grubSim{g}}, {"uboot", u, ubootSim{u}}}
+	// The POSIX switch script drives its own copies of both environments;
+	// the same simulators boot them, so the script must have the same
+	// semantics as the Go backends.
+	script, err := filepath.Abs("imgctl-bootslot")
+	must(t, err)
+	g2 := &Grub{Env: filepath.Join(t.TempDir(), "grubenv"), Slots: slots, MaxTries: tries}
+	must(t, g2.Init(ctx, "A"))
+	cfg2, err := InitUBootEnv(ctx, t.TempDir(), slots, "A", tries, 0x4000)
+	must(t, err)
+	u2 := &UBoot{Config: cfg2, Slots: slots, MaxTries: tries}
+	common := []string{"IMGCTL_BOOTSLOT_CONF=/nonexistent", "IMGCTL_SLOTS=A B", "IMGCTL_MAX_TRIES=" + strconv.Itoa(tries)}
+	bs = append(bs,
+		backend{"script-grub", &Script{Path: script, Slots: slots, Env: append(common, "IMGCTL_BOOTLOADER=grub", "IMGCTL_GRUBENV="+g2.Env)}, grubSim{g2}},
+		backend{"script-uboot", &Script{Path: script, Slots: slots, Env: append(common, "IMGCTL_BOOTLOADER=uboot", "IMGCTL_FW_CONFIG="+cfg2)}, ubootSim{u2}})
+	return bs
 }
 
 // boots simulates n boots; healthy(slot) decides whether the booted system
@@ -263,5 +278,57 @@ func TestEnvFormats(t *testing.T) {
 	}
 	if _, err := (&Grub{Env: filepath.Join(t.TempDir(), "missing"), Slots: []string{"A"}}).Primary(ctx); err == nil {
 		t.Fatal("missing grubenv accepted (grub-editenv list would have created it)")
+	}
+}
+
+// The recovery verbs of the switch script: status, switch, mark-good of the
+// booted slot, rollback, and refusing to mark the last good slot bad.
+func TestBootslotScriptVerbs(t *testing.T) {
+	needTool(t, "grub-editenv", "fw_printenv", "fw_setenv", "mkenvimage")
+	ctx := context.Background()
+	script, _ := filepath.Abs("imgctl-bootslot")
+	for _, bl := range []string{"grub", "uboot"} {
+		dir := t.TempDir()
+		env := []string{"IMGCTL_BOOTSLOT_CONF=/nonexistent", "IMGCTL_BOOTLOADER=" + bl, "IMGCTL_BOOTED=" + filepath.Join(dir, "booted")}
+		if bl == "grub" {
+			g := &Grub{Env: filepath.Join(dir, "grubenv"), Slots: []string{"A", "B"}}
+			must(t, g.Init(ctx, "A"))
+			env = append(env, "IMGCTL_GRUBENV="+g.Env)
+		} else {
+			cfg, err := InitUBootEnv(ctx, dir, []string{"A", "B"}, "A", 3, 0x4000)
+			must(t, err)
+			env = append(env, "IMGCTL_FW_CONFIG="+cfg)
+		}
+		sh := func(args ...string) (string, error) { return runEnv(ctx, env, script, args...) }
+		must(t, writeFile(filepath.Join(dir, "booted"), "A\n"))
+		if _, err := sh("mark-bad"); err == nil {
+			t.Fatalf("%s: the last good slot was marked bad", bl)
+		}
+		out, err := sh("switch", "B")
+		must(t, err)
+		if p, _ := sh("get-primary"); strings.TrimSpace(p) != "B" {
+			t.Fatalf("%s: after switch: %q %q", bl, out, p)
+		}
+		// B boots and confirms itself.
+		must(t, writeFile(filepath.Join(dir, "booted"), "B\n"))
+		if _, err := sh("mark-good"); err != nil {
+			t.Fatal(err)
+		}
+		st, err := sh("status")
+		must(t, err)
+		for _, want := range []string{"primary: B", "booted: B", "slot A: good", "slot B: good"} {
+			if !strings.Contains(st, want) {
+				t.Fatalf("%s: status lacks %q:\n%s", bl, want, st)
+			}
+		}
+		if _, err := sh("rollback"); err != nil {
+			t.Fatal(err)
+		}
+		if p, _ := sh("get-primary"); strings.TrimSpace(p) != "A" {
+			t.Fatalf("%s: rollback left primary %q", bl, p)
+		}
+		if _, err := sh("switch", "C"); err == nil {
+			t.Fatalf("%s: unknown slot accepted", bl)
+		}
 	}
 }

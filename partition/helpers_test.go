@@ -9,3 +9,5 @@ func fileSize(p string) (int64, error) {
 	}
 	return st.Size(), nil
 }
+
+func writeFile(p, s string) error { return os.WriteFile(p, []byte(s), 0o644) }
