@@ -8,7 +8,10 @@
 // `rauc status` reads the same state; every change is ONE write of all the
 // variables it touches. The bootloader side (the GRUB script and the U-Boot
 // boot script that count boots and fall back) is in docs/boot.md; tests
-// simulate boots by applying exactly those rules to the same env files.
+// simulate boots by applying exactly those rules to the same env files, and
+// run Debian's RAUC against the same grubenv to check it reads the same
+// primary and slot states after every change. partition/imgctl-bootslot is
+// the same switch as a POSIX shell script, tested by the same simulators.
 //
 // Slot writing, slot state and `imgctl slot` come in later changes.
 package partition

@@ -1,0 +1,159 @@
+package partition
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// rauc runs Debian's RAUC 1.8 against a grubenv: a private D-Bus daemon and
+// a `rauc service` on it, both stopped by PID when the test ends.
+type rauc struct {
+	conf string
+	env  []string
+}
+
+func startRauc(t *testing.T, grubenv string) *rauc {
+	t.Helper()
+	needTool(t, "rauc", "dbus-daemon", "grub-editenv")
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "bus.sock")
+	busConf := filepath.Join(dir, "bus.conf")
+	must(t, os.WriteFile(busConf, []byte(`<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN" "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig><type>system</type><listen>unix:path=`+sock+`</listen><auth>EXTERNAL</auth>
+<policy context="default"><allow send_destination="*" eavesdrop="true"/><allow eavesdrop="true"/><allow own="*"/><allow user="*"/></policy></busconfig>
+`), 0o644))
+	for _, s := range []string{"slotA.img", "slotB.img"} {
+		must(t, os.WriteFile(filepath.Join(dir, s), nil, 0o644))
+	}
+	conf := filepath.Join(dir, "system.conf")
+	must(t, os.WriteFile(conf, []byte(fmt.Sprintf(`[system]
+compatible=imgctl-test
+bootloader=grub
+grubenv=%s
+data-directory=%s
+
+[slot.rootfs.0]
+device=%s
+type=raw
+bootname=A
+
+[slot.rootfs.1]
+device=%s
+type=raw
+bootname=B
+`, grubenv, filepath.Join(dir, "data"), filepath.Join(dir, "slotA.img"), filepath.Join(dir, "slotB.img"))), 0o644))
+	start := func(name string, env []string, args ...string) {
+		cmd := exec.Command(name, args...)
+		cmd.Env = append(os.Environ(), env...)
+		var se bytes.Buffer
+		cmd.Stderr = &se
+		must(t, cmd.Start())
+		t.Cleanup(func() {
+			cmd.Process.Kill()
+			cmd.Wait()
+		})
+	}
+	start("dbus-daemon", nil, "--config-file="+busConf, "--nofork")
+	for i := 0; i < 100; i++ {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	r := &rauc{conf: conf, env: []string{"DBUS_SYSTEM_BUS_ADDRESS=unix:path=" + sock}}
+	start("rauc", r.env, "-c", conf, "service", "--override-boot-slot=A")
+	for i := 0; i < 100; i++ {
+		if _, err := r.run("status"); err == nil {
+			return r
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatal("rauc service did not come up")
+	return nil
+}
+
+func (r *rauc) run(args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	return runEnv(ctx, r.env, "rauc", append([]string{"-c", r.conf}, args...)...)
+}
+
+// status returns RAUC's primary boot name and each boot name's status.
+func (r *rauc) status(t *testing.T) (string, map[string]string) {
+	t.Helper()
+	out, err := r.run("status", "--output-format=json")
+	must(t, err)
+	var st struct {
+		Primary string                         `json:"boot_primary"`
+		Slots   []map[string]map[string]string `json:"slots"`
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	byName := map[string]string{}
+	primary := ""
+	for _, m := range st.Slots {
+		for name, s := range m {
+			byName[s["bootname"]] = s["boot_status"]
+			if name == st.Primary {
+				primary = s["bootname"]
+			}
+		}
+	}
+	return primary, byName
+}
+
+// After every change, made by imgctl or by RAUC, both read the same primary
+// and the same good/bad state of every slot.
+func TestRaucReadsTheSameGrubEnv(t *testing.T) {
+	ctx := context.Background()
+	g := &Grub{Env: filepath.Join(t.TempDir(), "grubenv"), Slots: []string{"A", "B"}, MaxTries: 3}
+	must(t, g.Init(ctx, "A"))
+	r := startRauc(t, g.Env)
+	sim := grubSim{g}
+	steps := []struct {
+		what string
+		do   func() error
+	}{
+		{"init", func() error { return nil }},
+		{"imgctl activates B", func() error { return g.SetPrimary(ctx, "B") }},
+		{"GRUB boots B (on trial)", func() error { sim.Boot(t); return nil }},
+		{"imgctl marks B good", func() error { return g.SetState(ctx, "B", Good) }},
+		{"imgctl marks B bad", func() error { return g.SetState(ctx, "B", Bad) }},
+		{"rauc marks rootfs.1 active", func() error { _, err := r.run("status", "mark-active", "rootfs.1"); return err }},
+		{"rauc marks rootfs.1 bad", func() error { _, err := r.run("status", "mark-bad", "rootfs.1"); return err }},
+		{"rauc marks rootfs.1 good", func() error { _, err := r.run("status", "mark-good", "rootfs.1"); return err }},
+		{"imgctl activates A", func() error { return g.SetPrimary(ctx, "A") }},
+	}
+	for _, s := range steps {
+		must(t, s.do())
+		rp, rs := r.status(t)
+		p, err := g.Primary(ctx)
+		must(t, err)
+		if rp != p {
+			t.Fatalf("after %s: rauc says primary %q, imgctl %q", s.what, rp, p)
+		}
+		for _, slot := range g.Slots {
+			st, err := g.State(ctx, slot)
+			must(t, err)
+			if rs[slot] != string(st) {
+				t.Fatalf("after %s: slot %s is %q for rauc, %q for imgctl", s.what, slot, rs[slot], st)
+			}
+		}
+		if testing.Verbose() {
+			t.Logf("%-28s primary %s, %v", s.what, p, rs)
+		}
+	}
+	out, err := r.run("status")
+	if err != nil || !strings.Contains(out, "imgctl-test") {
+		t.Fatalf("rauc status after the sequence: %v\n%s", err, out)
+	}
+}
