@@ -15,6 +15,7 @@ import (
 	"github.com/imgctl/imgctl/chunkstore"
 	"github.com/imgctl/imgctl/delta"
 	"github.com/imgctl/imgctl/manifest"
+	"github.com/imgctl/imgctl/partition"
 	"github.com/imgctl/imgctl/transport"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -27,6 +28,15 @@ type pullOptions struct {
 	concurrency, workers            int
 	json                            bool
 	lockTimeout                     time.Duration
+	slots                           string
+	noFlip                          bool
+
+	// Hooks for slot pulls (cmd_slot.go): before anything is written to
+	// out, and after out verified against the manifest.
+	beforeWrite func(m *manifest.Manifest, env []byte) error
+	afterVerify func(m *manifest.Manifest, env []byte) error
+	// extra is merged into the JSON result.
+	extra map[string]any
 }
 
 func (o *pullOptions) AddFlags(f *pflag.FlagSet) {
@@ -42,6 +52,8 @@ func (o *pullOptions) AddFlags(f *pflag.FlagSet) {
 	f.IntVar(&o.workers, "workers", 0, "local copy workers (0: one per CPU)")
 	f.BoolVar(&o.json, "json", false, "print the result as JSON")
 	f.DurationVar(&o.lockTimeout, "lock-timeout", 30*time.Second, "how long to wait for another pull holding the cache")
+	f.StringVar(&o.slots, "slots", "", "slot config (e.g. "+partition.DefaultConfigPath+"): write the inactive slot instead of --out, with the running slot as seed, then flip")
+	f.BoolVar(&o.noFlip, "no-flip", false, "with --slots: write and verify the inactive slot, do not make it primary")
 }
 
 func newPullCommand(g *globalOptions) *cobra.Command {
@@ -62,6 +74,9 @@ again fetches only what it still lacks.`,
       --seed /dev/mmcblk0p2 --out /dev/mmcblk0p3 --json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if o.slots != "" {
+				return runPullSlots(cmd.Context(), g, o)
+			}
 			_, err := runPull(cmd.Context(), g, o)
 			return err
 		},
@@ -206,7 +221,7 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 		mark = now
 	}
 	if o.from == "" || o.name == "" || o.out == "" || len(o.trust) == 0 {
-		return nil, usagef("pull: --from, --trust, --name and --out are required")
+		return nil, usagef("pull: --from, --trust, --name and --out (or --slots) are required")
 	}
 	trust, err := manifest.LoadTrust(o.trust...)
 	if err != nil {
@@ -281,6 +296,11 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 			inPlace = pm
 		}
 	}
+	if o.beforeWrite != nil {
+		if err := o.beforeWrite(m, env); err != nil {
+			return nil, err
+		}
+	}
 	out, err := openTarget(outPath, m.Size)
 	if err != nil {
 		return nil, err
@@ -331,6 +351,11 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 	if err := saveFileRecord(cache, outPath, fileRecord{Manifest: id, Complete: true}); err != nil {
 		return nil, err
 	}
+	if o.afterVerify != nil {
+		if err := o.afterVerify(m, env); err != nil {
+			return nil, err
+		}
+	}
 	if m.Revision > minRev {
 		var b [8]byte
 		binary.BigEndian.PutUint64(b[:], m.Revision)
@@ -347,6 +372,9 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 		Fallbacks: st.Fallbacks, Plan: plan.Report, Verified: true, Seconds: g.now().Sub(start).Seconds(), Phases: phases,
 	}
 	if o.json {
+		if o.extra != nil {
+			return res, writeJSON(g.stdout, mergeJSON(res, o.extra))
+		}
 		return res, writeJSON(g.stdout, res)
 	}
 	fmt.Fprintf(g.stdout, "pulled %s/%s@%d into %s: %s verified; fetched %s (%d chunks) of %s; %s from seeds, %s from cache, %s in place; %.2fs\n",
@@ -403,4 +431,15 @@ func openSeed(ctx context.Context, g *globalOptions, cache *chunkstore.Local, fi
 		return nil, nil, err
 	}
 	return idx, f, nil
+}
+
+// mergeJSON returns v's JSON object with extra keys added.
+func mergeJSON(v any, extra map[string]any) map[string]any {
+	b, _ := json.Marshal(v)
+	out := map[string]any{}
+	json.Unmarshal(b, &out)
+	for k, x := range extra {
+		out[k] = x
+	}
+	return out
 }

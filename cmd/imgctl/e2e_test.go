@@ -140,13 +140,20 @@ func makeImage(t *testing.T, path string, size int, variant int) {
 		}
 		off = end
 	}
-	if variant == 2 {
+	if variant >= 2 {
 		r2 := rand.New(rand.NewPCG(8, 8))
 		for k := 0; k < 4; k++ {
 			at := r2.IntN(size - 200<<10)
 			for i := at; i < at+50<<10+r2.IntN(100<<10); i++ {
 				b[i] = byte(r2.Uint32())
 			}
+		}
+	}
+	if variant == 3 {
+		r3 := rand.New(rand.NewPCG(9, 9))
+		at := r3.IntN(size - 300<<10)
+		for i := at; i < at+200<<10; i++ {
+			b[i] = byte(r3.Uint32())
 		}
 	}
 	if err := os.WriteFile(path, b, 0o644); err != nil {

@@ -104,6 +104,7 @@ chunk from the server, content digest mismatch), 130 interrupted.`,
 		newVerifyCommand(g),
 		newFsckCommand(g),
 		newGCCommand(g),
+		newSlotCommand(g),
 		newDemoCommand(g),
 	)
 	return root
