@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"sync/atomic"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -99,12 +100,21 @@ func openTarget(path string, size int64) (*target, error) {
 	return t, nil
 }
 
+// blkZeroOut is BLKZEROOUT, _IO(0x12, 127): zero a byte range of a block
+// device in the kernel (WRITE_ZEROES where the device has it).
+const blkZeroOut = 0x127f
+
 // Zero makes [off, off+n) read as zeros: a punched hole in a regular file,
-// written zeros elsewhere.
+// BLKZEROOUT on a block device, written zeros where neither works.
 func (t *target) Zero(off, n int64) error {
 	if t.regular {
 		err := unix.Fallocate(int(t.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
 		if err == nil {
+			return nil
+		}
+	} else if off%512 == 0 && n%512 == 0 {
+		r := [2]uint64{uint64(off), uint64(n)}
+		if _, _, errno := unix.Syscall(unix.SYS_IOCTL, t.Fd(), blkZeroOut, uintptr(unsafe.Pointer(&r[0]))); errno == 0 {
 			return nil
 		}
 	}
