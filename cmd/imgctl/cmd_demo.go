@@ -28,9 +28,10 @@ func newDemoCommand(g *globalOptions) *cobra.Command {
 		Short: "Publish two releases of a sample ext4 image and pull them over loopback HTTP",
 		Long: `demo needs no setup: it builds two releases of a sample ext4 image (mkfs.ext4 -d
 on generated files), publishes both, starts an origin on 127.0.0.1, pulls
-release 1 into a file, pulls release 2 with release 1 as seed, verifies both,
-prints the diff report and the bytes fetched against the image size, stops
-the origin and removes its files (unless --keep DIR).`,
+release 1 into slot A (a file), pulls release 2 into slot B with the running
+slot A as seed, verifies it and flips the boot slot in a real grubenv (with
+grub-editenv installed), prints the diff report and the bytes fetched against
+the image size, stops the origin and removes its files (unless --keep DIR).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runDemo(cmd.Context(), g, keep, sizeMiB)
@@ -115,12 +116,48 @@ func runDemo(ctx context.Context, g *globalOptions, keep string, sizeMiB int) er
 	}
 	fmt.Fprintf(out, "pull @1 into slotA.img: fetched %s (%d chunks) for a %s image; digest verified\n",
 		human(r1.BytesFetched), r1.ChunksFetched, human(r1.Size))
-	r2, err := pull(2, "slotB.img", p("slotA.img"))
-	if err != nil {
-		return err
+	var r2 *pullResult
+	if grubEditenv, err := exec.LookPath("grub-editenv"); err == nil {
+		// A terminal: slot A runs release 1; pull release 2 into slot B with
+		// A as the seed (no --seed: the slot config says which slot runs),
+		// verify, flip.
+		env := p("grubenv")
+		for _, args := range [][]string{{env, "create"}, {env, "set", "ORDER=A B", "A_OK=1", "A_TRY=0", "B_OK=0", "B_TRY=0"}} {
+			if out, err := exec.CommandContext(ctx, grubEditenv, args...).CombinedOutput(); err != nil {
+				return fmt.Errorf("grub-editenv: %v: %s", err, out)
+			}
+		}
+		if err := os.WriteFile(p("booted"), []byte("A\n"), 0o644); err != nil {
+			return err
+		}
+		conf := fmt.Sprintf("state_dir = %q\nbooted = %q\n[bootloader]\ntype = \"grub\"\nenv = %q\n[slots.A]\ndevice = %q\n[slots.B]\ndevice = %q\n",
+			p("state"), "file:"+p("booted"), env, p("slotA.img"), p("slotB.img"))
+		if err := os.WriteFile(p("slots.toml"), []byte(conf), 0o644); err != nil {
+			return err
+		}
+		o := &pullOptions{from: url, trust: []string{p("keys/release.pub")}, name: "terminal-os", channel: "stable",
+			revision: 2, cache: p("terminal-cache"), slots: p("slots.toml"), concurrency: 4, lockTimeout: 10 * time.Second}
+		if r2, err = runPullSlots(ctx, &inner, o); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "pull @2 into slot B (running slot A is the seed): fetched %s (%d chunks), %s reused from slot A; digest verified; slot B boots next\n",
+			human(r2.BytesFetched), r2.ChunksFetched, human(r2.BytesFromSeed))
+		s, err := loadSlots(p("slots.toml"))
+		if err != nil {
+			return err
+		}
+		primary, _ := s.bl.Primary(ctx)
+		left, _ := s.bl.TriesLeft(ctx, "B")
+		fmt.Fprintf(out, "boot environment (%s): primary %s, %d tries before falling back to A unless it calls imgctl slot mark-good\n", env, primary, left)
+	} else {
+		r2, err = pull(2, "slotB.img", p("slotA.img"))
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "pull @2 into slotB.img, seed slotA.img: fetched %s (%d chunks), %s reused from the seed; digest verified\n",
+			human(r2.BytesFetched), r2.ChunksFetched, human(r2.BytesFromSeed))
+		fmt.Fprintln(out, "(install grub-common for the A/B slot flip part of the demo)")
 	}
-	fmt.Fprintf(out, "pull @2 into slotB.img, seed slotA.img: fetched %s (%d chunks), %s reused from the seed; digest verified\n",
-		human(r2.BytesFetched), r2.ChunksFetched, human(r2.BytesFromSeed))
 
 	_, om, err := loadRelease(store, "stable", "terminal-os@1")
 	if err != nil {

@@ -75,7 +75,8 @@ again fetches only what it still lacks.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if o.slots != "" {
-				return runPullSlots(cmd.Context(), g, o)
+				_, err := runPullSlots(cmd.Context(), g, o)
+				return err
 			}
 			_, err := runPull(cmd.Context(), g, o)
 			return err

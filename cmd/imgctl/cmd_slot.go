@@ -52,29 +52,29 @@ func (s *slotEnv) resolve(arg string) (string, error) {
 // recorded as unverified, (2) it is written and verified, (3) it is
 // recorded as verified, (4) it is made primary (one env write). A rerun
 // after a crash finds every chunk already written in place.
-func runPullSlots(ctx context.Context, g *globalOptions, o *pullOptions) error {
+func runPullSlots(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult, error) {
 	if o.out != "" {
-		return usagef("pull: --out and --slots exclude each other")
+		return nil, usagef("pull: --out and --slots exclude each other")
 	}
 	s, err := loadSlots(o.slots)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	booted, err := s.cfg.BootedSlot()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	target := s.cfg.Other(booted)
 	bootedDev, targetDev := s.cfg.Slots[booted].Device, s.cfg.Slots[target].Device
 	if a, err1 := os.Stat(bootedDev); err1 == nil {
 		if b, err2 := os.Stat(targetDev); err2 == nil && os.SameFile(a, b) {
-			return fmt.Errorf("slots %s and %s are the same device: refusing to write the running slot", booted, target)
+			return nil, fmt.Errorf("slots %s and %s are the same device: refusing to write the running slot", booted, target)
 		}
 	}
 	if st, err := s.bl.State(ctx, booted); err != nil {
-		return err
+		return nil, err
 	} else if st != partition.Good {
-		return fmt.Errorf("the running slot %s is not confirmed good (run imgctl slot mark-good first): refusing to take the other slot out", booted)
+		return nil, fmt.Errorf("the running slot %s is not confirmed good (run imgctl slot mark-good first): refusing to take the other slot out", booted)
 	}
 	stateDir := s.cfg.StateDir
 	if o.cache == "" {
@@ -120,7 +120,7 @@ func runPullSlots(ctx context.Context, g *globalOptions, o *pullOptions) error {
 	o.extra = map[string]any{"slot": target, "booted": booted}
 	res, err := runPull(ctx, g, o)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if !o.json {
 		if flipped {
@@ -130,7 +130,7 @@ func runPullSlots(ctx context.Context, g *globalOptions, o *pullOptions) error {
 			fmt.Fprintf(g.stdout, "slot %s holds %s/%s@%d, verified; not made primary (--no-flip)\n", target, res.Name, res.Channel, res.Revision)
 		}
 	}
-	return nil
+	return res, nil
 }
 
 type slotView struct {

@@ -521,6 +521,9 @@ func TestDemo(t *testing.T) {
 	if strings.Count(out, "digest verified") != 2 || !strings.Contains(out, "diff terminal-os/stable@1") {
 		t.Fatalf("demo output:\n%s", out)
 	}
+	if _, err := exec.LookPath("grub-editenv"); err == nil && !strings.Contains(out, "slot B boots next") {
+		t.Fatalf("demo did not flip to slot B:\n%s", out)
+	}
 }
 
 // A full disk loses nothing: a publish into a store on a full file system
