@@ -171,23 +171,67 @@ func TestSlotsEndToEnd(t *testing.T) {
 	}
 }
 
-// --no-flip writes and verifies the inactive slot but leaves the primary.
-func TestSlotsNoFlip(t *testing.T) {
-	s := newSlotFixture(t)
-	s.publish(t, s.img2)
-	url := serve(t, s.store)
-	if _, r := s.pullSlots(t, url, "--no-flip"); r.code != 0 {
-		t.Fatalf("pull --no-flip: %s", r.stderr)
+// --no-flip writes and verifies the inactive slot but leaves the primary;
+// switch then flips. The same for every bootloader type: GRUB, U-Boot
+// (fw_setenv) and a script (the shipped imgctl-bootslot on a U-Boot env).
+func TestSlotsNoFlipEveryBootloader(t *testing.T) {
+	for _, bl := range []string{"grub", "uboot", "script"} {
+		t.Run(bl, func(t *testing.T) {
+			s := newSlotFixture(t)
+			if bl != "grub" {
+				useUBoot(t, s, bl == "script")
+			}
+			s.publish(t, s.img2)
+			if _, r := s.pullSlots(t, s.store, "--no-flip"); r.code != 0 {
+				t.Fatalf("pull --no-flip: %s", r.stderr)
+			}
+			sameFile(t, s.slotB, s.img2)
+			st := s.status(t)
+			if st.Primary != "A" || st.Slots[1].State != "bad" || !st.Slots[1].Release.Verified {
+				t.Fatalf("after --no-flip: %+v", st)
+			}
+			mustRun(t, "slot", "switch", "B", "--slots", s.cfg)
+			if st := s.status(t); st.Primary != "B" || st.Slots[1].TriesLeft != 3 {
+				t.Fatalf("switch after --no-flip: %+v", st)
+			}
+			mustRun(t, "slot", "rollback", "--slots", s.cfg)
+			if st := s.status(t); st.Primary != "A" {
+				t.Fatalf("rollback: %+v", st)
+			}
+		})
 	}
-	sameFile(t, s.slotB, s.img2)
-	st := s.status(t)
-	if st.Primary != "A" || st.Slots[1].State != "bad" || !st.Slots[1].Release.Verified {
-		t.Fatalf("after --no-flip: %+v", st)
+}
+
+// useUBoot switches a slot fixture to a U-Boot environment (mkenvimage),
+// driven by fw_setenv directly or through the imgctl-bootslot script.
+func useUBoot(t *testing.T, s *slotFixture, viaScript bool) {
+	t.Helper()
+	for _, tool := range []string{"mkenvimage", "fw_printenv", "fw_setenv"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s missing: .ci/run installs u-boot-tools and libubootenv-tool", tool)
+		}
 	}
-	mustRun(t, "slot", "switch", "B", "--slots", s.cfg)
-	if st := s.status(t); st.Primary != "B" {
-		t.Fatalf("switch after --no-flip: %+v", st)
+	txt := filepath.Join(s.dir, "uboot.txt")
+	env := filepath.Join(s.dir, "uboot.env")
+	fwcfg := filepath.Join(s.dir, "fw_env.config")
+	os.WriteFile(txt, []byte("BOOT_ORDER=A B\nBOOT_A_LEFT=3\nBOOT_B_LEFT=0\n"), 0o644)
+	if out, err := exec.Command("mkenvimage", "-s", "0x4000", "-o", env, txt).CombinedOutput(); err != nil {
+		t.Fatalf("mkenvimage: %v %s", err, out)
 	}
+	os.WriteFile(fwcfg, []byte(env+" 0x0000 0x4000\n"), 0o644)
+	bl := "[bootloader]\ntype = \"uboot\"\nconfig = \"" + fwcfg + "\"\n"
+	if viaScript {
+		script, _ := filepath.Abs("../../partition/imgctl-bootslot")
+		conf := filepath.Join(s.dir, "bootslot.conf")
+		os.WriteFile(conf, []byte("IMGCTL_BOOTLOADER=uboot\nIMGCTL_FW_CONFIG="+fwcfg+"\nIMGCTL_SLOTS=\"A B\"\nIMGCTL_MAX_TRIES=3\n"), 0o644)
+		t.Setenv("IMGCTL_BOOTSLOT_CONF", conf)
+		bl = "[bootloader]\ntype = \"script\"\npath = \"" + script + "\"\n"
+	}
+	cfg, _ := os.ReadFile(s.cfg)
+	c := string(cfg)
+	i := strings.Index(c, "[bootloader]")
+	j := strings.Index(c, "[slots.A]")
+	os.WriteFile(s.cfg, []byte(c[:i]+bl+c[j:]), 0o644)
 }
 
 // Slots on real block devices (loop devices backed by files): the inactive
