@@ -21,8 +21,14 @@ type rauc struct {
 }
 
 func startRauc(t *testing.T, grubenv string) *rauc {
+	return startRaucWith(t, "bootloader=grub\ngrubenv="+grubenv+"\n", nil)
+}
+
+// startRaucWith starts RAUC with the given [system] bootloader lines; wrap,
+// if set, is a command prefix for the service (e.g. a mount namespace).
+func startRaucWith(t *testing.T, bootloader string, wrap []string) *rauc {
 	t.Helper()
-	needTool(t, "rauc", "dbus-daemon", "grub-editenv")
+	needTool(t, "rauc", "dbus-daemon")
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "bus.sock")
 	busConf := filepath.Join(dir, "bus.conf")
@@ -36,9 +42,7 @@ func startRauc(t *testing.T, grubenv string) *rauc {
 	conf := filepath.Join(dir, "system.conf")
 	must(t, os.WriteFile(conf, []byte(fmt.Sprintf(`[system]
 compatible=imgctl-test
-bootloader=grub
-grubenv=%s
-data-directory=%s
+%sdata-directory=%s
 
 [slot.rootfs.0]
 device=%s
@@ -49,7 +53,7 @@ bootname=A
 device=%s
 type=raw
 bootname=B
-`, grubenv, filepath.Join(dir, "data"), filepath.Join(dir, "slotA.img"), filepath.Join(dir, "slotB.img"))), 0o644))
+`, bootloader, filepath.Join(dir, "data"), filepath.Join(dir, "slotA.img"), filepath.Join(dir, "slotB.img"))), 0o644))
 	start := func(name string, env []string, args ...string) {
 		cmd := exec.Command(name, args...)
 		cmd.Env = append(os.Environ(), env...)
@@ -69,7 +73,8 @@ bootname=B
 		time.Sleep(20 * time.Millisecond)
 	}
 	r := &rauc{conf: conf, env: []string{"DBUS_SYSTEM_BUS_ADDRESS=unix:path=" + sock}}
-	start("rauc", r.env, "-c", conf, "service", "--override-boot-slot=A")
+	svc := append(append([]string{}, wrap...), "rauc", "-c", conf, "service", "--override-boot-slot=A")
+	start(svc[0], r.env, svc[1:]...)
 	for i := 0; i < 100; i++ {
 		if _, err := r.run("status"); err == nil {
 			return r
@@ -155,5 +160,58 @@ func TestRaucReadsTheSameGrubEnv(t *testing.T) {
 	out, err := r.run("status")
 	if err != nil || !strings.Contains(out, "imgctl-test") {
 		t.Fatalf("rauc status after the sequence: %v\n%s", err, out)
+	}
+}
+
+// The same for U-Boot: RAUC runs fw_printenv/fw_setenv with the default
+// /etc/fw_env.config, so its service runs in a private mount namespace where
+// the test's config is bind-mounted there (the host's /etc is untouched but
+// for an empty mount point created if missing, and removed again).
+func TestRaucReadsTheSameUBootEnv(t *testing.T) {
+	ctx := context.Background()
+	needTool(t, "unshare", "mount", "fw_printenv", "fw_setenv", "mkenvimage")
+	const etc = "/etc/fw_env.config"
+	if _, err := os.Stat(etc); os.IsNotExist(err) {
+		must(t, os.WriteFile(etc, nil, 0o644))
+		t.Cleanup(func() { os.Remove(etc) })
+	}
+	cfg, err := InitUBootEnv(ctx, t.TempDir(), []string{"A", "B"}, "A", 3, 0x4000)
+	must(t, err)
+	u := &UBoot{Config: cfg, Slots: []string{"A", "B"}, MaxTries: 3}
+	r := startRaucWith(t, "bootloader=uboot\nboot-attempts=3\nboot-attempts-primary=3\n",
+		[]string{"unshare", "-m", "sh", "-c", "mount --bind " + cfg + " " + etc + " && exec \"$0\" \"$@\""})
+	sim := ubootSim{u}
+	steps := []struct {
+		what string
+		do   func() error
+	}{
+		{"init", func() error { return nil }},
+		{"imgctl activates B", func() error { return u.SetPrimary(ctx, "B") }},
+		{"U-Boot boots B", func() error { sim.Boot(t); return nil }},
+		{"imgctl marks B good", func() error { return u.SetState(ctx, "B", Good) }},
+		{"imgctl marks B bad", func() error { return u.SetState(ctx, "B", Bad) }},
+		{"rauc marks rootfs.1 active", func() error { _, err := r.run("status", "mark-active", "rootfs.1"); return err }},
+		{"rauc marks rootfs.1 bad", func() error { _, err := r.run("status", "mark-bad", "rootfs.1"); return err }},
+		{"rauc marks rootfs.1 good", func() error { _, err := r.run("status", "mark-good", "rootfs.1"); return err }},
+		{"imgctl activates A", func() error { return u.SetPrimary(ctx, "A") }},
+	}
+	for _, s := range steps {
+		must(t, s.do())
+		rp, rs := r.status(t)
+		p, err := u.Primary(ctx)
+		must(t, err)
+		if rp != p {
+			t.Fatalf("after %s: rauc says primary %q, imgctl %q", s.what, rp, p)
+		}
+		for _, slot := range u.Slots {
+			st, err := u.State(ctx, slot)
+			must(t, err)
+			if rs[slot] != string(st) {
+				t.Fatalf("after %s: slot %s is %q for rauc, %q for imgctl", s.what, slot, rs[slot], st)
+			}
+		}
+		if testing.Verbose() {
+			t.Logf("%-28s primary %s, %v", s.what, p, rs)
+		}
 	}
 }
