@@ -124,10 +124,7 @@ func TestRaucReadsTheSameGrubEnv(t *testing.T) {
 	must(t, g.Init(ctx, "A"))
 	r := startRauc(t, g.Env)
 	sim := grubSim{g}
-	steps := []struct {
-		what string
-		do   func() error
-	}{
+	steps := []step{
 		{"init", func() error { return nil }},
 		{"imgctl activates B", func() error { return g.SetPrimary(ctx, "B") }},
 		{"GRUB boots B (on trial)", func() error { sim.Boot(t); return nil }},
@@ -138,25 +135,7 @@ func TestRaucReadsTheSameGrubEnv(t *testing.T) {
 		{"rauc marks rootfs.1 good", func() error { _, err := r.run("status", "mark-good", "rootfs.1"); return err }},
 		{"imgctl activates A", func() error { return g.SetPrimary(ctx, "A") }},
 	}
-	for _, s := range steps {
-		must(t, s.do())
-		rp, rs := r.status(t)
-		p, err := g.Primary(ctx)
-		must(t, err)
-		if rp != p {
-			t.Fatalf("after %s: rauc says primary %q, imgctl %q", s.what, rp, p)
-		}
-		for _, slot := range g.Slots {
-			st, err := g.State(ctx, slot)
-			must(t, err)
-			if rs[slot] != string(st) {
-				t.Fatalf("after %s: slot %s is %q for rauc, %q for imgctl", s.what, slot, rs[slot], st)
-			}
-		}
-		if testing.Verbose() {
-			t.Logf("%-28s primary %s, %v", s.what, p, rs)
-		}
-	}
+	agreeWithRauc(t, r, g, g.Slots, steps)
 	out, err := r.run("status")
 	if err != nil || !strings.Contains(out, "imgctl-test") {
 		t.Fatalf("rauc status after the sequence: %v\n%s", err, out)
@@ -181,10 +160,7 @@ func TestRaucReadsTheSameUBootEnv(t *testing.T) {
 	r := startRaucWith(t, "bootloader=uboot\nboot-attempts=3\nboot-attempts-primary=3\n",
 		[]string{"unshare", "-m", "sh", "-c", "mount --bind " + cfg + " " + etc + " && exec \"$0\" \"$@\""})
 	sim := ubootSim{u}
-	steps := []struct {
-		what string
-		do   func() error
-	}{
+	steps := []step{
 		{"init", func() error { return nil }},
 		{"imgctl activates B", func() error { return u.SetPrimary(ctx, "B") }},
 		{"U-Boot boots B", func() error { sim.Boot(t); return nil }},
@@ -195,16 +171,29 @@ func TestRaucReadsTheSameUBootEnv(t *testing.T) {
 		{"rauc marks rootfs.1 good", func() error { _, err := r.run("status", "mark-good", "rootfs.1"); return err }},
 		{"imgctl activates A", func() error { return u.SetPrimary(ctx, "A") }},
 	}
+	agreeWithRauc(t, r, u, u.Slots, steps)
+}
+
+type step struct {
+	what string
+	do   func() error
+}
+
+// agreeWithRauc applies each step, then requires rauc status and bl to read
+// the same primary slot and the same state of every slot.
+func agreeWithRauc(t *testing.T, r *rauc, bl Bootloader, slots []string, steps []step) {
+	t.Helper()
+	ctx := context.Background()
 	for _, s := range steps {
 		must(t, s.do())
 		rp, rs := r.status(t)
-		p, err := u.Primary(ctx)
+		p, err := bl.Primary(ctx)
 		must(t, err)
 		if rp != p {
 			t.Fatalf("after %s: rauc says primary %q, imgctl %q", s.what, rp, p)
 		}
-		for _, slot := range u.Slots {
-			st, err := u.State(ctx, slot)
+		for _, slot := range slots {
+			st, err := bl.State(ctx, slot)
 			must(t, err)
 			if rs[slot] != string(st) {
 				t.Fatalf("after %s: slot %s is %q for rauc, %q for imgctl", s.what, slot, rs[slot], st)
