@@ -2,6 +2,7 @@ package partition
 
 import (
 	"context"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -329,6 +330,37 @@ func TestBootslotScriptVerbs(t *testing.T) {
 		}
 		if _, err := sh("switch", "C"); err == nil {
 			t.Fatalf("%s: unknown slot accepted", bl)
+		}
+	}
+}
+
+// The shipped boot scripts are what docs/boot.md describes and the
+// simulators apply: GRUB's parses (grub-script-check), U-Boot's packs into a
+// boot.scr (mkimage), and both use the variables the backends write.
+func TestShippedBootScripts(t *testing.T) {
+	needTool(t, "grub-script-check", "mkimage")
+	if out, err := exec.Command("grub-script-check", "boot/grub.cfg").CombinedOutput(); err != nil {
+		t.Fatalf("grub-script-check: %v %s", err, out)
+	}
+	broken := filepath.Join(t.TempDir(), "broken.cfg")
+	must(t, writeFile(broken, "if [ x ]; then\n"))
+	if err := exec.Command("grub-script-check", broken).Run(); err == nil {
+		t.Fatal("grub-script-check accepted a broken script: it checks nothing")
+	}
+	if out, err := exec.Command("mkimage", "-A", "arm64", "-T", "script", "-C", "none", "-d", "boot/boot.cmd",
+		filepath.Join(t.TempDir(), "boot.scr")).CombinedOutput(); err != nil {
+		t.Fatalf("mkimage: %v %s", err, out)
+	}
+	g, _ := os.ReadFile("boot/grub.cfg")
+	for _, v := range []string{"ORDER", "A_OK", "A_TRY", "A_LEFT", "B_OK", "B_TRY", "B_LEFT", "save_env", "imgctl.slot="} {
+		if !strings.Contains(string(g), v) {
+			t.Errorf("grub.cfg does not use %s", v)
+		}
+	}
+	u, _ := os.ReadFile("boot/boot.cmd")
+	for _, v := range []string{"BOOT_ORDER", "BOOT_A_LEFT", "BOOT_B_LEFT", "saveenv", "imgctl.slot="} {
+		if !strings.Contains(string(u), v) {
+			t.Errorf("boot.cmd does not use %s", v)
 		}
 	}
 }
