@@ -7,6 +7,7 @@ build:
 	CGO_ENABLED=0 $(GO) build -o imgctl ./cmd/imgctl
 
 test:
+	bash scripts/deps.sh
 	$(GO) vet ./...
 	@fmt="$$(gofmt -l .)"; if [ -n "$$fmt" ]; then echo "gofmt needed: $$fmt"; exit 1; fi
 	$(GO) test -count=1 -timeout 20m ./...
