@@ -145,6 +145,10 @@ func runPublish(ctx context.Context, g *globalOptions, o *publishOptions, image 
 	if err != nil {
 		return nil, err
 	}
+	st0, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
 	// The index lock serialises publishers, so revisions stay monotonic.
 	store, err := chunkstore.Open(o.store, chunkstore.Options{Timeout: o.lockTimeout})
 	if err != nil {
@@ -167,6 +171,13 @@ func runPublish(ctx context.Context, g *globalOptions, o *publishOptions, image 
 	prog.Done()
 	if err != nil {
 		return nil, err
+	}
+	// Chunks and the whole-image digest are read in separate passes: an
+	// image that changed meanwhile would give a manifest no terminal can
+	// verify. Refuse it (nothing names the chunks already stored; gc
+	// removes them).
+	if st1, err := f.Stat(); err != nil || st1.Size() != st0.Size() || !st1.ModTime().Equal(st0.ModTime()) {
+		return nil, fmt.Errorf("%s changed while it was being published: publish a file nobody writes to (a copy or a snapshot)", image)
 	}
 	b := manifest.NewBuilder()
 	for _, p := range res.Pieces {

@@ -574,3 +574,30 @@ func TestEndToEndFullDisk(t *testing.T) {
 		t.Fatalf("chunks fetched before the disk filled were fetched again: %+v", got)
 	}
 }
+
+// An image that changes while it is published is refused, and no manifest
+// is written for it.
+func TestPublishRefusesChangingImage(t *testing.T) {
+	f := newFixture(t, 200<<20)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		w, err := os.OpenFile(f.img1, os.O_WRONLY, 0)
+		if err != nil {
+			return
+		}
+		defer w.Close()
+		for i := 0; i < 200; i++ {
+			w.WriteAt([]byte{byte(i)}, int64(i)*4096)
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	r := imgctl(t, nil, "publish", "--store", f.store, "--key", f.key, "--name", "os", f.img1, "-q")
+	<-done
+	if r.code == 0 || !strings.Contains(r.stderr, "changed while") {
+		t.Fatalf("publish of a changing image: exit %d %s", r.code, r.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(f.store, "manifests", "os", "stable", "1.imgm")); err == nil {
+		t.Fatal("a manifest was written for a changing image")
+	}
+}
