@@ -3,49 +3,52 @@ package chunkstore
 import (
 	"context"
 	"fmt"
-	"hash"
+	"runtime"
+	"sync"
 
 	"errors"
+	"golang.org/x/sync/errgroup"
 	"io"
-	lblake3 "lukechampine.com/blake3"
 	"sort"
 
 	"golang.org/x/sys/unix"
 )
 
-// NewDigest returns a BLAKE3-256 hasher for whole images. Writes of at
-// least DigestBlock bytes are hashed on all cores (lukechampine.com/blake3
-// splits them into subtrees); the result is plain BLAKE3, equal to Sum's
-// for the same bytes. Chunk IDs use Sum (zeebo/blake3): chunks are small.
-func NewDigest() hash.Hash { return lblake3.New(32, nil) }
-
-// DigestBlock is the write size at which NewDigest uses every core.
-const DigestBlock = 8 << 20
-
 // Digest returns BLAKE3 of the first size bytes of r, reading nothing
-// where the file system reports a hole (a hole reads as zeros). progress,
-// if set, is called with byte counts.
+// where the file system reports a hole (a hole reads as zeros), hashing
+// TreeBlock-sized blocks on all cores. progress, if set, is called with
+// byte counts.
 func Digest(ctx context.Context, r io.ReaderAt, size int64, progress func(int64)) (ID, error) {
 	holes := FindHoles(r, size)
-	h := NewDigest()
-	buf := make([]byte, DigestBlock)
-	for off := int64(0); off < size; {
-		if err := ctx.Err(); err != nil {
-			return ID{}, err
+	d := NewTreeDigest(size)
+	pool := sync.Pool{New: func() any { b := make([]byte, TreeBlock); return &b }}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(runtime.GOMAXPROCS(0))
+	for i := 0; i < d.Blocks(); i++ {
+		if gctx.Err() != nil {
+			break
 		}
-		n := min(int64(len(buf)), size-off)
-		if err := holes.ReadAt(r, buf[:n], off); err != nil {
-			return ID{}, fmt.Errorf("read at %d: %w", off, err)
-		}
-		h.Write(buf[:n])
-		off += n
-		if progress != nil {
-			progress(n)
-		}
+		g.Go(func() error {
+			off, n := d.BlockRange(i)
+			bp := pool.Get().(*[]byte)
+			defer pool.Put(bp)
+			buf := (*bp)[:n]
+			if err := holes.ReadAt(r, buf, off); err != nil {
+				return fmt.Errorf("read at %d: %w", off, err)
+			}
+			if progress != nil {
+				progress(n)
+			}
+			return d.Block(i, buf)
+		})
 	}
-	var id ID
-	h.Sum(id[:0])
-	return id, nil
+	if err := g.Wait(); err != nil {
+		return ID{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return ID{}, err
+	}
+	return d.Sum()
 }
 
 // span is a byte range [off, off+n).

@@ -114,10 +114,10 @@ func (a *Assembler) Run(ctx context.Context, plan *Plan) (Stats, error) {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	tr := newTracker(len(t.Chunks))
-	defer tr.abort()
+	var tr *blockTracker
 	var digestc chan digestResult
 	if a.Digest {
+		tr = newBlockTracker(t)
 		digestc = make(chan digestResult, 1)
 		go func() { digestc <- a.hash(ctx, t, tr) }()
 	}
@@ -165,50 +165,117 @@ type digestResult struct {
 	err error
 }
 
-// hash reads the output back in content order, each extent once the chunk
-// that fills it is written, and returns its BLAKE3. Bytes are fed to the
-// hasher in large blocks, which it hashes on all cores.
-func (a *Assembler) hash(ctx context.Context, t *manifest.Manifest, tr *tracker) digestResult {
-	h := chunkstore.NewDigest()
-	buf := make([]byte, chunkstore.DigestBlock)
-	fill := 0
-	var err error
+// hash reads the output back block by block (chunkstore.TreeBlock) as
+// soon as every extent of a block is written, on all cores, and returns the
+// BLAKE3 of the whole output. Blocks without chunks (zeros) are hashed at
+// once; holes are asked for only within final blocks.
+func (a *Assembler) hash(ctx context.Context, t *manifest.Manifest, tr *blockTracker) digestResult {
+	d := tr.digest
+	workers := max(runtime.GOMAXPROCS(0), 1)
+	var wg sync.WaitGroup
+	errc := make(chan error, workers)
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, chunkstore.TreeBlock)
+			for {
+				var b int
+				select {
+				case <-ctx.Done():
+					errc <- ctx.Err()
+					return
+				case x, ok := <-tr.ready:
+					if !ok {
+						return
+					}
+					b = x
+				}
+				off, n := d.BlockRange(b)
+				holes := chunkstore.FindHolesIn(a.Out, off, off+n)
+				if err := holes.ReadAt(a.Out, buf[:n], off); err != nil {
+					errc <- fmt.Errorf("read back at %d: %w", off, err)
+					return
+				}
+				if err := d.Block(b, buf[:n]); err != nil {
+					errc <- err
+					return
+				}
+				if tr.hashed() {
+					close(tr.ready)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	select {
+	case err := <-errc:
+		return digestResult{err: err}
+	default:
+	}
+	id, err := d.Sum()
+	return digestResult{id: id, err: err}
+}
+
+// blockTracker counts, per digest block, the chunk extents not yet written,
+// and queues a block for hashing when its count reaches zero.
+type blockTracker struct {
+	digest  *chunkstore.TreeDigest
+	t       *manifest.Manifest
+	occ     [][]manifest.Occurrence
+	mu      sync.Mutex
+	pending []int
+	left    int      // blocks not yet hashed
+	ready   chan int // blocks ready to hash; closed when all are hashed
+}
+
+func newBlockTracker(t *manifest.Manifest) *blockTracker {
+	d := chunkstore.NewTreeDigest(t.Size)
+	tr := &blockTracker{digest: d, t: t, occ: t.Occurrences(), pending: make([]int, d.Blocks()),
+		left: d.Blocks(), ready: make(chan int, d.Blocks())}
 	t.Walk(func(off, size int64, c int) bool {
-		// Holes are asked for only in zero extents, which are final by
-		// now; chunk extents are always read.
-		var holes chunkstore.HoleMap
-		if c >= 0 && !tr.wait(c) {
-			err = context.Canceled
-			return false
-		} else if c < 0 {
-			holes = chunkstore.FindHolesIn(a.Out, off, off+size)
-		}
-		for size > 0 {
-			if err = ctx.Err(); err != nil {
-				return false
-			}
-			n := min(size, int64(len(buf)-fill))
-			if err = holes.ReadAt(a.Out, buf[fill:fill+int(n)], off); err != nil {
-				err = fmt.Errorf("read back at %d: %w", off, err)
-				return false
-			}
-			fill += int(n)
-			off += n
-			size -= n
-			if fill == len(buf) {
-				h.Write(buf)
-				fill = 0
+		if c >= 0 && size > 0 {
+			for b := off / chunkstore.TreeBlock; b <= (off+size-1)/chunkstore.TreeBlock; b++ {
+				tr.pending[b]++
 			}
 		}
 		return true
 	})
-	if err != nil {
-		return digestResult{err: err}
+	for b, n := range tr.pending {
+		if n == 0 {
+			tr.ready <- b
+		}
 	}
-	h.Write(buf[:fill])
-	var id chunkstore.ID
-	h.Sum(id[:0])
-	return digestResult{id: id}
+	return tr
+}
+
+// written records that every occurrence of chunk i is written.
+func (tr *blockTracker) written(i int) {
+	if tr == nil {
+		return
+	}
+	size := int64(tr.t.Chunks[i].Size)
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	for _, o := range tr.occ[i] {
+		for k := 0; k < o.Count; k++ {
+			off := o.Offset + int64(k)*size
+			for b := off / chunkstore.TreeBlock; b <= (off+size-1)/chunkstore.TreeBlock; b++ {
+				tr.pending[b]--
+				if tr.pending[b] == 0 {
+					tr.ready <- int(b)
+				}
+			}
+		}
+	}
+}
+
+// hashed counts a hashed block and reports whether it was the last.
+func (tr *blockTracker) hashed() bool {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	tr.left--
+	return tr.left == 0
 }
 
 // locals copies every chunk that has local candidates, with a.Workers
@@ -308,44 +375,6 @@ func (a *Assembler) fetch(ctx context.Context, w *writer, idx []int, st *Stats, 
 	return nil
 }
 
-// tracker records which chunks are written, for the hasher.
-type tracker struct {
-	mu      sync.Mutex
-	cond    *sync.Cond
-	done    []bool
-	aborted bool
-}
-
-func newTracker(n int) *tracker {
-	t := &tracker{done: make([]bool, n)}
-	t.cond = sync.NewCond(&t.mu)
-	return t
-}
-
-func (t *tracker) mark(i int) {
-	t.mu.Lock()
-	t.done[i] = true
-	t.mu.Unlock()
-	t.cond.Broadcast()
-}
-
-func (t *tracker) abort() {
-	t.mu.Lock()
-	t.aborted = true
-	t.mu.Unlock()
-	t.cond.Broadcast()
-}
-
-// wait blocks until chunk i is written; false if the run was aborted.
-func (t *tracker) wait(i int) bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	for !t.done[i] && !t.aborted {
-		t.cond.Wait()
-	}
-	return t.done[i]
-}
-
 // local tries chunk i's local candidates in order. It returns the source
 // used, or SourceFetch if none held the chunk.
 func (a *Assembler) local(ctx context.Context, w *writer, plan *Plan, i int, buf []byte) (SourceKind, int, error) {
@@ -413,7 +442,7 @@ type writer struct {
 	t    *manifest.Manifest
 	occ  [][]manifest.Occurrence
 	prog Progress
-	tr   *tracker
+	tr   *blockTracker
 }
 
 // writeAll writes data at every occurrence of chunk i, except at skip.
@@ -430,7 +459,7 @@ func (w *writer) writeAll(i int, data []byte, skip int64) error {
 			w.prog.Add(n)
 		}
 	}
-	w.tr.mark(i)
+	w.tr.written(i)
 	return nil
 }
 

@@ -1,0 +1,122 @@
+package chunkstore
+
+import (
+	"fmt"
+	"math/bits"
+	"sync"
+
+	"lukechampine.com/blake3/guts"
+)
+
+// TreeBlock is the block size of a TreeDigest: 2^13 BLAKE3 chunks.
+const TreeBlock = 8 << 20
+
+const treeBlockHeight = 13 // log2(TreeBlock / guts.ChunkSize)
+
+// TreeDigest computes the plain BLAKE3-256 of content of a known size from
+// its TreeBlock-sized, TreeBlock-aligned blocks, which may be supplied in
+// any order and from several goroutines. It uses BLAKE3's tree: every
+// aligned block followed by more content is a complete subtree whose
+// chaining value depends only on its bytes and position, so blocks can be
+// hashed as soon as they are final; Sum merges them in order exactly as a
+// sequential hasher would (the final block is kept and closes the tree).
+// The result equals Sum over the whole content (tested).
+type TreeDigest struct {
+	size   int64
+	blocks int // number of blocks, the last one possibly short
+	mu     sync.Mutex
+	cvs    [][8]uint32 // blocks 0..blocks-2
+	have   []bool
+	last   []byte // the last block's bytes
+}
+
+// NewTreeDigest prepares a digest of size bytes.
+func NewTreeDigest(size int64) *TreeDigest {
+	n := int((size + TreeBlock - 1) / TreeBlock)
+	if n == 0 {
+		n = 1
+	}
+	return &TreeDigest{size: size, blocks: n, cvs: make([][8]uint32, n-1), have: make([]bool, n)}
+}
+
+// Blocks returns the number of blocks.
+func (d *TreeDigest) Blocks() int { return d.blocks }
+
+// BlockRange returns the byte range of block i.
+func (d *TreeDigest) BlockRange(i int) (off, n int64) {
+	off = int64(i) * TreeBlock
+	return off, min(TreeBlock, d.size-off)
+}
+
+// Block supplies the bytes of block i (exactly BlockRange(i) long). Safe
+// for concurrent use; data is not retained after it returns.
+func (d *TreeDigest) Block(i int, data []byte) error {
+	if i < 0 || i >= d.blocks {
+		return fmt.Errorf("tree digest: block %d of %d", i, d.blocks)
+	}
+	if _, n := d.BlockRange(i); int64(len(data)) != n {
+		return fmt.Errorf("tree digest: block %d has %d bytes, want %d", i, len(data), n)
+	}
+	if i == d.blocks-1 {
+		last := append([]byte(nil), data...)
+		d.mu.Lock()
+		d.last, d.have[i] = last, true
+		d.mu.Unlock()
+		return nil
+	}
+	cv := guts.ChainingValue(guts.CompressEigentree(data, &guts.IV, uint64(i)<<treeBlockHeight, 0))
+	d.mu.Lock()
+	d.cvs[i], d.have[i] = cv, true
+	d.mu.Unlock()
+	return nil
+}
+
+// Sum returns the BLAKE3-256 of the content; every block must have been
+// supplied.
+func (d *TreeDigest) Sum() (ID, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for i, ok := range d.have {
+		if !ok {
+			return ID{}, fmt.Errorf("tree digest: block %d missing", i)
+		}
+	}
+	var stack [64][8]uint32
+	var counter uint64 // chunks pushed; its set bits are the occupied stack slots
+	push := func(cv [8]uint32, height int) {
+		i := height
+		for counter&(1<<i) != 0 {
+			cv = guts.ChainingValue(guts.ParentNode(stack[i], cv, &guts.IV, 0))
+			i++
+		}
+		stack[i] = cv
+		counter += 1 << height
+	}
+	for _, cv := range d.cvs {
+		push(cv, treeBlockHeight)
+	}
+	// The last block: whole chunks but the final one as eigentrees, then
+	// the final chunk closes the tree with the ROOT flag.
+	last := d.last
+	chunks := uint64((len(last) + guts.ChunkSize - 1) / guts.ChunkSize)
+	if chunks > 0 {
+		chunks-- // keep the final chunk, full or not
+	}
+	off := 0
+	for _, h := range guts.Eigentrees(counter, chunks) {
+		n := (1 << h) * guts.ChunkSize
+		push(guts.ChainingValue(guts.CompressEigentree(last[off:off+n], &guts.IV, counter, 0)), h)
+		off += n
+	}
+	root := guts.CompressChunk(last[off:], &guts.IV, counter, 0)
+	for i := bits.TrailingZeros64(counter); i < bits.Len64(counter); i++ {
+		if counter&(1<<i) != 0 {
+			root = guts.ParentNode(stack[i], guts.ChainingValue(root), &guts.IV, 0)
+		}
+	}
+	root.Flags |= guts.FlagRoot
+	out := guts.WordsToBytes(guts.CompressNode(root))
+	var id ID
+	copy(id[:], out[:32])
+	return id, nil
+}
