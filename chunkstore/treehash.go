@@ -64,11 +64,31 @@ func (d *TreeDigest) Block(i int, data []byte) error {
 		d.mu.Unlock()
 		return nil
 	}
-	cv := guts.ChainingValue(guts.CompressEigentree(data, &guts.IV, uint64(i)<<treeBlockHeight, 0))
+	cv := subtreeCV(data, uint64(i)<<treeBlockHeight)
 	d.mu.Lock()
 	d.cvs[i], d.have[i] = cv, true
 	d.mu.Unlock()
 	return nil
+}
+
+// subtreeCV is the chaining value of a complete subtree of 2^k chunks (k ≥
+// 4) starting at chunk counter. It runs on the calling goroutine (callers
+// hash blocks in parallel), unlike guts.CompressEigentree, which starts a
+// goroutine per 16 chunks.
+func subtreeCV(data []byte, counter uint64) [8]uint32 {
+	const group = guts.MaxSIMD * guts.ChunkSize
+	cvs := make([][8]uint32, len(data)/group)
+	for j := range cvs {
+		n := guts.CompressBuffer((*[group]byte)(data[j*group:(j+1)*group]), group, &guts.IV, counter+uint64(j*guts.MaxSIMD), 0)
+		cvs[j] = guts.ChainingValue(n)
+	}
+	for len(cvs) > 1 {
+		for j := 0; j < len(cvs)/2; j++ {
+			cvs[j] = guts.ChainingValue(guts.ParentNode(cvs[2*j], cvs[2*j+1], &guts.IV, 0))
+		}
+		cvs = cvs[:len(cvs)/2]
+	}
+	return cvs[0]
 }
 
 // Sum returns the BLAKE3-256 of the content; every block must have been
