@@ -25,7 +25,7 @@ func newDemoCommand(g *globalOptions) *cobra.Command {
 	var sizeMiB int
 	cmd := &cobra.Command{
 		Use:   "demo",
-		Short: "Publish two releases of a sample ext4 image and pull them over loopback HTTP",
+		Short: "Publish two releases of a sample image; pull the second into the other slot as a delta and flip",
 		Long: `demo needs no setup: it builds two releases of a sample ext4 image (mkfs.ext4 -d
 on generated files), publishes both, starts an origin on 127.0.0.1, pulls
 release 1 into slot A (a file), pulls release 2 into slot B with the running
