@@ -1,7 +1,6 @@
 package delta
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -14,22 +13,9 @@ import (
 // digest.
 var ErrDigestMismatch = errors.New("content digest mismatch")
 
-// VerifyDigest reads m.Size bytes of r and checks them against m.Digest.
-func VerifyDigest(ctx context.Context, r io.ReaderAt, m *manifest.Manifest, prog Progress) error {
-	if prog == nil {
-		prog = noProgress{}
-	}
-	prog.Start(m.Size)
-	defer prog.Done()
-	got, err := chunkstore.Digest(ctx, r, m.Size, prog.Add)
-	if err != nil {
-		return err
-	}
-	return CheckDigest(r, m, got)
-}
-
-// CheckDigest compares a computed digest with m.Digest. On a mismatch it
-// re-checks every extent of r to name the first bad one.
+// CheckDigest compares a digest computed over r (chunkstore.Digest, or
+// Assembler.Digest while writing) with m.Digest. On a mismatch it re-checks
+// every extent of r to name the first bad one.
 func CheckDigest(r io.ReaderAt, m *manifest.Manifest, got chunkstore.ID) error {
 	if got == m.Digest {
 		return nil

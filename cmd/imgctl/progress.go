@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"io"
 	"os"
 	"sync"
 	"time"
@@ -102,5 +101,3 @@ func (g *globalOptions) logf(f string, a ...any) {
 		fmt.Fprintf(g.stderr, f+"\n", a...)
 	}
 }
-
-var _ io.Writer = (*os.File)(nil)
