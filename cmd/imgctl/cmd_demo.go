@@ -16,6 +16,7 @@ import (
 
 	"github.com/imgctl/imgctl/chunkstore"
 	"github.com/imgctl/imgctl/delta"
+	"github.com/imgctl/imgctl/partition"
 	"github.com/imgctl/imgctl/transport"
 	"github.com/spf13/cobra"
 )
@@ -115,15 +116,13 @@ func runDemo(ctx context.Context, g *globalOptions, keep string, sizeMiB int) er
 	fmt.Fprintf(out, "pull @1 into slotA.img: fetched %s (%d chunks) for a %s image; digest verified\n",
 		human(r1.BytesFetched), r1.ChunksFetched, human(r1.Size))
 	var r2 *pullResult
-	if grubEditenv, err := exec.LookPath("grub-editenv"); err == nil {
+	if _, err := exec.LookPath("grub-editenv"); err == nil {
 		// A terminal: slot A runs release 1; pull release 2 into slot B with
 		// A as the seed (no --seed: the slot config says which slot runs),
 		// verify, flip.
 		env := p("grubenv")
-		for _, args := range [][]string{{env, "create"}, {env, "set", "ORDER=A B", "A_OK=1", "A_TRY=0", "B_OK=0", "B_TRY=0"}} {
-			if out, err := exec.CommandContext(ctx, grubEditenv, args...).CombinedOutput(); err != nil {
-				return fmt.Errorf("grub-editenv: %v: %s", err, out)
-			}
+		if err := (&partition.Grub{Env: env, Slots: []string{"A", "B"}}).Init(ctx, "A"); err != nil {
+			return err
 		}
 		if err := os.WriteFile(p("booted"), []byte("A\n"), 0o644); err != nil {
 			return err

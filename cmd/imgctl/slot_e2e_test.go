@@ -1,12 +1,15 @@
 package main
 
 import (
+	"context"
 	"crypto/sha256"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/imgctl/imgctl/partition"
 )
 
 type slotFixture struct {
@@ -28,10 +31,8 @@ func newSlotFixture(t *testing.T) *slotFixture {
 	os.WriteFile(s.slotA, b, 0o644)
 	os.WriteFile(s.slotB, nil, 0o644)
 	os.WriteFile(s.booted, []byte("A\n"), 0o644)
-	for _, args := range [][]string{{s.env, "create"}, {s.env, "set", "ORDER=A B", "A_OK=1", "A_TRY=0", "B_OK=0", "B_TRY=0"}} {
-		if out, err := exec.Command("grub-editenv", args...).CombinedOutput(); err != nil {
-			t.Fatalf("grub-editenv: %v %s", err, out)
-		}
+	if err := s.grub().Init(context.Background(), "A"); err != nil {
+		t.Fatal(err)
 	}
 	os.WriteFile(s.cfg, []byte(`state_dir = "`+s.state+`"
 booted    = "file:`+s.booted+`"
@@ -45,6 +46,11 @@ device = "`+s.slotA+`"
 device = "`+s.slotB+`"
 `), 0o644)
 	return s
+}
+
+// grub is the fixture's boot environment as imgctl's GRUB backend sees it.
+func (s *slotFixture) grub() *partition.Grub {
+	return &partition.Grub{Env: s.env, Slots: []string{"A", "B"}, MaxTries: 3}
 }
 
 func (s *slotFixture) pullSlots(t *testing.T, url string, extra ...string) (map[string]any, result) {
@@ -211,14 +217,10 @@ func useUBoot(t *testing.T, s *slotFixture, viaScript bool) {
 			t.Fatalf("%s missing: .ci/run installs u-boot-tools and libubootenv-tool", tool)
 		}
 	}
-	txt := filepath.Join(s.dir, "uboot.txt")
-	env := filepath.Join(s.dir, "uboot.env")
-	fwcfg := filepath.Join(s.dir, "fw_env.config")
-	os.WriteFile(txt, []byte("BOOT_ORDER=A B\nBOOT_A_LEFT=3\nBOOT_B_LEFT=0\n"), 0o644)
-	if out, err := exec.Command("mkenvimage", "-s", "0x4000", "-o", env, txt).CombinedOutput(); err != nil {
-		t.Fatalf("mkenvimage: %v %s", err, out)
+	fwcfg, err := partition.InitUBootEnv(context.Background(), s.dir, []string{"A", "B"}, "A", 3, 0x4000)
+	if err != nil {
+		t.Fatal(err)
 	}
-	os.WriteFile(fwcfg, []byte(env+" 0x0000 0x4000\n"), 0o644)
 	bl := "[bootloader]\ntype = \"uboot\"\nconfig = \"" + fwcfg + "\"\n"
 	if viaScript {
 		script, _ := filepath.Abs("../../partition/imgctl-bootslot")

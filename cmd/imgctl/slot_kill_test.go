@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"math/rand/v2"
 	"os"
@@ -11,25 +12,14 @@ import (
 	"time"
 )
 
-// grubPrimary reads the primary slot as GRUB (and RAUC) decide it: the first
-// slot of ORDER with X_OK=1 and X_TRY=0.
-func grubPrimary(t *testing.T, env string) string {
-	out, err := exec.Command("grub-editenv", env, "list").Output()
+// grubPrimary reads the primary slot as GRUB (and RAUC) decide it, through
+// imgctl's GRUB backend.
+func grubPrimary(t *testing.T, s *slotFixture) string {
+	p, err := s.grub().Primary(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	vars := map[string]string{}
-	for _, l := range strings.Split(string(out), "\n") {
-		if k, v, ok := strings.Cut(l, "="); ok {
-			vars[k] = v
-		}
-	}
-	for _, s := range strings.Fields(vars["ORDER"]) {
-		if vars[s+"_OK"] == "1" && vars[s+"_TRY"] == "0" {
-			return s
-		}
-	}
-	return ""
+	return p
 }
 
 // kill -9 at random points of pull+write+flip: after every kill the system
@@ -48,7 +38,9 @@ func TestSlotsKillAnywhere(t *testing.T) {
 	reset := func() {
 		os.WriteFile(s.slotB, nil, 0o644)
 		os.RemoveAll(s.state)
-		exec.Command("grub-editenv", s.env, "set", "ORDER=A B", "A_OK=1", "A_TRY=0", "B_OK=0", "B_TRY=0", "B_LEFT=").Run()
+		if err := s.grub().Init(context.Background(), "A"); err != nil {
+			t.Fatal(err)
+		}
 	}
 	args := []string{"pull", "--from", s.store, "--trust", s.pub, "--name", "os", "--slots", s.cfg, "-q", "--json"}
 	// How long an undisturbed pull takes, to spread the kills over it.
@@ -74,7 +66,7 @@ func TestSlotsKillAnywhere(t *testing.T) {
 		if sum(t, s.slotA) != running {
 			t.Fatalf("kill %d: the running slot changed", kills)
 		}
-		switch p := grubPrimary(t, s.env); p {
+		switch p := grubPrimary(t, s); p {
 		case "A":
 		case "B":
 			newPrimary++
@@ -115,7 +107,7 @@ func TestSlotsKillAnywhere(t *testing.T) {
 		if cached > 0 {
 			resumed++
 		}
-		if sum(t, s.slotB) != want || grubPrimary(t, s.env) != "B" {
+		if sum(t, s.slotB) != want || grubPrimary(t, s) != "B" {
 			t.Fatalf("kill %d: rerun did not leave B verified and primary", kills)
 		}
 	}
@@ -149,7 +141,7 @@ func TestSlotsFullStateDir(t *testing.T) {
 	if r.code == 0 || !strings.Contains(r.stderr, "no space left") {
 		t.Fatalf("pull with a full state dir: exit %d %s", r.code, r.stderr)
 	}
-	if p := grubPrimary(t, s.env); p != "A" {
+	if p := grubPrimary(t, s); p != "A" {
 		t.Fatalf("primary %q after the failed pull", p)
 	}
 	os.Remove(filepath.Join(small, "filler"))
