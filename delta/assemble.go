@@ -30,7 +30,7 @@ type Output interface {
 }
 
 // Zeroer is an optional Output upgrade: make a range read as zeros quickly
-// (punch a hole, BLKZEROOUT).
+// (punch a hole, BLKZEROOUT). errors.ErrUnsupported means "write them".
 type Zeroer interface {
 	Zero(off, n int64) error
 }
@@ -463,9 +463,14 @@ func (w *writer) writeAll(i int, data []byte, skip int64) error {
 	return nil
 }
 
+// zeroRange makes [off, off+n) of out read as zeros: by its Zeroer, or,
+// where it has none or the Zeroer reports errors.ErrUnsupported, by writing
+// zeros.
 func zeroRange(out Output, off, n int64) error {
 	if z, ok := out.(Zeroer); ok {
-		return z.Zero(off, n)
+		if err := z.Zero(off, n); !errors.Is(err, errors.ErrUnsupported) {
+			return err
+		}
 	}
 	zeros := chunkstore.Zeros(64 << 10)
 	for n > 0 {

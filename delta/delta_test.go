@@ -258,3 +258,21 @@ func TestDiff(t *testing.T) {
 		t.Fatal(sb.String())
 	}
 }
+
+// memNoZero is an Output whose Zeroer cannot zero: the assembler writes
+// the zeros itself.
+type memNoZero struct{ *mem }
+
+func (memNoZero) Zero(off, n int64) error { return errors.ErrUnsupported }
+
+func TestAssembleZeroFallback(t *testing.T) {
+	want, target := content(t, "a0b")
+	f := &fetcher{chunks: chunkMap(want, target)}
+	out := memNoZero{&mem{b: bytes.Repeat([]byte{0xEE}, len(want))}}
+	if _, err := (&delta.Assembler{Out: out, Fetch: f, ZeroFill: true}).Run(context.Background(), delta.NewPlan(delta.Inputs{Target: target})); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(out.b, want) {
+		t.Fatal("zero extent not written when the Zeroer is unsupported")
+	}
+}

@@ -104,8 +104,9 @@ func openTarget(path string, size int64) (*target, error) {
 // device in the kernel (WRITE_ZEROES where the device has it).
 const blkZeroOut = 0x127f
 
-// Zero makes [off, off+n) read as zeros: a punched hole in a regular file,
-// BLKZEROOUT on a block device, written zeros where neither works.
+// Zero makes [off, off+n) read as zeros without writing them: a punched
+// hole in a regular file, BLKZEROOUT on a block device. Where neither works
+// it returns errors.ErrUnsupported and the assembler writes zeros.
 func (t *target) Zero(off, n int64) error {
 	if t.regular {
 		err := unix.Fallocate(int(t.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
@@ -118,16 +119,7 @@ func (t *target) Zero(off, n int64) error {
 			return nil
 		}
 	}
-	zeros := make([]byte, 1<<20)
-	for n > 0 {
-		k := min(n, int64(len(zeros)))
-		if _, err := t.WriteAt(zeros[:k], off); err != nil {
-			return err
-		}
-		off += k
-		n -= k
-	}
-	return nil
+	return errors.ErrUnsupported
 }
 
 // imageSize returns the size of a regular file or block device.
