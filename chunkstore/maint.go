@@ -170,8 +170,8 @@ func (r *CheckReport) OK() bool {
 
 // Check re-reads and re-hashes every indexed chunk and compares the index
 // with the packs' own index files. progress, if set, is called once per
-// chunk checked.
-func (s *Local) Check(ctx context.Context, progress func()) (*CheckReport, error) {
+// chunk checked with the number checked so far and the total.
+func (s *Local) Check(ctx context.Context, progress func(done, total int)) (*CheckReport, error) {
 	if err := s.Flush(ctx); err != nil {
 		return nil, err
 	}
@@ -231,6 +231,7 @@ func (s *Local) Check(ctx context.Context, progress func()) (*CheckReport, error
 		return entries[i].off < entries[j].off
 	})
 	var mu sync.Mutex
+	done := 0
 	jobs := make(chan idxEntry, 64)
 	var wg sync.WaitGroup
 	for w := 0; w < runtime.GOMAXPROCS(0); w++ {
@@ -256,10 +257,11 @@ func (s *Local) Check(ctx context.Context, progress func()) (*CheckReport, error
 				default:
 					rep.Missing = append(rep.Missing, e.id)
 				}
-				mu.Unlock()
+				done++
 				if progress != nil {
-					progress()
+					progress(done, len(entries))
 				}
+				mu.Unlock()
 			}
 		}()
 	}

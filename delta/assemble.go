@@ -114,15 +114,16 @@ func (a *Assembler) Run(ctx context.Context, plan *Plan) (Stats, error) {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	occ := t.Occurrences()
 	var tr *blockTracker
 	var digestc chan digestResult
 	if a.Digest {
-		tr = newBlockTracker(t)
+		tr = newBlockTracker(t, occ)
 		digestc = make(chan digestResult, 1)
 		go func() { digestc <- a.hash(ctx, t, tr) }()
 	}
 
-	w := &writer{out: a.Out, t: t, occ: t.Occurrences(), prog: prog, tr: tr}
+	w := &writer{out: a.Out, t: t, occ: occ, prog: prog, tr: tr}
 	var (
 		st      Stats
 		mu      sync.Mutex
@@ -229,9 +230,9 @@ type blockTracker struct {
 	ready   chan int // blocks ready to hash; closed when all are hashed
 }
 
-func newBlockTracker(t *manifest.Manifest) *blockTracker {
+func newBlockTracker(t *manifest.Manifest, occ [][]manifest.Occurrence) *blockTracker {
 	d := chunkstore.NewTreeDigest(t.Size)
-	tr := &blockTracker{digest: d, t: t, occ: t.Occurrences(), pending: make([]int, d.Blocks()),
+	tr := &blockTracker{digest: d, t: t, occ: occ, pending: make([]int, d.Blocks()),
 		left: d.Blocks(), ready: make(chan int, d.Blocks())}
 	t.Walk(func(off, size int64, c int) bool {
 		if c >= 0 && size > 0 {

@@ -54,11 +54,13 @@ func runFsck(ctx context.Context, g *globalOptions, root string, repair, asJSON 
 		return err
 	}
 	defer s.Close()
-	total := 0
-	s.Walk(func(chunkstore.Info) error { total++; return nil })
 	prog := newCountProgress(g, "fsck chunks")
-	prog.Start(int64(total))
-	check, err := s.Check(ctx, func() { prog.Add(1) })
+	check, err := s.Check(ctx, func(done, total int) {
+		if done == 1 {
+			prog.Start(int64(total))
+		}
+		prog.Add(1)
+	})
 	prog.Done()
 	if err != nil {
 		return err
