@@ -7,14 +7,6 @@ RUNS=${RUNS:-3}
 W=run
 . "$(dirname "$0")/lib.sh"
 
-secs() { # command... ; prints elapsed seconds
-	local s e
-	s=$(date +%s.%N)
-	"$@" >/dev/null 2>&1
-	e=$(date +%s.%N)
-	echo "$e - $s" | bc
-}
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 ratio() { echo "scale=2; $1 / $2" | bc; }
 mb() { echo "scale=1; $1 / 1000000" | bc; }
 

@@ -12,3 +12,15 @@ rm -rf "$W" && mkdir -p "$W"
 (cd "$HERE/.." && CGO_ENABLED=0 go build -o "$W/imgctl" ./cmd/imgctl)
 I=$W/imgctl
 "$I" key gen --out "$W/k" -q
+
+# secs COMMAND...: run it quietly, print the elapsed seconds.
+secs() {
+	local s e
+	s=$(date +%s.%N)
+	"$@" >/dev/null 2>&1
+	e=$(date +%s.%N)
+	echo "$e - $s" | bc
+}
+
+# median: the median of the numbers on standard input.
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }

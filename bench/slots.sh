@@ -33,8 +33,6 @@ echo B >"$W/booted"
 "$I" slot mark-good -q --slots "$W/slots.toml"
 "${P[@]}" --revision 2 --no-flip  # A := v2; v2's new chunks now in the cache
 
-secs() { local s e; s=$(date +%s.%N); "$@" >/dev/null 2>&1; e=$(date +%s.%N); echo "$e - $s" | bc; }
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 tp="" tc="" tn=""
 for _ in $(seq "$RUNS"); do
 	rm -f "$W/slotA" "$W/state/slot-A.json" && : >"$W/slotA"
