@@ -35,8 +35,8 @@ type pullOptions struct {
 	// out, and after out verified against the manifest.
 	beforeWrite func(m *manifest.Manifest, env []byte) error
 	afterVerify func(m *manifest.Manifest, env []byte) error
-	// extra is merged into the JSON result.
-	extra map[string]any
+	// slot and booted name the slots of a slot pull (in the result).
+	slot, booted string
 }
 
 func (o *pullOptions) AddFlags(f *pflag.FlagSet) {
@@ -108,6 +108,9 @@ type pullResult struct {
 	Seconds        float64       `json:"seconds"`
 	// Phases are wall-clock milliseconds per step, for diagnosis.
 	Phases map[string]int64 `json:"phases_ms"`
+	// Slot pulls: the slot written and the slot running.
+	Slot   string `json:"slot,omitempty"`
+	Booted string `json:"booted,omitempty"`
 }
 
 // fileRecord is the cache's memory of what a file holds.
@@ -371,11 +374,9 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 		BytesFromCache: st.CacheBytes, BytesInPlace: st.InPlaceBytes, ChunksFetched: st.FetchChunks,
 		PlainFetched: st.FetchBytes, Chunks: len(m.Chunks), ZeroBytes: plan.Report.ZeroBytes,
 		Fallbacks: st.Fallbacks, Plan: plan.Report, Verified: true, Seconds: g.now().Sub(start).Seconds(), Phases: phases,
+		Slot: o.slot, Booted: o.booted,
 	}
 	if o.json {
-		if o.extra != nil {
-			return res, writeJSON(g.stdout, mergeJSON(res, o.extra))
-		}
 		return res, writeJSON(g.stdout, res)
 	}
 	fmt.Fprintf(g.stdout, "pulled %s/%s@%d into %s: %s verified; fetched %s (%d chunks) of %s; %s from seeds, %s from cache, %s in place; %.2fs\n",
@@ -432,15 +433,4 @@ func openSeed(ctx context.Context, g *globalOptions, cache *chunkstore.Local, fi
 		return nil, nil, err
 	}
 	return idx, f, nil
-}
-
-// mergeJSON returns v's JSON object with extra keys added.
-func mergeJSON(v any, extra map[string]any) map[string]any {
-	b, _ := json.Marshal(v)
-	out := map[string]any{}
-	json.Unmarshal(b, &out)
-	for k, x := range extra {
-		out[k] = x
-	}
-	return out
 }

@@ -117,7 +117,7 @@ func runPullSlots(ctx context.Context, g *globalOptions, o *pullOptions) (*pullR
 		flipped = true
 		return nil
 	}
-	o.extra = map[string]any{"slot": target, "booted": booted}
+	o.slot, o.booted = target, booted
 	res, err := runPull(ctx, g, o)
 	if err != nil {
 		return nil, err
