@@ -420,6 +420,11 @@ func (s *Local) Flush(_ context.Context) error {
 	}
 	s.smu.Lock()
 	defer s.smu.Unlock()
+	return s.flushLocked()
+}
+
+// flushLocked seals the current pack, if any. s.smu is held.
+func (s *Local) flushLocked() error {
 	s.mu.Lock()
 	if s.cur == nil {
 		s.mu.Unlock()

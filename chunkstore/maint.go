@@ -2,6 +2,7 @@ package chunkstore
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -39,7 +40,7 @@ func (s *Local) Delete(ids []ID) (CompactStats, error) {
 	var packs []uint32
 	err := s.db.View(func(tx *bolt.Tx) error {
 		if err := tx.Bucket(bucketPacks).ForEach(func(k, _ []byte) error {
-			packs = append(packs, uint32(k[0])<<24|uint32(k[1])<<16|uint32(k[2])<<8|uint32(k[3]))
+			packs = append(packs, binary.BigEndian.Uint32(k))
 			return nil
 		}); err != nil {
 			return err
@@ -59,7 +60,6 @@ func (s *Local) Delete(ids []ID) (CompactStats, error) {
 	var remove []uint32
 	s.smu.Lock()
 	defer s.smu.Unlock()
-	s.mu.Lock()
 	for _, q := range packs {
 		fi, err := os.Stat(packPath(s.root, q))
 		if err != nil {
@@ -71,15 +71,17 @@ func (s *Local) Delete(ids []ID) (CompactStats, error) {
 			st.PacksRemoved++
 		case live[q] < fi.Size()/2:
 			for _, e := range byPack[q] {
-				b, err := s.readStoredLocked(e)
+				b, err := s.readStored(e.id, e.loc)
 				if err == nil {
 					_, err = Verify(e.id, b, int(e.size))
 				}
 				if err != nil {
 					continue // corrupt: not copied, dropped with the pack
 				}
-				if err := s.append(e.id, b, e.size); err != nil {
-					s.mu.Unlock()
+				s.mu.Lock()
+				err = s.append(e.id, b, e.size)
+				s.mu.Unlock()
+				if err != nil {
 					return st, err
 				}
 			}
@@ -90,23 +92,8 @@ func (s *Local) Delete(ids []ID) (CompactStats, error) {
 		}
 		st.BytesFreed += fi.Size() - live[q]
 	}
-	if err := s.writeBuf(); err != nil {
-		s.mu.Unlock()
+	if err := s.flushLocked(); err != nil {
 		return st, err
-	}
-	f, seq, ents := s.cur, s.curSeq, s.curEnts
-	if f != nil {
-		s.files[seq] = f
-		s.cur, s.curEnts = nil, nil
-	}
-	s.mu.Unlock()
-	if f != nil {
-		if err := s.seal(f, seq, ents); err != nil {
-			return st, err
-		}
-		s.mu.Lock()
-		clear(s.pend)
-		s.mu.Unlock()
 	}
 	// New locations are committed; the old packs can go.
 	err = s.db.Update(func(tx *bolt.Tx) error {
@@ -133,21 +120,6 @@ func (s *Local) Delete(ids []ID) (CompactStats, error) {
 		}
 	}
 	return st, SyncDir(filepath.Join(s.root, packDir))
-}
-
-// readStoredLocked reads an entry's bytes; s.mu is held.
-func (s *Local) readStoredLocked(e idxEntry) ([]byte, error) {
-	f := s.files[e.pack]
-	if f == nil {
-		var err error
-		if f, err = os.Open(packPath(s.root, e.pack)); err != nil {
-			return nil, err
-		}
-		s.files[e.pack] = f
-	}
-	b := make([]byte, e.stored)
-	_, err := f.ReadAt(b, int64(e.off))
-	return b, err
 }
 
 // CheckReport is what Check found.
