@@ -33,7 +33,8 @@ func recordPath(stateDir, slot string) string {
 	return filepath.Join(stateDir, "slot-"+slot+".json")
 }
 
-func envelopePath(stateDir, slot string) string {
+// EnvelopePath is where the signed manifest of a slot's content is kept.
+func EnvelopePath(stateDir, slot string) string {
 	return filepath.Join(stateDir, "slot-"+slot+".imgm")
 }
 
@@ -60,7 +61,7 @@ func WriteRecord(stateDir string, r SlotRecord, env []byte) error {
 		return err
 	}
 	if env != nil {
-		if err := chunkstore.WriteFileAtomic(envelopePath(stateDir, r.Slot), env, 0o644); err != nil {
+		if err := chunkstore.WriteFileAtomic(EnvelopePath(stateDir, r.Slot), env, 0o644); err != nil {
 			return err
 		}
 	}
@@ -73,7 +74,7 @@ func WriteRecord(stateDir string, r SlotRecord, env []byte) error {
 
 // ReadEnvelope returns the signed manifest recorded for a slot, or nil.
 func ReadEnvelope(stateDir, slot string) ([]byte, error) {
-	b, err := os.ReadFile(envelopePath(stateDir, slot))
+	b, err := os.ReadFile(EnvelopePath(stateDir, slot))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}

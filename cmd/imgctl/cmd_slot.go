@@ -86,7 +86,7 @@ func runPullSlots(ctx context.Context, g *globalOptions, o *pullOptions) (*pullR
 	seed := bootedDev
 	if rec, err := partition.ReadRecord(stateDir, booted); err == nil && rec != nil && rec.Verified {
 		if env, err := partition.ReadEnvelope(stateDir, booted); err == nil && env != nil {
-			seed = bootedDev + ":" + filepath.Join(stateDir, "slot-"+booted+".imgm")
+			seed = bootedDev + ":" + partition.EnvelopePath(stateDir, booted)
 		}
 	}
 	o.seeds = append([]string{seed}, o.seeds...)
