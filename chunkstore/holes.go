@@ -30,6 +30,12 @@ func Digest(ctx context.Context, r io.ReaderAt, size int64, progress func(int64)
 		}
 		g.Go(func() error {
 			off, n := d.BlockRange(i)
+			if holes.Covers(off, n) {
+				if progress != nil {
+					progress(n)
+				}
+				return d.ZeroBlock(i)
+			}
 			bp := pool.Get().(*[]byte)
 			defer pool.Put(bp)
 			buf := (*bp)[:n]

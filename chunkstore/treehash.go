@@ -64,7 +64,29 @@ func (d *TreeDigest) Block(i int, data []byte) error {
 		d.mu.Unlock()
 		return nil
 	}
-	cv := subtreeCV(data, uint64(i)<<treeBlockHeight)
+	var cv [8]uint32
+	if allZero(data) {
+		cv = zeroCV(i)
+	} else {
+		cv = subtreeCV(data, uint64(i)<<treeBlockHeight)
+	}
+	d.mu.Lock()
+	d.cvs[i], d.have[i] = cv, true
+	d.mu.Unlock()
+	return nil
+}
+
+// ZeroBlock supplies block i as all zeros, for callers that know it without
+// reading (a hole): no bytes are read or hashed unless i is the final block.
+func (d *TreeDigest) ZeroBlock(i int) error {
+	if i == d.blocks-1 {
+		_, n := d.BlockRange(i)
+		return d.Block(i, zeroBlock[:n])
+	}
+	if i < 0 || i >= d.blocks {
+		return fmt.Errorf("tree digest: block %d of %d", i, d.blocks)
+	}
+	cv := zeroCV(i)
 	d.mu.Lock()
 	d.cvs[i], d.have[i] = cv, true
 	d.mu.Unlock()

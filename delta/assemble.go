@@ -194,11 +194,15 @@ func (a *Assembler) hash(ctx context.Context, t *manifest.Manifest, tr *blockTra
 				}
 				off, n := d.BlockRange(b)
 				holes := chunkstore.FindHolesIn(a.Out, off, off+n)
-				if err := holes.ReadAt(a.Out, buf[:n], off); err != nil {
-					errc <- fmt.Errorf("read back at %d: %w", off, err)
-					return
+				var err error
+				if holes.Covers(off, n) {
+					err = d.ZeroBlock(b) // a hole reads as zeros
+				} else if err = holes.ReadAt(a.Out, buf[:n], off); err != nil {
+					err = fmt.Errorf("read back at %d: %w", off, err)
+				} else {
+					err = d.Block(b, buf[:n])
 				}
-				if err := d.Block(b, buf[:n]); err != nil {
+				if err != nil {
 					errc <- err
 					return
 				}
