@@ -324,6 +324,24 @@ func (s *Local) ReadStored(id ID) ([]byte, int, error) {
 	return b, int(l.size), err
 }
 
+// ReadStoredChecked is ReadStored after checking the bytes against the
+// pack index's checksum of the stored bytes (no decompression), as
+// Dir.ReadStoredChecked: for bytes sent to others unchanged.
+func (s *Local) ReadStoredChecked(id ID) ([]byte, int, error) {
+	l, ok, err := s.locate(id)
+	if err != nil {
+		return nil, 0, err
+	}
+	if !ok {
+		return nil, 0, fmt.Errorf("chunk %s: %w", id.Short(), ErrNotFound)
+	}
+	b, err := s.readStored(id, l)
+	if err == nil && sumStored(b) != l.sum {
+		err = &IntegrityError{ID: id, Reason: "stored bytes do not match the pack index"}
+	}
+	return b, int(l.size), err
+}
+
 // Put stores c unless the store holds it already.
 func (s *Local) Put(ctx context.Context, c Chunk) (bool, error) {
 	if s.opts.ReadOnly {

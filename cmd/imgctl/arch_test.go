@@ -18,6 +18,7 @@ func TestImportDirection(t *testing.T) {
 		"manifest":             {"chunkstore"},
 		"delta":                {"manifest", "chunkstore"},
 		"transport":            {"manifest", "chunkstore"},
+		"transport/swarm":      {"manifest", "chunkstore"},
 		"partition":            {"delta", "manifest", "chunkstore"},
 	}
 	out, err := exec.Command("go", "list", "-deps", "-json", "../../...").Output()

@@ -1,0 +1,313 @@
+package swarm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"time"
+
+	alog "github.com/anacrolix/log"
+	"github.com/anacrolix/torrent"
+	"github.com/anacrolix/torrent/dialer"
+	"github.com/anacrolix/torrent/metainfo"
+	"golang.org/x/time/rate"
+
+	"github.com/imgctl/imgctl/chunkstore"
+)
+
+// Config configures a swarm client for any role (origin, branch,
+// terminal). The network is closed by default: no DHT, no UPnP, no PEX, no
+// uTP; peers come from trackers and Peers only.
+type Config struct {
+	// Listen is where peers connect, host:port. A specific IP also becomes
+	// the source address of outgoing connections (so peers see one address
+	// per node, which bans rely on). Empty: 127.0.0.1:0.
+	Listen       string
+	Staging      string   // directory for staged pieces
+	Trackers     []string // announce URLs
+	Peers        []string // host:port dialled directly
+	WebSeeds     []string // BEP 19 base URLs (ending in /)
+	UploadRate   int64    // bytes per second, 0: unlimited
+	DownloadRate int64    // bytes per second, 0: unlimited
+	MaxConns     int      // established connections per torrent, 0: library default (50)
+	PEX          bool
+	Logger       *slog.Logger
+}
+
+// Client is one BitTorrent node over a chunk store.
+type Client struct {
+	cl  *torrent.Client
+	st  *Storage
+	cfg Config
+	log *slog.Logger
+}
+
+// New starts a client. src holds the chunks this node has; downloaded
+// chunks are verified and put into put (nil: a node that only seeds).
+func New(cfg Config, src Source, put chunkstore.Putter) (*Client, error) {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Listen == "" {
+		cfg.Listen = "127.0.0.1:0"
+	}
+	host, portStr, err := net.SplitHostPort(cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("listen address %q: %w", cfg.Listen, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, fmt.Errorf("listen address %q: %w", cfg.Listen, err)
+	}
+	tc := torrent.NewDefaultClientConfig()
+	tc.NoDHT = true
+	tc.NoDefaultPortForwarding = true
+	tc.DisablePEX = !cfg.PEX
+	tc.DisableUTP = true
+	tc.DisableIPv6 = true
+	tc.DisableWebtorrent = true
+	tc.Seed = true
+	tc.Slogger = log.With("component", "torrent")
+	tc.Logger = alog.Default.WithFilterLevel(alog.Critical)
+	tc.DefaultStorage = nil
+	if cfg.MaxConns > 0 {
+		tc.EstablishedConnsPerTorrent = cfg.MaxConns
+	}
+	if cfg.UploadRate > 0 {
+		tc.UploadRateLimiter = rate.NewLimiter(rate.Limit(cfg.UploadRate), max(64<<10, int(cfg.UploadRate/10)))
+	}
+	if cfg.DownloadRate > 0 {
+		tc.DownloadRateLimiter = rate.NewLimiter(rate.Limit(cfg.DownloadRate), max(64<<10, int(cfg.DownloadRate/10)))
+	}
+	// Our own listener and dialer, so that a node on 127.0.0.7 also dials
+	// from 127.0.0.7 (the library's dialer would use 127.0.0.1).
+	ip, ipErr := netip.ParseAddr(host)
+	bind := ipErr == nil && !ip.IsUnspecified()
+	if bind {
+		tc.DisableTCP = true
+		tc.ListenPort = 0
+	} else {
+		tc.SetListenAddr(cfg.Listen)
+	}
+	st := NewStorage(src, put, cfg.Staging, log)
+	tc.DefaultStorage = st
+	cl, err := torrent.NewClient(tc)
+	if err != nil {
+		return nil, fmt.Errorf("torrent client: %w", err)
+	}
+	c := &Client{cl: cl, st: st, cfg: cfg, log: log}
+	if bind {
+		l, err := net.Listen("tcp4", net.JoinHostPort(host, strconv.Itoa(port)))
+		if err != nil {
+			cl.Close()
+			return nil, fmt.Errorf("listen for peers: %w", err)
+		}
+		cl.AddListener(l)
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IP(ip.AsSlice())}, Timeout: 5 * time.Second}
+		cl.AddDialer(dialer.WithNetwork{Network: "tcp4", Dialer: d})
+	}
+	return c, nil
+}
+
+// Addr is the address peers connect to.
+func (c *Client) Addr() string {
+	for _, l := range c.cl.Listeners() {
+		return l.Addr().String()
+	}
+	return ""
+}
+
+// Close stops the client and drops every torrent.
+func (c *Client) Close() error {
+	return errors.Join(c.cl.Close()...)
+}
+
+// Handle is one release torrent in a client.
+type Handle struct {
+	c *Client
+	t *torrent.Torrent
+	s *Torrent // nil until the info is known (magnet)
+}
+
+// Add adds a release torrent whose info bytes are known (authenticated by
+// the manifest); env is the manifest file's content if held.
+func (c *Client) Add(ctx context.Context, infoBytes, env []byte) (*Handle, error) {
+	mi := metainfo.MetaInfo{InfoBytes: infoBytes}
+	ih := mi.HashInfoBytes()
+	info, err := mi.UnmarshalInfo()
+	if err != nil {
+		return nil, fmt.Errorf("torrent info: %w", err)
+	}
+	l, err := LayoutFromInfo(&info)
+	if err != nil {
+		return nil, err
+	}
+	s, err := c.st.Register(ctx, ih, l, env)
+	if err != nil {
+		return nil, err
+	}
+	t, _ := c.cl.AddTorrentOpt(torrent.AddTorrentOpts{InfoHash: ih, InfoBytes: infoBytes})
+	h := &Handle{c: c, t: t, s: s}
+	h.sources(nil)
+	return h, nil
+}
+
+// AddMagnet adds a torrent from a magnet link (xt, tr, ws, x.pe); its info
+// comes from peers (BEP 9) and must have the shape of a release torrent.
+func (c *Client) AddMagnet(ctx context.Context, uri string) (*Handle, error) {
+	spec, err := torrent.TorrentSpecFromMagnetUri(uri)
+	if err != nil {
+		return nil, fmt.Errorf("magnet: %w", err)
+	}
+	if spec.InfoHash == (metainfo.Hash{}) {
+		return nil, errors.New("magnet: no v1 infohash (xt=urn:btih:...); v2-only magnets are not supported")
+	}
+	t, _, err := c.cl.AddTorrentSpec(spec)
+	if err != nil {
+		return nil, err
+	}
+	h := &Handle{c: c, t: t}
+	h.sources(nil)
+	select {
+	case <-t.GotInfo():
+	case <-ctx.Done():
+		t.Drop()
+		return nil, fmt.Errorf("magnet %s: no peer sent the torrent's info: %w", spec.InfoHash.HexString(), context.Cause(ctx))
+	}
+	s, ok := c.st.Torrent(spec.InfoHash)
+	if !ok {
+		t.Drop()
+		return nil, fmt.Errorf("magnet %s: not an imgctl release torrent", spec.InfoHash.HexString())
+	}
+	h.s = s
+	return h, nil
+}
+
+// sources adds the configured trackers, peers and webseeds, and extra.
+func (h *Handle) sources(extraPeers []string) {
+	cfg := h.c.cfg
+	if len(cfg.Trackers) > 0 {
+		h.t.AddTrackers([][]string{cfg.Trackers})
+	}
+	h.AddPeers(append(append([]string(nil), cfg.Peers...), extraPeers...))
+	if len(cfg.WebSeeds) > 0 {
+		h.t.AddWebSeeds(cfg.WebSeeds)
+	}
+}
+
+// AddPeers dials peers directly (host:port).
+func (h *Handle) AddPeers(addrs []string) {
+	var ps []torrent.PeerInfo
+	for _, a := range addrs {
+		ps = append(ps, torrent.PeerInfo{Addr: torrent.StringAddr(a), Source: torrent.PeerSourceDirect})
+	}
+	if len(ps) > 0 {
+		h.t.AddPeers(ps)
+	}
+}
+
+// AddWebSeeds adds BEP 19 webseeds (base URLs ending in /).
+func (h *Handle) AddWebSeeds(urls []string) { h.t.AddWebSeeds(urls) }
+
+// InfoHash is the torrent's v1 infohash.
+func (h *Handle) InfoHash() metainfo.Hash { return h.t.InfoHash() }
+
+// State is the storage state of the torrent.
+func (h *Handle) State() *Torrent { return h.s }
+
+// Manifest downloads the manifest file (if not held) and returns it.
+func (h *Handle) Manifest(ctx context.Context) ([]byte, error) {
+	if err := h.Fetch(ctx, []int{0}); err != nil {
+		return nil, err
+	}
+	env, _ := h.s.Manifest()
+	return env, nil
+}
+
+// FetchChunks downloads the chunks ids (those not held), waiting until all
+// are in the store, or ctx ends; chunks the torrent does not carry are an
+// error.
+func (h *Handle) FetchChunks(ctx context.Context, ids []chunkstore.ID) error {
+	idx := make(map[chunkstore.ID]int, len(h.s.L.Chunks))
+	for i, c := range h.s.L.Chunks {
+		idx[c.ID] = i + 1
+	}
+	files := make([]int, 0, len(ids))
+	for _, id := range ids {
+		f, ok := idx[id]
+		if !ok {
+			return fmt.Errorf("torrent %s does not carry chunk %s", h.InfoHash().HexString(), id.Short())
+		}
+		files = append(files, f)
+	}
+	return h.Fetch(ctx, files)
+}
+
+// Fetch downloads files (indexes into the layout) and waits for them.
+func (h *Handle) Fetch(ctx context.Context, files []int) error {
+	tf := h.t.Files()
+	var missing []int
+	for _, f := range files {
+		if !h.s.Have(f) {
+			missing = append(missing, f)
+			tf[f].SetPriority(torrent.PiecePriorityNormal)
+		}
+	}
+	for len(missing) > 0 {
+		ch := h.s.Changed()
+		k := 0
+		for _, f := range missing {
+			if !h.s.Have(f) {
+				missing[k] = f
+				k++
+			}
+		}
+		missing = missing[:k]
+		if len(missing) == 0 {
+			break
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			for _, f := range missing {
+				tf[f].SetPriority(torrent.PiecePriorityNone)
+			}
+			return fmt.Errorf("%d of %d files still missing: %w", len(missing), len(files), context.Cause(ctx))
+		}
+	}
+	return nil
+}
+
+// Stats are a torrent's transfer counters.
+type Stats struct {
+	FromPeers    int64 `json:"bytes_from_peers"`
+	FromWebSeeds int64 `json:"bytes_from_webseeds"`
+	Uploaded     int64 `json:"bytes_uploaded"`
+	BadPieces    int64 `json:"bad_pieces"`
+	Peers        int   `json:"peers"`
+}
+
+// Stats returns the torrent's counters: bytes received from peers and from
+// webseeds (payload), uploaded payload, pieces that failed their check.
+func (h *Handle) Stats() Stats {
+	s := h.t.Stats()
+	return Stats{FromPeers: s.PeerConns.BytesReadData.Int64(), FromWebSeeds: s.WebSeeds.BytesReadData.Int64(),
+		Uploaded: s.BytesWrittenData.Int64(), BadPieces: s.PiecesDirtiedBad.Int64(), Peers: s.ActivePeers}
+}
+
+// Uploaded is the payload this client has sent to peers, all torrents.
+func (c *Client) Uploaded() int64 {
+	s := c.cl.Stats()
+	return s.BytesWrittenData.Int64()
+}
+
+// BannedIPs lists peers banned for sending bad data.
+func (c *Client) BannedIPs() []string { return c.cl.BadPeerIPs() }
+
+// Drop removes the torrent from the client.
+func (h *Handle) Drop() { h.t.Drop() }

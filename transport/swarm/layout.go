@@ -1,0 +1,259 @@
+// Package swarm distributes releases over standard BitTorrent (v1
+// metainfo, anacrolix/torrent): one torrent per release whose first file
+// is the signed manifest and whose other files are the release's chunks,
+// named by ID and holding their stored (compressed) bytes. A storage
+// backend over the chunk store reports chunks already held as complete,
+// stages downloaded pieces and admits a chunk into the store only after its
+// BLAKE3 matches. docs/decisions/0004-torrent-layout.md explains the layout.
+package swarm
+
+import (
+	"crypto/sha1"
+	"fmt"
+	"runtime"
+	"slices"
+	"sort"
+
+	"github.com/anacrolix/torrent/bencode"
+	"github.com/anacrolix/torrent/metainfo"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/imgctl/imgctl/chunkstore"
+	"github.com/imgctl/imgctl/manifest"
+)
+
+// ManifestFile is the name of a release torrent's first file.
+const ManifestFile = "manifest.imgm"
+
+// DefaultPieceLength is the piece size of release torrents: the smallest
+// BitTorrent allows (one 16 KiB block), because pieces span chunk
+// boundaries and a piece shared with a chunk the terminal already holds is
+// downloaded whole (decisions/0004).
+const DefaultPieceLength = 16 << 10
+
+// Entry is one chunk file of a release torrent.
+type Entry struct {
+	ID     chunkstore.ID
+	Stored int64 // stored (compressed) bytes: the file's length
+}
+
+// Layout maps a release torrent's byte stream to its files: file 0 is the
+// signed manifest, file i > 0 is Chunks[i-1]. Files follow each other with
+// no padding, so pieces may span files.
+type Layout struct {
+	Name        string
+	PieceLength int64
+	Chunks      []Entry
+	offs        []int64 // start of every file, then the total length
+}
+
+// NewLayout lays out a manifest of manifestLen bytes and chunks.
+func NewLayout(name string, manifestLen int64, chunks []Entry, pieceLength int64) *Layout {
+	l := &Layout{Name: name, PieceLength: pieceLength, Chunks: chunks, offs: make([]int64, 0, len(chunks)+2)}
+	off := int64(0)
+	l.offs = append(l.offs, off)
+	off += manifestLen
+	for _, c := range chunks {
+		l.offs = append(l.offs, off)
+		off += c.Stored
+	}
+	l.offs = append(l.offs, off)
+	return l
+}
+
+// Files is the number of files (chunks + 1).
+func (l *Layout) Files() int { return len(l.offs) - 1 }
+
+// Total is the torrent's length in bytes.
+func (l *Layout) Total() int64 { return l.offs[len(l.offs)-1] }
+
+// NumPieces is the number of pieces.
+func (l *Layout) NumPieces() int { return int((l.Total() + l.PieceLength - 1) / l.PieceLength) }
+
+// FileRange returns where file f lies in the torrent.
+func (l *Layout) FileRange(f int) (off, n int64) { return l.offs[f], l.offs[f+1] - l.offs[f] }
+
+// PieceRange returns where piece p lies in the torrent.
+func (l *Layout) PieceRange(p int) (off, n int64) {
+	off = int64(p) * l.PieceLength
+	return off, min(l.PieceLength, l.Total()-off)
+}
+
+// fileAt returns the file holding byte off (off < Total), skipping empty
+// files.
+func (l *Layout) fileAt(off int64) int {
+	return sort.Search(l.Files(), func(f int) bool { return l.offs[f+1] > off })
+}
+
+// FilesOf returns the files piece p touches, [first, last].
+func (l *Layout) FilesOf(p int) (first, last int) {
+	off, n := l.PieceRange(p)
+	return l.fileAt(off), l.fileAt(off + n - 1)
+}
+
+// PiecesOf returns the pieces file f touches, [first, last]; an empty file
+// touches none (last < first).
+func (l *Layout) PiecesOf(f int) (first, last int) {
+	off, n := l.FileRange(f)
+	if n == 0 {
+		return 0, -1
+	}
+	return int(off / l.PieceLength), int((off + n - 1) / l.PieceLength)
+}
+
+// ReadFile returns the whole content of file f.
+type ReadFile func(f int) ([]byte, error)
+
+// readAt fills p with the torrent's bytes at off, file by file.
+func (l *Layout) readAt(read ReadFile, p []byte, off int64) error {
+	for len(p) > 0 {
+		f := l.fileAt(off)
+		if f >= l.Files() {
+			return fmt.Errorf("read past the end of the torrent at %d", off)
+		}
+		b, err := read(f)
+		if err != nil {
+			return err
+		}
+		start, n := l.FileRange(f)
+		if int64(len(b)) != n {
+			return fmt.Errorf("file %d has %d bytes, the torrent says %d", f, len(b), n)
+		}
+		k := copy(p, b[off-start:])
+		p, off = p[k:], off+int64(k)
+	}
+	return nil
+}
+
+// Info hashes the pieces (SHA-1, on all cores) and returns the v1 info
+// dictionary and its bencoded bytes.
+func (l *Layout) Info(read ReadFile) (*metainfo.Info, []byte, error) {
+	np := l.NumPieces()
+	pieces := make([]byte, 20*np)
+	workers := runtime.GOMAXPROCS(0)
+	per := (np + workers - 1) / max(workers, 1)
+	var g errgroup.Group
+	for w := 0; w < workers && w*per < np; w++ {
+		g.Go(func() error {
+			// One file cached: consecutive pieces mostly share it.
+			cf, cb := -1, []byte(nil)
+			cached := func(f int) ([]byte, error) {
+				if f != cf {
+					b, err := read(f)
+					if err != nil {
+						return nil, err
+					}
+					cf, cb = f, b
+				}
+				return cb, nil
+			}
+			buf := make([]byte, l.PieceLength)
+			for p := w * per; p < min(np, (w+1)*per); p++ {
+				off, n := l.PieceRange(p)
+				if err := l.readAt(cached, buf[:n], off); err != nil {
+					return err
+				}
+				h := sha1.Sum(buf[:n])
+				copy(pieces[20*p:], h[:])
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, nil, err
+	}
+	info := &metainfo.Info{Name: l.Name, PieceLength: l.PieceLength, Pieces: pieces,
+		Files: make([]metainfo.FileInfo, 0, l.Files())}
+	info.Files = append(info.Files, metainfo.FileInfo{Length: l.offs[1], Path: []string{ManifestFile}})
+	for _, c := range l.Chunks {
+		info.Files = append(info.Files, metainfo.FileInfo{Length: c.Stored, Path: []string{c.ID.String()}})
+	}
+	b, err := bencode.Marshal(info)
+	if err != nil {
+		return nil, nil, err
+	}
+	return info, b, nil
+}
+
+// LayoutFromInfo reads a release torrent's layout back from its info
+// dictionary, refusing any other shape: the first file must be the
+// manifest, every other file a chunk named by its ID, at most once, no
+// larger than the largest stored chunk, and the piece count must match.
+func LayoutFromInfo(info *metainfo.Info) (*Layout, error) {
+	if info.HasV2() && !info.HasV1() {
+		return nil, fmt.Errorf("torrent %q: v2-only torrents are not supported", info.Name)
+	}
+	if info.PieceLength <= 0 || len(info.Files) == 0 {
+		return nil, fmt.Errorf("torrent %q is not an imgctl release torrent (no files)", info.Name)
+	}
+	if len(info.Files[0].Path) != 1 || info.Files[0].Path[0] != ManifestFile {
+		return nil, fmt.Errorf("torrent %q is not an imgctl release torrent (first file %v)", info.Name, info.Files[0].Path)
+	}
+	if info.Files[0].Length <= 0 || info.Files[0].Length > manifest.MaxEnvelope {
+		return nil, fmt.Errorf("torrent %q: manifest file of %d bytes", info.Name, info.Files[0].Length)
+	}
+	seen := make(map[chunkstore.ID]bool, len(info.Files))
+	chunks := make([]Entry, 0, len(info.Files)-1)
+	maxStored := int64(chunkstore.MaxStoredSize(chunkstore.MaxChunkSize))
+	for _, fi := range info.Files[1:] {
+		if len(fi.Path) != 1 {
+			return nil, fmt.Errorf("torrent %q: file %v is not a chunk", info.Name, fi.Path)
+		}
+		id, err := chunkstore.ParseID(fi.Path[0])
+		if err != nil || seen[id] {
+			return nil, fmt.Errorf("torrent %q: file %q is not a chunk ID or repeats one", info.Name, fi.Path[0])
+		}
+		if fi.Length <= 0 || fi.Length > maxStored {
+			return nil, fmt.Errorf("torrent %q: chunk %s of %d bytes", info.Name, id.Short(), fi.Length)
+		}
+		seen[id] = true
+		chunks = append(chunks, Entry{ID: id, Stored: fi.Length})
+	}
+	l := NewLayout(info.Name, info.Files[0].Length, chunks, info.PieceLength)
+	if len(info.Pieces) != 20*l.NumPieces() {
+		return nil, fmt.Errorf("torrent %q: %d piece hashes for %d pieces", info.Name, len(info.Pieces)/20, l.NumPieces())
+	}
+	return l, nil
+}
+
+// Order returns m's chunks in torrent order: first the chunks the previous
+// revision lacks, then those only the one before lacks, and so on, each
+// group in order of first appearance in m. prev holds the earlier
+// revisions newest first (nil entries are skipped). A terminal on a
+// recent revision then needs a prefix of the torrent: what it downloads is
+// contiguous, and pieces that span chunks it holds are few
+// (decisions/0004).
+func Order(m *manifest.Manifest, prev []*manifest.Manifest) []int {
+	age := make([]int, len(m.Chunks))
+	alive := make([]bool, len(m.Chunks))
+	for i := range alive {
+		alive[i] = true
+	}
+	for _, p := range prev {
+		if p == nil {
+			continue
+		}
+		have := make(map[chunkstore.ID]bool, len(p.Chunks))
+		for _, c := range p.Chunks {
+			have[c.ID] = true
+		}
+		for i, c := range m.Chunks {
+			if alive[i] && have[c.ID] {
+				age[i]++
+			} else {
+				alive[i] = false
+			}
+		}
+	}
+	order := make([]int, len(m.Chunks))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(a, b int) int { return age[a] - age[b] })
+	return order
+}
+
+// InfoName is the torrent name of a release.
+func InfoName(name, channel string, rev uint64) string {
+	return fmt.Sprintf("%s-%s-%d", name, channel, rev)
+}

@@ -1,0 +1,401 @@
+package swarm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+
+	g "github.com/anacrolix/generics"
+	"github.com/anacrolix/torrent/metainfo"
+	"github.com/anacrolix/torrent/storage"
+	"golang.org/x/sys/unix"
+
+	"github.com/imgctl/imgctl/chunkstore"
+	"github.com/imgctl/imgctl/manifest"
+)
+
+// Source reads the stored bytes of chunks a role holds: a chunk store
+// (chunkstore.Local or Dir). ReadStoredChecked checks them against the
+// store's own checksum, so that a damaged store does not send bad pieces.
+type Source interface {
+	ReadStoredChecked(id chunkstore.ID) ([]byte, int, error)
+	Has(ctx context.Context, id chunkstore.ID) (bool, error)
+}
+
+// Storage is a storage.ClientImpl over a chunk store. Pieces whose chunks
+// the store holds are complete and read from it; other pieces are staged
+// in a sparse file per torrent, and a chunk whose pieces have all passed
+// their SHA-1 check is decoded, checked against its BLAKE3 ID and only
+// then put into the store. Torrent data never reaches the store unchecked.
+type Storage struct {
+	src     Source
+	put     chunkstore.Putter // nil: a seeder that never downloads
+	staging string
+	log     *slog.Logger
+
+	mu       sync.Mutex
+	torrents map[metainfo.Hash]*Torrent
+}
+
+// NewStorage returns a storage over src; downloaded chunks go to put
+// (nil for a seeder) and are staged under dir.
+func NewStorage(src Source, put chunkstore.Putter, dir string, log *slog.Logger) *Storage {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Storage{src: src, put: put, staging: dir, log: log, torrents: map[metainfo.Hash]*Torrent{}}
+}
+
+// Torrent is the storage state of one release torrent.
+type Torrent struct {
+	s  *Storage
+	L  *Layout
+	ih metainfo.Hash
+
+	mu       sync.Mutex
+	have     []bool // per file: readable from the store (or the manifest bytes)
+	done     []bool // per piece: passed its hash check in this process
+	manifest []byte
+	sizes    map[chunkstore.ID]int
+	stage    *os.File
+	changed  chan struct{} // closed and replaced whenever a file arrives
+	bad      int           // chunks that passed SHA-1 but not BLAKE3
+}
+
+// Register prepares the state of a torrent whose layout is known (seeding,
+// or fetching with info bytes from the origin); env is the manifest file's
+// content if known.
+func (s *Storage) Register(ctx context.Context, ih metainfo.Hash, l *Layout, env []byte) (*Torrent, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if t, ok := s.torrents[ih]; ok {
+		return t, nil
+	}
+	t := &Torrent{s: s, L: l, ih: ih, have: make([]bool, l.Files()), done: make([]bool, l.NumPieces()),
+		changed: make(chan struct{})}
+	if env != nil {
+		if int64(len(env)) != l.offs[1] {
+			return nil, fmt.Errorf("torrent %s: manifest of %d bytes, the torrent says %d", ih.HexString(), len(env), l.offs[1])
+		}
+		t.manifest, t.have[0] = env, true
+		if m, err := manifest.Open(env); err == nil {
+			t.setSizesLocked(m)
+		}
+	}
+	for i, c := range l.Chunks {
+		ok, err := s.src.Has(ctx, c.ID)
+		if err != nil {
+			return nil, err
+		}
+		t.have[i+1] = ok
+	}
+	s.torrents[ih] = t
+	return t, nil
+}
+
+// Torrent returns the registered state of ih.
+func (s *Storage) Torrent(ih metainfo.Hash) (*Torrent, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, ok := s.torrents[ih]
+	return t, ok
+}
+
+// OpenTorrent implements storage.ClientImpl. A torrent that was not
+// registered (a magnet: the info came from peers) is laid out from its
+// info, which must have the shape of a release torrent.
+func (s *Storage) OpenTorrent(ctx context.Context, info *metainfo.Info, ih metainfo.Hash) (storage.TorrentImpl, error) {
+	t, ok := s.Torrent(ih)
+	if !ok {
+		l, err := LayoutFromInfo(info)
+		if err != nil {
+			return storage.TorrentImpl{}, err
+		}
+		if t, err = s.Register(ctx, ih, l, nil); err != nil {
+			return storage.TorrentImpl{}, err
+		}
+	}
+	if t.L.NumPieces() != info.NumPieces() || t.L.Total() != info.TotalLength() {
+		return storage.TorrentImpl{}, fmt.Errorf("torrent %s: info does not match its registered layout", ih.HexString())
+	}
+	return storage.TorrentImpl{
+		PieceWithHash: func(p metainfo.Piece, _ g.Option[[]byte]) storage.PieceImpl {
+			return piece{t, p.Index()}
+		},
+		Close: t.close,
+	}, nil
+}
+
+func (t *Torrent) close() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.stage != nil {
+		name := t.stage.Name()
+		t.stage.Close()
+		t.stage = nil
+		os.Remove(name)
+	}
+	t.s.mu.Lock()
+	delete(t.s.torrents, t.ih)
+	t.s.mu.Unlock()
+	return nil
+}
+
+// SetManifest records the verified manifest of the torrent: its chunk
+// sizes bound the decoding of downloaded chunks.
+func (t *Torrent) SetManifest(m *manifest.Manifest) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.setSizesLocked(m)
+}
+
+func (t *Torrent) setSizesLocked(m *manifest.Manifest) {
+	t.sizes = make(map[chunkstore.ID]int, len(m.Chunks))
+	for _, c := range m.Chunks {
+		t.sizes[c.ID] = int(c.Size)
+	}
+}
+
+// Have reports whether file f is held.
+func (t *Torrent) Have(f int) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.have[f]
+}
+
+// Manifest returns the manifest file's bytes once held.
+func (t *Torrent) Manifest() ([]byte, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.manifest, t.have[0]
+}
+
+// Changed returns a channel closed when the next file arrives.
+func (t *Torrent) Changed() <-chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.changed
+}
+
+// Bad counts chunks that passed their pieces' SHA-1 but not their BLAKE3
+// ID: the torrent's info lies about its files.
+func (t *Torrent) Bad() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.bad
+}
+
+// readFile returns file f's content from the store or the manifest.
+func (t *Torrent) readFile(f int) ([]byte, error) {
+	if f == 0 {
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		if !t.have[0] {
+			return nil, errors.New("manifest not held")
+		}
+		return t.manifest, nil
+	}
+	b, _, err := t.s.src.ReadStoredChecked(t.L.Chunks[f-1].ID)
+	return b, err
+}
+
+// staged opens the staging file; t.mu held.
+func (t *Torrent) staged() (*os.File, error) {
+	if t.stage != nil {
+		return t.stage, nil
+	}
+	if err := os.MkdirAll(t.s.staging, 0o755); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(filepath.Join(t.s.staging, t.ih.HexString()+".part"), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := f.Truncate(t.L.Total()); err != nil {
+		f.Close()
+		return nil, err
+	}
+	t.stage = f
+	return f, nil
+}
+
+type piece struct {
+	t *Torrent
+	i int
+}
+
+// ReadAt reads the piece's bytes: held files from the store, the rest
+// from the staging file.
+func (p piece) ReadAt(b []byte, off int64) (int, error) {
+	t := p.t
+	po, pn := t.L.PieceRange(p.i)
+	if off >= pn {
+		return 0, io.EOF
+	}
+	b = b[:min(int64(len(b)), pn-off)]
+	abs := po + off
+	n := 0
+	for n < len(b) {
+		f := t.L.fileAt(abs + int64(n))
+		fo, fl := t.L.FileRange(f)
+		seg := b[n:min(len(b), n+int(fo+fl-(abs+int64(n))))]
+		if t.Have(f) {
+			data, err := t.readFile(f)
+			if err != nil {
+				return n, err
+			}
+			copy(seg, data[abs+int64(n)-fo:])
+		} else {
+			t.mu.Lock()
+			st, err := t.staged()
+			t.mu.Unlock()
+			if err != nil {
+				return n, err
+			}
+			if _, err := st.ReadAt(seg, abs+int64(n)); err != nil {
+				return n, err
+			}
+		}
+		n += len(seg)
+	}
+	return n, nil
+}
+
+// WriteAt stages downloaded bytes.
+func (p piece) WriteAt(b []byte, off int64) (int, error) {
+	t := p.t
+	if t.s.put == nil {
+		return 0, errors.New("this role does not download")
+	}
+	po, pn := t.L.PieceRange(p.i)
+	if off+int64(len(b)) > pn {
+		return 0, fmt.Errorf("write past piece %d", p.i)
+	}
+	t.mu.Lock()
+	st, err := t.staged()
+	t.mu.Unlock()
+	if err != nil {
+		return 0, err
+	}
+	return st.WriteAt(b, po+off)
+}
+
+// MarkComplete records a piece that passed its hash check and admits every
+// chunk whose pieces are now all checked.
+func (p piece) MarkComplete() error {
+	t := p.t
+	t.mu.Lock()
+	t.done[p.i] = true
+	first, last := t.L.FilesOf(p.i)
+	var ready []int
+	for f := first; f <= last; f++ {
+		if t.have[f] {
+			continue
+		}
+		a, b := t.L.PiecesOf(f)
+		all := true
+		for q := a; q <= b && all; q++ {
+			all = t.done[q]
+		}
+		if all {
+			ready = append(ready, f)
+		}
+	}
+	t.mu.Unlock()
+	var errs []error
+	for _, f := range ready {
+		errs = append(errs, t.admit(f))
+	}
+	return errors.Join(errs...)
+}
+
+// admit reads file f from staging, checks it, and puts it into the store
+// (or keeps the manifest bytes).
+func (t *Torrent) admit(f int) error {
+	off, n := t.L.FileRange(f)
+	b := make([]byte, n)
+	t.mu.Lock()
+	st, err := t.staged()
+	t.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if _, err := st.ReadAt(b, off); err != nil {
+		return err
+	}
+	if f == 0 {
+		t.mu.Lock()
+		t.manifest = b
+		t.arrivedLocked(0)
+		t.mu.Unlock()
+		return nil
+	}
+	id := t.L.Chunks[f-1].ID
+	t.mu.Lock()
+	size, ok := t.sizes[id]
+	t.mu.Unlock()
+	if !ok {
+		size = -1
+	}
+	c, err := chunkstore.Verify(id, b, size)
+	if err != nil {
+		t.mu.Lock()
+		t.bad++
+		a, z := t.L.PiecesOf(f)
+		for q := a; q <= z; q++ {
+			t.done[q] = false
+		}
+		t.mu.Unlock()
+		t.s.log.Warn("torrent chunk failed its BLAKE3 check after its pieces passed SHA-1: the torrent's info is wrong", "torrent", t.ih.HexString(), "chunk", id.Short(), "err", err)
+		return err
+	}
+	if _, err := t.s.put.Put(context.Background(), c); err != nil {
+		return err
+	}
+	t.mu.Lock()
+	t.arrivedLocked(f)
+	t.mu.Unlock()
+	// The store serves it from now on: give the staged bytes back (only
+	// whole 4 KiB pages inside the chunk; neighbours may still be staged).
+	if a, z := (off+4095)&^4095, (off+n)&^4095; z > a {
+		_ = unix.Fallocate(int(st.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, a, z-a)
+	}
+	return nil
+}
+
+func (t *Torrent) arrivedLocked(f int) {
+	t.have[f] = true
+	close(t.changed)
+	t.changed = make(chan struct{})
+}
+
+// MarkNotComplete forgets a piece's check.
+func (p piece) MarkNotComplete() error {
+	p.t.mu.Lock()
+	defer p.t.mu.Unlock()
+	p.t.done[p.i] = false
+	return nil
+}
+
+// Completion: a piece is complete when every file it touches is held, or
+// when it passed its check in this process.
+func (p piece) Completion() storage.Completion {
+	t := p.t
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.done[p.i] {
+		return storage.Completion{Ok: true, Complete: true}
+	}
+	first, last := t.L.FilesOf(p.i)
+	for f := first; f <= last; f++ {
+		if !t.have[f] {
+			return storage.Completion{Ok: true, Complete: false}
+		}
+	}
+	return storage.Completion{Ok: true, Complete: true}
+}

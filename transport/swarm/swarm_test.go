@@ -1,0 +1,221 @@
+package swarm
+
+import (
+	"bytes"
+	"context"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/anacrolix/torrent/metainfo"
+
+	"github.com/imgctl/imgctl/chunkstore"
+)
+
+// release is a set of random chunks in a store, laid out as a torrent.
+type release struct {
+	env    []byte
+	chunks []chunkstore.Chunk
+	layout *Layout
+	info   []byte
+}
+
+func openStore(t *testing.T) *chunkstore.Local {
+	t.Helper()
+	s, err := chunkstore.Open(t.TempDir(), chunkstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func makeRelease(t *testing.T, n int, seed uint64, pl int64) *release {
+	t.Helper()
+	r := rand.New(rand.NewPCG(seed, 1))
+	rel := &release{env: bytes.Repeat([]byte("manifest!"), 1000+int(seed))}
+	var entries []Entry
+	for i := 0; i < n; i++ {
+		plain := make([]byte, 8<<10+r.IntN(60<<10))
+		for j := range plain { // compressible, not trivially
+			plain[j] = byte(r.IntN(16))
+		}
+		c, err := chunkstore.Encode(plain, chunkstore.LevelFastest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rel.chunks = append(rel.chunks, c)
+		entries = append(entries, Entry{ID: c.ID(), Stored: int64(len(c.Stored()))})
+	}
+	rel.layout = NewLayout("test-stable-1", int64(len(rel.env)), entries, pl)
+	_, b, err := rel.layout.Info(func(f int) ([]byte, error) {
+		if f == 0 {
+			return rel.env, nil
+		}
+		return rel.chunks[f-1].Stored(), nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rel.info = b
+	return rel
+}
+
+func put(t *testing.T, s *chunkstore.Local, cs []chunkstore.Chunk) {
+	t.Helper()
+	for _, c := range cs {
+		if _, err := s.Put(context.Background(), c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func newClient(t *testing.T, cfg Config, s *chunkstore.Local, download bool) *Client {
+	t.Helper()
+	if cfg.Staging == "" {
+		cfg.Staging = t.TempDir()
+	}
+	var p chunkstore.Putter
+	if download {
+		p = s
+	}
+	c, err := New(cfg, s, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// The layout round-trips through the info, and pieces span files.
+func TestLayoutFromInfo(t *testing.T) {
+	rel := makeRelease(t, 20, 1, 16<<10)
+	mi := metainfo.MetaInfo{InfoBytes: rel.info}
+	info, err := mi.UnmarshalInfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := LayoutFromInfo(&info)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Total() != rel.layout.Total() || l.Files() != 21 || l.NumPieces() != rel.layout.NumPieces() {
+		t.Fatalf("layout differs: %d/%d bytes, %d files", l.Total(), rel.layout.Total(), l.Files())
+	}
+	for f := 0; f < l.Files(); f++ {
+		a, z := l.PiecesOf(f)
+		for p := a; p <= z; p++ {
+			if x, y := l.FilesOf(p); f < x || f > y {
+				t.Fatalf("file %d: piece %d touches files %d..%d", f, p, x, y)
+			}
+		}
+	}
+	bad := info
+	bad.Files = append([]metainfo.FileInfo{{Length: 5, Path: []string{"etc", "passwd"}}}, info.Files[1:]...)
+	if _, err := LayoutFromInfo(&bad); err == nil {
+		t.Fatal("a torrent without the manifest first was accepted")
+	}
+	bad = info
+	bad.Files = append(append([]metainfo.FileInfo(nil), info.Files...), info.Files[1])
+	if _, err := LayoutFromInfo(&bad); err == nil {
+		t.Fatal("a torrent repeating a chunk was accepted")
+	}
+}
+
+// A terminal holding half the chunks downloads exactly the other half
+// from a seeder, and every chunk it ends with verifies.
+func TestFetchFromPeer(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	rel := makeRelease(t, 60, 2, 16<<10)
+	origin := openStore(t)
+	put(t, origin, rel.chunks)
+	term := openStore(t)
+	put(t, term, rel.chunks[30:]) // holds the older half, as a terminal on the previous release would
+
+	seeder := newClient(t, Config{Listen: "127.0.0.1:0"}, origin, false)
+	sh, err := seeder.Add(ctx, rel.info, rel.env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = sh
+	leech := newClient(t, Config{Listen: "127.0.0.2:0", Peers: []string{seeder.Addr()}}, term, true)
+	h, err := leech.Add(ctx, rel.info, rel.env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []chunkstore.ID
+	var missing int64
+	for i, c := range rel.chunks {
+		want = append(want, c.ID())
+		if i < 30 {
+			missing += int64(len(c.Stored()))
+		}
+	}
+	if err := h.FetchChunks(ctx, want); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range rel.chunks {
+		if _, err := term.Get(ctx, c.ID()); err != nil {
+			t.Fatalf("chunk %s: %v", c.ID().Short(), err)
+		}
+	}
+	st := h.Stats()
+	// Chunks are contiguous here, so only the piece on the boundary of the
+	// held half is fetched beyond what was missing.
+	if st.FromPeers < missing || st.FromPeers > missing+2*16<<10 {
+		t.Fatalf("received %d bytes from peers, %d were missing", st.FromPeers, missing)
+	}
+	t.Logf("missing %d bytes, received %d from peers", missing, st.FromPeers)
+}
+
+// With no peer at all, a webseed that serves chunks by ID completes the
+// download, and so does a magnet link that names only the webseed's
+// seeder for the info.
+func TestWebSeed(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	rel := makeRelease(t, 25, 3, 16<<10)
+	byName := map[string][]byte{ManifestFile: rel.env}
+	for _, c := range rel.chunks {
+		byName[c.ID().String()] = c.Stored()
+	}
+	var hits int
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		parts := strings.Split(r.URL.Path, "/") // /ws/<torrent>/<file>
+		b, ok := byName[parts[len(parts)-1]]
+		if !ok || len(parts) != 4 || parts[2] != rel.layout.Name {
+			http.NotFound(w, r)
+			return
+		}
+		hits++
+		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(b))
+	}))
+	defer srv.Close()
+	term := openStore(t)
+	leech := newClient(t, Config{WebSeeds: []string{srv.URL + "/ws/"}}, term, true)
+	h, err := leech.Add(ctx, rel.info, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env, err := h.Manifest(ctx)
+	if err != nil || !bytes.Equal(env, rel.env) {
+		t.Fatalf("manifest from the webseed: %v", err)
+	}
+	var want []chunkstore.ID
+	for _, c := range rel.chunks {
+		want = append(want, c.ID())
+	}
+	if err := h.FetchChunks(ctx, want); err != nil {
+		t.Fatal(err)
+	}
+	if st := h.Stats(); st.FromWebSeeds < rel.layout.Total() || hits == 0 {
+		t.Fatalf("webseed stats %+v, %d requests", st, hits)
+	}
+}
