@@ -128,7 +128,45 @@ func (r *Releases) List() ([]Release, error) {
 	return out, nil
 }
 
-// Remove deletes a stored release.
+// Remove deletes a stored release and its side files.
 func (r *Releases) Remove(rel Release) error {
-	return os.Remove(r.path(rel.Name, rel.Channel, rel.Revision))
+	if err := os.Remove(r.path(rel.Name, rel.Channel, rel.Revision)); err != nil {
+		return err
+	}
+	side, _ := filepath.Glob(r.sidePath(rel.Name, rel.Channel, rel.Revision, "*"))
+	for _, p := range side {
+		os.Remove(p)
+	}
+	return nil
+}
+
+// Side files of a release, <revision>.<kind> beside its manifest: data
+// derived from the release that servers hand out with it (a torrent's info
+// bytes, the manifest the torrent carries). Put them before the manifest;
+// Remove takes them along.
+const (
+	SideTorrentInfo     = "torrent-info"
+	SideTorrentManifest = "torrent-manifest"
+)
+
+func (r *Releases) sidePath(name, channel string, rev uint64, kind string) string {
+	return filepath.Join(r.root, name, channel, strconv.FormatUint(rev, 10)+"."+kind)
+}
+
+// PutSide stores a side file of a release (replacing it).
+func (r *Releases) PutSide(name, channel string, rev uint64, kind string, b []byte) error {
+	p := r.sidePath(name, channel, rev, kind)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return err
+	}
+	return chunkstore.WriteFileAtomic(p, b, 0o644)
+}
+
+// ReadSide returns a side file of a release; a missing one wraps
+// fs.ErrNotExist.
+func (r *Releases) ReadSide(name, channel string, rev uint64, kind string) ([]byte, error) {
+	if !ValidName(name) || !ValidName(channel) {
+		return nil, fmt.Errorf("%w: invalid name or channel", ErrNoRelease)
+	}
+	return os.ReadFile(r.sidePath(name, channel, rev, kind))
 }

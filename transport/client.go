@@ -142,13 +142,25 @@ func (c *Client) do(ctx context.Context, req *http.Request) (*http.Response, err
 // Manifest fetches the signed manifest of name/channel at rev (0: latest).
 // The body is capped; nothing is verified here (manifest.Verify does that).
 func (c *Client) Manifest(ctx context.Context, name, channel string, rev uint64) ([]byte, error) {
+	return c.release(ctx, "/v1/manifests/", "", name, channel, rev, c.opts.MaxManifest)
+}
+
+// TorrentFile fetches a release's .torrent (info bytes, the server's
+// trackers and webseed), capped at max bytes; the caller checks the info
+// against the signed manifest.
+func (c *Client) TorrentFile(ctx context.Context, name, channel string, rev uint64, max int64) ([]byte, error) {
+	return c.release(ctx, "/v1/torrents/", "", name, channel, rev, max)
+}
+
+// release GETs a small per-release document, its body capped at max.
+func (c *Client) release(ctx context.Context, prefix, suffix, name, channel string, rev uint64, max int64) ([]byte, error) {
 	r := "latest"
 	if rev > 0 {
 		r = strconv.FormatUint(rev, 10)
 	}
-	p := "/v1/manifests/" + url.PathEscape(name) + "/" + url.PathEscape(channel) + "/" + r
+	p := prefix + url.PathEscape(name) + "/" + url.PathEscape(channel) + "/" + r + suffix
 	var body []byte
-	err := c.retry(ctx, "manifest", func() error {
+	err := c.retry(ctx, p, func() error {
 		req, _ := http.NewRequest(http.MethodGet, c.url(p), nil)
 		resp, err := c.do(ctx, req)
 		if err != nil {
@@ -161,22 +173,25 @@ func (c *Client) Manifest(ctx context.Context, name, channel string, rev uint64)
 		if resp.StatusCode != http.StatusOK {
 			return fmt.Errorf("%w: GET %s: %s", ErrPeerUnavailable, p, resp.Status)
 		}
-		if resp.ContentLength > c.opts.MaxManifest {
-			return permanent{&manifest.VerifyError{Err: manifest.ErrTooLarge, Detail: fmt.Sprintf("server declares %d bytes", resp.ContentLength)}}
+		if resp.ContentLength > max {
+			return permanent{&manifest.VerifyError{Err: manifest.ErrTooLarge, Detail: fmt.Sprintf("GET %s: server declares %d bytes", p, resp.ContentLength)}}
 		}
-		b, err := io.ReadAll(io.LimitReader(resp.Body, c.opts.MaxManifest+1))
+		b, err := io.ReadAll(io.LimitReader(resp.Body, max+1))
 		c.received.Add(int64(len(b)))
 		if err != nil {
 			return fmt.Errorf("%w: %v", ErrPeerUnavailable, err)
 		}
-		if int64(len(b)) > c.opts.MaxManifest {
-			return permanent{&manifest.VerifyError{Err: manifest.ErrTooLarge, Detail: fmt.Sprintf("more than %d bytes", c.opts.MaxManifest)}}
+		if int64(len(b)) > max {
+			return permanent{&manifest.VerifyError{Err: manifest.ErrTooLarge, Detail: fmt.Sprintf("GET %s: more than %d bytes", p, max)}}
 		}
 		body = b
 		return nil
 	})
 	return body, err
 }
+
+// BaseURL is the server's URL.
+func (c *Client) BaseURL() string { return c.base.String() }
 
 // Fetch retrieves chunks, verifies each against its ID and size, and calls
 // fn for each (from several goroutines). A chunk that fails verification is

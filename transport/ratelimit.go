@@ -41,7 +41,7 @@ func NewLimiter(bytesPerSec int64) *rate.Limiter {
 	if bytesPerSec <= 0 {
 		return nil
 	}
-	burst := int(min(max(bytesPerSec/10, 16<<10), 1<<20))
+	burst := int(max(bytesPerSec/10, 64<<10))
 	return rate.NewLimiter(rate.Limit(bytesPerSec), burst)
 }
 

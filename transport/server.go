@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/imgctl/imgctl/chunkstore"
@@ -26,6 +27,9 @@ import (
 //	GET  /v1/manifests/{name}/{channel}/{rev}    one revision
 //	GET  /v1/chunks/{id}                         stored bytes (zstd frame), Range supported
 //	POST /v1/chunks/batch                        many chunks in one response (see batch.go)
+//	GET  /v1/torrents/{name}/{channel}/{rev}     the release's .torrent (info, trackers, webseed)
+//	GET  /v1/torrents/{name}/{channel}/{rev}/info  its info bytes (checked against the manifest)
+//	GET  /ws/{torrent}/{file}                    BEP 19 webseed: a release torrent's files
 //	GET  /metrics                                Prometheus metrics
 //	GET  /healthz                                "ok"
 const (
@@ -45,6 +49,8 @@ type ServerOptions struct {
 	Logger      *slog.Logger
 	// Registry receives the server's metrics; nil makes a new one.
 	Registry *prometheus.Registry
+	// Announce lists tracker URLs written into served .torrent files.
+	Announce []string
 }
 
 // Server serves a store's manifests and chunks over HTTP. It reads the
@@ -62,6 +68,10 @@ type Server struct {
 	requests *prometheus.CounterVec
 	corrupt  prometheus.Counter
 	mux      *http.ServeMux
+	announce []string
+
+	namesMu sync.Mutex
+	names   map[string]manifest.Release // torrent name → release
 }
 
 // NewServer returns a server for the store at root. Close releases the
@@ -71,7 +81,8 @@ func NewServer(root string, opts ServerOptions) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{dir: dir, rel: manifest.OpenReleases(root), log: opts.Logger, limit: NewLimiter(opts.UploadLimit), reg: opts.Registry}
+	s := &Server{dir: dir, rel: manifest.OpenReleases(root), log: opts.Logger, limit: NewLimiter(opts.UploadLimit), reg: opts.Registry,
+		announce: opts.Announce}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -90,6 +101,9 @@ func NewServer(root string, opts ServerOptions) (*Server, error) {
 	s.mux.HandleFunc("GET /v1/manifests/{name}/{channel}/{rev}", s.wrap("manifest", s.handleManifest))
 	s.mux.HandleFunc("GET /v1/chunks/{id}", s.wrap("chunk", s.handleChunk))
 	s.mux.HandleFunc("POST /v1/chunks/batch", s.wrap("batch", s.handleBatch))
+	s.mux.HandleFunc("GET /v1/torrents/{name}/{channel}/{rev}", s.wrap("torrent", s.handleTorrent))
+	s.mux.HandleFunc("GET /v1/torrents/{name}/{channel}/{rev}/info", s.wrap("torrent-info", s.handleTorrentInfo))
+	s.mux.HandleFunc("GET /ws/{torrent}/{file}", s.wrap("webseed", s.handleWebSeed))
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
 	return s, nil
@@ -98,8 +112,18 @@ func NewServer(root string, opts ServerOptions) (*Server, error) {
 // Close closes the store's open pack files.
 func (s *Server) Close() error { return s.dir.Close() }
 
+// Limiter returns the upload limiter (nil: unlimited), to share with a
+// swarm client.
+func (s *Server) Limiter() *rate.Limiter { return s.limit }
+
 // Registry returns the metrics registry.
 func (s *Server) Registry() *prometheus.Registry { return s.reg }
+
+// Handle adds a route (a tracker, say) served beside the store's; its
+// response bytes count in imgctl_served_bytes_total too.
+func (s *Server) Handle(pattern, route string, h http.Handler) {
+	s.mux.HandleFunc(pattern, s.wrap(route, h.ServeHTTP))
+}
 
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }

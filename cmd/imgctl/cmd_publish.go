@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"strconv"
@@ -11,6 +12,7 @@ import (
 	"github.com/imgctl/imgctl/chunkstore"
 	"github.com/imgctl/imgctl/delta"
 	"github.com/imgctl/imgctl/manifest"
+	"github.com/imgctl/imgctl/transport/swarm"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 )
@@ -23,6 +25,8 @@ type publishOptions struct {
 	workers                   int
 	json                      bool
 	lockTimeout               time.Duration
+	noTorrent                 bool
+	pieceLength               int64
 }
 
 func (o *publishOptions) AddFlags(f *pflag.FlagSet) {
@@ -36,6 +40,8 @@ func (o *publishOptions) AddFlags(f *pflag.FlagSet) {
 	f.IntVar(&o.workers, "workers", 0, "worker goroutines (0: one per CPU)")
 	f.BoolVar(&o.json, "json", false, "print the result as JSON")
 	f.DurationVar(&o.lockTimeout, "lock-timeout", 30*time.Second, "how long to wait for another process's lock on the store")
+	f.BoolVar(&o.noTorrent, "no-torrent", false, "do not make the release's BitTorrent torrent (HTTP only)")
+	f.Int64Var(&o.pieceLength, "piece-length", swarm.DefaultPieceLength, "torrent piece length in bytes (a power of two, at least 16384)")
 }
 
 func newPublishCommand(g *globalOptions) *cobra.Command {
@@ -72,6 +78,8 @@ type publishResult struct {
 	Digest           chunkstore.ID `json:"blake3"`
 	Seconds          float64       `json:"seconds"`
 	Previous         *delta.Diff   `json:"previous,omitempty"`
+	InfoHash         string        `json:"infohash,omitempty"`
+	Magnet           string        `json:"magnet,omitempty"`
 }
 
 func parseChunkSizes(s string) (chunkstore.Params, error) {
@@ -200,9 +208,19 @@ func runPublish(ctx context.Context, g *globalOptions, o *publishOptions, image 
 	if err != nil {
 		return nil, err
 	}
-	// Chunks durable first, then the manifest that names them.
+	// Chunks durable first, then the torrent and the manifest that name them.
 	if err := store.Flush(ctx); err != nil {
 		return nil, err
+	}
+	var torrent *swarm.Built
+	if !o.noTorrent {
+		if torrent, err = publishTorrent(ctx, o, m, env, revs, rels, store); err != nil {
+			return nil, err
+		}
+		m.SetTorrents([]manifest.TorrentRef{torrent.Ref})
+		if env, err = manifest.Sign(m, key); err != nil {
+			return nil, err
+		}
 	}
 	if err := rels.Put(env, m); err != nil {
 		return nil, err
@@ -213,6 +231,10 @@ func runPublish(ctx context.Context, g *globalOptions, o *publishOptions, image 
 		Name: m.Name, Channel: m.Channel, Revision: rev, ID: id, Size: size, Chunks: len(m.Chunks),
 		Extents: st.Extents, ZeroBytes: st.ZeroBytes, NewChunks: res.NewChunks, StoredBytesAdded: res.StoredAdded,
 		ManifestBytes: len(env), Digest: res.Digest, Seconds: g.now().Sub(start).Seconds(),
+	}
+	if torrent != nil {
+		out.InfoHash = hex.EncodeToString(torrent.Ref.InfoHash[:])
+		out.Magnet = swarm.Magnet(torrent.Ref.InfoHash, torrent.Layout.Name, nil, nil)
 	}
 	if len(revs) > 0 {
 		if prevEnv, _, err := rels.Read(o.name, o.channel, revs[len(revs)-1]); err == nil {
@@ -236,4 +258,39 @@ func runPublish(ctx context.Context, g *globalOptions, o *publishOptions, image 
 			out.Previous.Old.Revision, out.Previous.NewChunks, human(out.Previous.FetchBytes))
 	}
 	return &out, nil
+}
+
+// publishTorrent makes the release torrent of m (whose envelope without a
+// torrent record is env, the torrent's first file) and stores its info
+// bytes and that envelope as side files of the release, before the
+// manifest that names them.
+func publishTorrent(ctx context.Context, o *publishOptions, m *manifest.Manifest, env []byte, revs []uint64, rels *manifest.Releases, store *chunkstore.Local) (*swarm.Built, error) {
+	if o.pieceLength == 0 {
+		o.pieceLength = swarm.DefaultPieceLength
+	}
+	if o.pieceLength < 16<<10 || o.pieceLength&(o.pieceLength-1) != 0 {
+		return nil, usagef("--piece-length %d: want a power of two of at least 16384", o.pieceLength)
+	}
+	var prev []*manifest.Manifest
+	for i := len(revs) - 1; i >= 0 && len(prev) < 8; i-- {
+		var pm *manifest.Manifest
+		if b, _, err := rels.Read(m.Name, m.Channel, revs[i]); err == nil {
+			pm, _ = manifest.Open(b)
+		}
+		prev = append(prev, pm)
+	}
+	built, err := swarm.Build(m, env, prev, func(id chunkstore.ID) (int64, error) {
+		i, err := store.Stat(ctx, id)
+		return int64(i.Stored), err
+	}, store, o.pieceLength)
+	if err != nil {
+		return nil, err
+	}
+	if err := rels.PutSide(m.Name, m.Channel, m.Revision, manifest.SideTorrentManifest, env); err != nil {
+		return nil, err
+	}
+	if err := rels.PutSide(m.Name, m.Channel, m.Revision, manifest.SideTorrentInfo, built.Info); err != nil {
+		return nil, err
+	}
+	return built, nil
 }

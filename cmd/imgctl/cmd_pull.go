@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -30,6 +31,7 @@ type pullOptions struct {
 	lockTimeout                     time.Duration
 	slots                           string
 	noFlip                          bool
+	p2p                             p2pOptions
 
 	// Hooks for slot pulls (cmd_slot.go): before anything is written to
 	// out, and after out verified against the manifest.
@@ -54,6 +56,7 @@ func (o *pullOptions) AddFlags(f *pflag.FlagSet) {
 	f.DurationVar(&o.lockTimeout, "lock-timeout", 30*time.Second, "how long to wait for another pull holding the cache")
 	f.StringVar(&o.slots, "slots", "", "slot config (e.g. "+partition.DefaultConfigPath+"): write the inactive slot instead of --out, with the running slot as seed, then flip")
 	f.BoolVar(&o.noFlip, "no-flip", false, "with --slots: write and verify the inactive slot, do not make it primary")
+	o.p2p.AddFlags(f)
 }
 
 func newPullCommand(g *globalOptions) *cobra.Command {
@@ -111,6 +114,11 @@ type pullResult struct {
 	// Slot pulls: the slot written and the slot running.
 	Slot   string `json:"slot,omitempty"`
 	Booted string `json:"booted,omitempty"`
+	// P2P pulls: payload from peers and from webseeds (both also counted
+	// in bytes_fetched), and the torrent.
+	BytesFromPeers    *int64 `json:"bytes_from_peers,omitempty"`
+	BytesFromWebSeeds *int64 `json:"bytes_from_webseeds,omitempty"`
+	InfoHash          string `json:"infohash,omitempty"`
 }
 
 // fileRecord is the cache's memory of what a file holds.
@@ -170,6 +178,9 @@ type source interface {
 }
 
 func openSource(g *globalOptions, from string, concurrency int) (source, func(), error) {
+	if from == "" {
+		return noSource{}, func() {}, nil
+	}
 	if strings.HasPrefix(from, "http://") || strings.HasPrefix(from, "https://") {
 		c, err := transport.NewClient(from, transport.ClientOptions{Concurrency: concurrency, Logger: g.log})
 		if err != nil {
@@ -186,6 +197,20 @@ func openSource(g *globalOptions, from string, concurrency int) (source, func(),
 	}
 	return d, func() { d.Close() }, nil
 }
+
+// noSource is the source of a magnet pull without --from: everything
+// comes from the swarm.
+type noSource struct{}
+
+var errNoOrigin = errors.New("no --from origin to fetch from (the swarm did not deliver everything)")
+
+func (noSource) Manifest(context.Context, string, string, uint64) ([]byte, error) {
+	return nil, errNoOrigin
+}
+func (noSource) Fetch(context.Context, []manifest.ChunkRef, func(chunkstore.Chunk) error) error {
+	return errNoOrigin
+}
+func (noSource) Received() int64 { return 0 }
 
 // storingFetcher fetches from the source and keeps every chunk in the cache
 // (canonical stored bytes) before it is written out, so an interrupted pull
@@ -224,8 +249,8 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 		phases[name] += now.Sub(mark).Milliseconds()
 		mark = now
 	}
-	if o.from == "" || o.name == "" || o.out == "" || len(o.trust) == 0 {
-		return nil, usagef("pull: --from, --trust, --name and --out (or --slots) are required")
+	if (o.from == "" && o.p2p.magnet == "") || o.name == "" || o.out == "" || len(o.trust) == 0 {
+		return nil, usagef("pull: --from (or --magnet), --trust, --name and --out (or --slots) are required")
 	}
 	trust, err := manifest.LoadTrust(o.trust...)
 	if err != nil {
@@ -252,7 +277,14 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 	}
 
 	// 1-2: manifest, verified before anything else looks at it.
-	env, err := client.Manifest(ctx, o.name, o.channel, o.revision)
+	var sw *pullSwarm
+	defer func() { sw.close() }()
+	var env []byte
+	if o.p2p.magnet != "" {
+		sw, env, err = joinMagnet(ctx, g, &o.p2p, cache)
+	} else {
+		env, err = client.Manifest(ctx, o.name, o.channel, o.revision)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -267,6 +299,17 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 	id, _ := manifest.ID(env)
 	if err := cache.PutMeta(manifestKey(id), env); err != nil {
 		return nil, err
+	}
+	if sw != nil {
+		sw.h.State().SetManifest(m)
+	} else if o.p2p.enabled {
+		// The swarm is an accelerator: without it the pull goes on over HTTP.
+		if sw, err = joinRelease(ctx, g, &o.p2p, m, client, cache); err != nil {
+			if errors.Is(err, manifest.ErrVerification) {
+				return nil, err
+			}
+			g.log.Warn("not using the swarm", "err", err)
+		}
 	}
 	phase("manifest")
 	g.logf("pull %s/%s@%d: %s, %d chunks", m.Name, m.Channel, m.Revision, human(m.Size), len(m.Chunks))
@@ -329,6 +372,15 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 		human(plan.Report.InPlaceBytes), human(plan.Report.SeedBytes), human(plan.Report.CacheBytes),
 		human(plan.Report.FetchBytes), plan.Report.FetchChunks, human(plan.Report.ZeroBytes))
 
+	if sw != nil && plan.Report.FetchChunks > 0 {
+		sw.fetchMissing(ctx, g, &o.p2p, plan)
+		phase("swarm")
+		plan = delta.NewPlan(delta.Inputs{Target: m, InPlace: inPlace, Seeds: seedIdx, Have: func(id chunkstore.ID) bool {
+			ok, _ := cache.Has(ctx, id)
+			return ok
+		}})
+	}
+
 	// 5-6: fetch and assemble.
 	asm := &delta.Assembler{
 		Out: out, Seeds: seedFiles, Cache: cache, Fetch: storingFetcher{client: client, cache: cache},
@@ -376,6 +428,17 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 		Fallbacks: st.Fallbacks, Plan: plan.Report, Verified: true, Seconds: g.now().Sub(start).Seconds(), Phases: phases,
 		Slot: o.slot, Booted: o.booted,
 	}
+	if sw != nil {
+		st := sw.h.Stats()
+		res.BytesFromPeers, res.BytesFromWebSeeds = &st.FromPeers, &st.FromWebSeeds
+		res.BytesFetched += st.FromPeers + st.FromWebSeeds
+		res.InfoHash = sw.h.InfoHash().HexString()
+	}
+	defer func() {
+		if err := sw.seed(ctx, g, &o.p2p); err != nil {
+			g.log.Warn("seeding", "err", err)
+		}
+	}()
 	if o.json {
 		return res, writeJSON(g.stdout, res)
 	}

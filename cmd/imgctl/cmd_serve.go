@@ -7,23 +7,39 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/imgctl/imgctl/chunkstore"
+	"github.com/imgctl/imgctl/manifest"
 	"github.com/imgctl/imgctl/transport"
+	"github.com/imgctl/imgctl/transport/swarm"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 )
 
 type serveOptions struct {
 	store, listen, addrFile, uploadLimit string
+
+	seedTorrents    bool
+	tracker         bool
+	trackerInterval time.Duration
+	announce        []string
+	torrentListen   string
+	maxPeers        int
 }
 
 func (o *serveOptions) AddFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.store, "store", "", "chunk store directory to serve")
 	f.StringVar(&o.listen, "listen", "127.0.0.1:8420", "address to listen on (port 0 picks a free port)")
 	f.StringVar(&o.addrFile, "addr-file", "", "write the listening address (host:port) to this file once ready")
-	f.StringVar(&o.uploadLimit, "upload-limit", "0", "cap on response bytes per second, e.g. 10MB/s (0: none)")
+	f.StringVar(&o.uploadLimit, "upload-limit", "0", "cap on egress per second, HTTP and BitTorrent together, e.g. 10MB/s (0: none)")
+	f.BoolVar(&o.seedTorrents, "seed-torrents", false, "seed every release's torrent over BitTorrent (and pick up new releases)")
+	f.BoolVar(&o.tracker, "tracker", false, "run a BitTorrent tracker at /announce on the HTTP port, announced in served torrents")
+	f.DurationVar(&o.trackerInterval, "tracker-interval", time.Minute, "how often peers re-announce to the embedded tracker")
+	f.StringArrayVar(&o.announce, "announce", nil, "tracker announce URL for the seeder and served torrents (repeatable)")
+	f.StringVar(&o.torrentListen, "torrent-listen", "", "BitTorrent listen address (default: the HTTP host, any port)")
+	f.IntVar(&o.maxPeers, "max-peers", 0, "BitTorrent connections per torrent (0: 50)")
 }
 
 func newServeCommand(g *globalOptions) *cobra.Command {
@@ -56,16 +72,31 @@ func runServe(ctx context.Context, g *globalOptions, o *serveOptions) error {
 	if err != nil {
 		return usageError{err}
 	}
-	srv, err := transport.NewServer(o.store, transport.ServerOptions{UploadLimit: limit, Logger: g.log})
-	if err != nil {
-		return err
-	}
-	defer srv.Close()
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {
 		return err
 	}
+	defer ln.Close()
 	addr := ln.Addr().String()
+	announce := o.announce
+	if o.tracker {
+		announce = append([]string{"http://" + addr + "/announce"}, announce...)
+	}
+	srv, err := transport.NewServer(o.store, transport.ServerOptions{UploadLimit: limit, Logger: g.log, Announce: announce})
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	if o.tracker {
+		srv.Handle("GET /announce", "announce", swarm.NewTracker(o.trackerInterval).Handler())
+	}
+	if o.seedTorrents {
+		stop, err := seedTorrents(ctx, g, o, srv, addr, announce)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	if o.addrFile != "" {
 		if err := chunkstore.WriteFileAtomic(o.addrFile, []byte(addr+"\n"), 0o644); err != nil {
 			ln.Close()
@@ -88,4 +119,84 @@ func runServe(ctx context.Context, g *globalOptions, o *serveOptions) error {
 	}
 	g.logf("stopped")
 	return nil
+}
+
+// seedTorrents seeds every release of the store that has a torrent, from
+// the store itself, and adds releases published later (polled every few
+// seconds). The seeder shares the HTTP server's upload limiter, so the
+// cap covers the whole egress.
+func seedTorrents(ctx context.Context, g *globalOptions, o *serveOptions, srv *transport.Server, httpAddr string, announce []string) (func(), error) {
+	listen := o.torrentListen
+	if listen == "" {
+		host, _, _ := net.SplitHostPort(httpAddr)
+		listen = net.JoinHostPort(host, "0")
+	}
+	dir, err := chunkstore.OpenDir(o.store)
+	if err != nil {
+		return nil, err
+	}
+	c, err := swarm.New(swarm.Config{Listen: listen, Staging: filepath.Join(o.store, "tmp", "torrent-staging"), Trackers: announce,
+		UploadLimiter: srv.Limiter(), MaxConns: o.maxPeers, Logger: g.log}, dir, nil)
+	if err != nil {
+		dir.Close()
+		return nil, err
+	}
+	if err := srv.Registry().Register(torrentUploadedMetric(c)); err != nil {
+		c.Close()
+		dir.Close()
+		return nil, err
+	}
+	g.logf("seeding torrents on %s", c.Addr())
+	rels := manifest.OpenReleases(o.store)
+	seeded := map[manifest.Release]bool{}
+	scan := func() {
+		list, err := rels.List()
+		if err != nil {
+			g.log.Warn("list releases", "err", err)
+			return
+		}
+		for _, rel := range list {
+			if seeded[rel] {
+				continue
+			}
+			info, err1 := rels.ReadSide(rel.Name, rel.Channel, rel.Revision, manifest.SideTorrentInfo)
+			env, err2 := rels.ReadSide(rel.Name, rel.Channel, rel.Revision, manifest.SideTorrentManifest)
+			if err1 != nil || err2 != nil {
+				seeded[rel] = true // published without a torrent
+				continue
+			}
+			dir.Refresh()
+			h, err := c.Add(ctx, info, env)
+			if err != nil {
+				g.log.Warn("cannot seed", "release", fmt.Sprintf("%s/%s@%d", rel.Name, rel.Channel, rel.Revision), "err", err)
+				continue
+			}
+			seeded[rel] = true
+			g.log.Info("seeding", "release", fmt.Sprintf("%s/%s@%d", rel.Name, rel.Channel, rel.Revision), "infohash", h.InfoHash().HexString())
+		}
+	}
+	scan()
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(2 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				scan()
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-stopped
+		c.Close()
+		dir.Close()
+	}, nil
 }

@@ -26,16 +26,18 @@ type Config struct {
 	// Listen is where peers connect, host:port. A specific IP also becomes
 	// the source address of outgoing connections (so peers see one address
 	// per node, which bans rely on). Empty: 127.0.0.1:0.
-	Listen       string
-	Staging      string   // directory for staged pieces
-	Trackers     []string // announce URLs
-	Peers        []string // host:port dialled directly
-	WebSeeds     []string // BEP 19 base URLs (ending in /)
-	UploadRate   int64    // bytes per second, 0: unlimited
-	DownloadRate int64    // bytes per second, 0: unlimited
-	MaxConns     int      // established connections per torrent, 0: library default (50)
-	PEX          bool
-	Logger       *slog.Logger
+	Listen     string
+	Staging    string   // directory for staged pieces
+	Trackers   []string // announce URLs
+	Peers      []string // host:port dialled directly
+	UploadRate int64    // bytes per second, 0: unlimited
+	// UploadLimiter, if set, replaces UploadRate: share one with the HTTP
+	// server so that a role's whole egress stays under one cap.
+	UploadLimiter *rate.Limiter
+	DownloadRate  int64 // bytes per second, 0: unlimited
+	MaxConns      int   // established connections per torrent, 0: library default (50)
+	PEX           bool
+	Logger        *slog.Logger
 }
 
 // Client is one BitTorrent node over a chunk store.
@@ -71,6 +73,13 @@ func New(cfg Config, src Source, put chunkstore.Putter) (*Client, error) {
 	tc.DisableUTP = true
 	tc.DisableIPv6 = true
 	tc.DisableWebtorrent = true
+	// anacrolix v1.61.0 copies the whole file list for every file a webseed
+	// request touches (webseed.newRequest and urlForFileIndex call
+	// Info.UpvertedFiles), quadratic in a release's ~10k files: a terminal
+	// received nothing for a minute while both cores ran that copy. imgctl
+	// serves webseeds (/ws/) for other clients and falls back to HTTP
+	// itself (docs/decisions/0004).
+	tc.DisableWebseeds = true
 	tc.Seed = true
 	tc.Slogger = log.With("component", "torrent")
 	tc.Logger = alog.Default.WithFilterLevel(alog.Critical)
@@ -78,7 +87,9 @@ func New(cfg Config, src Source, put chunkstore.Putter) (*Client, error) {
 	if cfg.MaxConns > 0 {
 		tc.EstablishedConnsPerTorrent = cfg.MaxConns
 	}
-	if cfg.UploadRate > 0 {
+	if cfg.UploadLimiter != nil {
+		tc.UploadRateLimiter = cfg.UploadLimiter
+	} else if cfg.UploadRate > 0 {
 		tc.UploadRateLimiter = rate.NewLimiter(rate.Limit(cfg.UploadRate), max(64<<10, int(cfg.UploadRate/10)))
 	}
 	if cfg.DownloadRate > 0 {
@@ -91,6 +102,11 @@ func New(cfg Config, src Source, put chunkstore.Putter) (*Client, error) {
 	if bind {
 		tc.DisableTCP = true
 		tc.ListenPort = 0
+		// Trackers see the announcing address: announce from the listen
+		// IP too, or the tracker hands out an address nobody listens on.
+		local := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IP(ip.AsSlice())}, Timeout: 10 * time.Second}
+		tc.TrackerDialContext = local.DialContext
+		tc.HTTPDialContext = local.DialContext
 	} else {
 		tc.SetListenAddr(cfg.Listen)
 	}
@@ -164,6 +180,7 @@ func (c *Client) AddMagnet(ctx context.Context, uri string) (*Handle, error) {
 	if err != nil {
 		return nil, fmt.Errorf("magnet: %w", err)
 	}
+	spec.Webseeds = nil // see DisableWebseeds; the caller fetches from them
 	if spec.InfoHash == (metainfo.Hash{}) {
 		return nil, errors.New("magnet: no v1 infohash (xt=urn:btih:...); v2-only magnets are not supported")
 	}
@@ -195,9 +212,6 @@ func (h *Handle) sources(extraPeers []string) {
 		h.t.AddTrackers([][]string{cfg.Trackers})
 	}
 	h.AddPeers(append(append([]string(nil), cfg.Peers...), extraPeers...))
-	if len(cfg.WebSeeds) > 0 {
-		h.t.AddWebSeeds(cfg.WebSeeds)
-	}
 }
 
 // AddPeers dials peers directly (host:port).
@@ -211,9 +225,6 @@ func (h *Handle) AddPeers(addrs []string) {
 	}
 }
 
-// AddWebSeeds adds BEP 19 webseeds (base URLs ending in /).
-func (h *Handle) AddWebSeeds(urls []string) { h.t.AddWebSeeds(urls) }
-
 // InfoHash is the torrent's v1 infohash.
 func (h *Handle) InfoHash() metainfo.Hash { return h.t.InfoHash() }
 
@@ -222,17 +233,20 @@ func (h *Handle) State() *Torrent { return h.s }
 
 // Manifest downloads the manifest file (if not held) and returns it.
 func (h *Handle) Manifest(ctx context.Context) ([]byte, error) {
-	if err := h.Fetch(ctx, []int{0}); err != nil {
+	if err := h.Fetch(ctx, []int{0}, 0); err != nil {
 		return nil, err
 	}
 	env, _ := h.s.Manifest()
 	return env, nil
 }
 
+// ErrStalled: no file arrived from the swarm for the stall time.
+var ErrStalled = errors.New("the swarm stalled")
+
 // FetchChunks downloads the chunks ids (those not held), waiting until all
-// are in the store, or ctx ends; chunks the torrent does not carry are an
-// error.
-func (h *Handle) FetchChunks(ctx context.Context, ids []chunkstore.ID) error {
+// are in the store, ctx ends, or nothing arrives for stall (0: no limit);
+// chunks the torrent does not carry are an error.
+func (h *Handle) FetchChunks(ctx context.Context, ids []chunkstore.ID, stall time.Duration) error {
 	idx := make(map[chunkstore.ID]int, len(h.s.L.Chunks))
 	for i, c := range h.s.L.Chunks {
 		idx[c.ID] = i + 1
@@ -245,11 +259,12 @@ func (h *Handle) FetchChunks(ctx context.Context, ids []chunkstore.ID) error {
 		}
 		files = append(files, f)
 	}
-	return h.Fetch(ctx, files)
+	return h.Fetch(ctx, files, stall)
 }
 
-// Fetch downloads files (indexes into the layout) and waits for them.
-func (h *Handle) Fetch(ctx context.Context, files []int) error {
+// Fetch downloads files (indexes into the layout) and waits for them, as
+// FetchChunks.
+func (h *Handle) Fetch(ctx context.Context, files []int, stall time.Duration) error {
 	tf := h.t.Files()
 	var missing []int
 	for _, f := range files {
@@ -257,6 +272,13 @@ func (h *Handle) Fetch(ctx context.Context, files []int) error {
 			missing = append(missing, f)
 			tf[f].SetPriority(torrent.PiecePriorityNormal)
 		}
+	}
+	var timer *time.Timer
+	var stalled <-chan time.Time
+	if stall > 0 {
+		timer = time.NewTimer(stall)
+		defer timer.Stop()
+		stalled = timer.C
 	}
 	for len(missing) > 0 {
 		ch := h.s.Changed()
@@ -271,14 +293,22 @@ func (h *Handle) Fetch(ctx context.Context, files []int) error {
 		if len(missing) == 0 {
 			break
 		}
+		var cause error
 		select {
 		case <-ch:
-		case <-ctx.Done():
-			for _, f := range missing {
-				tf[f].SetPriority(torrent.PiecePriorityNone)
+			if timer != nil {
+				timer.Reset(stall)
 			}
-			return fmt.Errorf("%d of %d files still missing: %w", len(missing), len(files), context.Cause(ctx))
+			continue
+		case <-ctx.Done():
+			cause = context.Cause(ctx)
+		case <-stalled:
+			cause = ErrStalled
 		}
+		for _, f := range missing {
+			tf[f].SetPriority(torrent.PiecePriorityNone)
+		}
+		return fmt.Errorf("%d of %d files still missing: %w", len(missing), len(files), cause)
 	}
 	return nil
 }
@@ -308,6 +338,20 @@ func (c *Client) Uploaded() int64 {
 
 // BannedIPs lists peers banned for sending bad data.
 func (c *Client) BannedIPs() []string { return c.cl.BadPeerIPs() }
+
+// Reload forgets what the client believes about the torrent's pieces and
+// asks the storage again: after chunks reached the store another way (the
+// HTTP fallback), so that they are seeded too. env is the manifest file's
+// content if known.
+func (h *Handle) Reload(ctx context.Context, env []byte) (*Handle, error) {
+	info := h.t.Metainfo().InfoBytes
+	if m, ok := h.s.Manifest(); ok {
+		env = m
+	}
+	h.t.Drop()
+	<-h.t.Closed()
+	return h.c.Add(ctx, info, env)
+}
 
 // Drop removes the torrent from the client.
 func (h *Handle) Drop() { h.t.Drop() }

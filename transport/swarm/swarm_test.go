@@ -4,9 +4,6 @@ import (
 	"bytes"
 	"context"
 	"math/rand/v2"
-	"net/http"
-	"net/http/httptest"
-	"strings"
 	"testing"
 	"time"
 
@@ -158,7 +155,7 @@ func TestFetchFromPeer(t *testing.T) {
 			missing += int64(len(c.Stored()))
 		}
 	}
-	if err := h.FetchChunks(ctx, want); err != nil {
+	if err := h.FetchChunks(ctx, want, 0); err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range rel.chunks {
@@ -173,49 +170,4 @@ func TestFetchFromPeer(t *testing.T) {
 		t.Fatalf("received %d bytes from peers, %d were missing", st.FromPeers, missing)
 	}
 	t.Logf("missing %d bytes, received %d from peers", missing, st.FromPeers)
-}
-
-// With no peer at all, a webseed that serves chunks by ID completes the
-// download, and so does a magnet link that names only the webseed's
-// seeder for the info.
-func TestWebSeed(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	rel := makeRelease(t, 25, 3, 16<<10)
-	byName := map[string][]byte{ManifestFile: rel.env}
-	for _, c := range rel.chunks {
-		byName[c.ID().String()] = c.Stored()
-	}
-	var hits int
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		parts := strings.Split(r.URL.Path, "/") // /ws/<torrent>/<file>
-		b, ok := byName[parts[len(parts)-1]]
-		if !ok || len(parts) != 4 || parts[2] != rel.layout.Name {
-			http.NotFound(w, r)
-			return
-		}
-		hits++
-		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(b))
-	}))
-	defer srv.Close()
-	term := openStore(t)
-	leech := newClient(t, Config{WebSeeds: []string{srv.URL + "/ws/"}}, term, true)
-	h, err := leech.Add(ctx, rel.info, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	env, err := h.Manifest(ctx)
-	if err != nil || !bytes.Equal(env, rel.env) {
-		t.Fatalf("manifest from the webseed: %v", err)
-	}
-	var want []chunkstore.ID
-	for _, c := range rel.chunks {
-		want = append(want, c.ID())
-	}
-	if err := h.FetchChunks(ctx, want); err != nil {
-		t.Fatal(err)
-	}
-	if st := h.Stats(); st.FromWebSeeds < rel.layout.Total() || hits == 0 {
-		t.Fatalf("webseed stats %+v, %d requests", st, hits)
-	}
 }

@@ -1,0 +1,208 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/pflag"
+
+	"github.com/imgctl/imgctl/chunkstore"
+	"github.com/imgctl/imgctl/delta"
+	"github.com/imgctl/imgctl/manifest"
+	"github.com/imgctl/imgctl/transport"
+	"github.com/imgctl/imgctl/transport/swarm"
+)
+
+// p2pOptions configure the BitTorrent side of pull.
+type p2pOptions struct {
+	enabled       bool
+	magnet        string
+	listen        string
+	announce      []string
+	peers         []string
+	stall         time.Duration
+	seedFor       time.Duration
+	metricsListen string
+	uploadLimit   string
+	downloadLimit string
+	maxPeers      int
+	timeout       time.Duration
+}
+
+func (o *p2pOptions) AddFlags(f *pflag.FlagSet) {
+	f.BoolVar(&o.enabled, "p2p", false, "fetch missing chunks from the release's BitTorrent swarm (peers, branch caches), the rest over HTTP")
+	f.StringVar(&o.magnet, "magnet", "", "pull the release a magnet link names (xt, tr, ws, x.pe): manifest and chunks from the swarm; --from optional")
+	f.StringVar(&o.listen, "listen", "", "BitTorrent listen address, host:port (default 127.0.0.1:0; give the LAN address to serve other terminals)")
+	f.StringArrayVar(&o.announce, "announce", nil, "tracker announce URL (repeatable)")
+	f.StringArrayVar(&o.peers, "peer", nil, "peer to dial, host:port (repeatable)")
+	f.DurationVar(&o.stall, "p2p-stall", 5*time.Second, "fetch the rest over HTTP when the swarm delivers nothing for this long")
+	f.DurationVar(&o.seedFor, "seed-for", 0, "after the pull, keep seeding the release to other terminals this long")
+	f.StringVar(&o.metricsListen, "metrics-listen", "", "while seeding: serve /metrics (imgctl_torrent_uploaded_bytes_total) on this address")
+	f.StringVar(&o.uploadLimit, "p2p-upload-limit", "0", "cap on BitTorrent upload, e.g. 5MB/s (0: none)")
+	f.StringVar(&o.downloadLimit, "p2p-download-limit", "0", "cap on BitTorrent and webseed download (0: none)")
+	f.IntVar(&o.maxPeers, "max-peers", 0, "connections per torrent (0: 50)")
+	f.DurationVar(&o.timeout, "p2p-timeout", 10*time.Minute, "how long the swarm may take before the rest is fetched over HTTP")
+}
+
+func (o *p2pOptions) active() bool { return o.enabled || o.magnet != "" }
+
+// pullSwarm is a terminal's swarm client for one release.
+type pullSwarm struct {
+	c *swarm.Client
+	h *swarm.Handle
+}
+
+func (s *pullSwarm) close() {
+	if s != nil {
+		s.c.Close()
+	}
+}
+
+// newSwarmClient starts a terminal's client over its cache.
+func newSwarmClient(g *globalOptions, o *p2pOptions, cache *chunkstore.Local) (*swarm.Client, error) {
+	up, err := transport.ParseRate(o.uploadLimit)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	down, err := transport.ParseRate(o.downloadLimit)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	return swarm.New(swarm.Config{
+		Listen: o.listen, Staging: filepath.Join(cache.Root(), "torrent-staging"), Trackers: o.announce,
+		Peers: o.peers, UploadRate: up, DownloadRate: down,
+		MaxConns: o.maxPeers, Logger: g.log,
+	}, cache, cache)
+}
+
+// joinRelease joins the swarm of a verified release m, whose torrent info
+// comes from the HTTP origin and must match the manifest's record.
+func joinRelease(ctx context.Context, g *globalOptions, o *p2pOptions, m *manifest.Manifest, client source, cache *chunkstore.Local) (*pullSwarm, error) {
+	refs, err := m.Torrents()
+	if err != nil {
+		return nil, err
+	}
+	if len(refs) == 0 {
+		return nil, fmt.Errorf("%s/%s@%d has no torrent (published with --no-torrent)", m.Name, m.Channel, m.Revision)
+	}
+	hc, ok := client.(*transport.Client)
+	if !ok {
+		return nil, errors.New("--p2p needs an HTTP --from (the torrent's info comes from it), or --magnet")
+	}
+	ref := refs[0]
+	tf, err := hc.TorrentFile(ctx, m.Name, m.Channel, m.Revision, int64(ref.InfoSize)+64<<10)
+	if err != nil {
+		return nil, err
+	}
+	info, trackers, err := swarm.ParseTorrentFile(tf)
+	if err != nil {
+		return nil, err
+	}
+	if err := ref.Check(info); err != nil {
+		return nil, err
+	}
+	// The origin's trackers (its own with serve --tracker) join ours.
+	oo := *o
+	oo.announce = append(append([]string(nil), o.announce...), trackers...)
+	c, err := newSwarmClient(g, &oo, cache)
+	if err != nil {
+		return nil, err
+	}
+	h, err := c.Add(ctx, info, nil)
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	h.State().SetManifest(m)
+	return &pullSwarm{c: c, h: h}, nil
+}
+
+// joinMagnet joins the swarm a magnet names and returns it with the
+// manifest it carries (unverified: the caller verifies it).
+func joinMagnet(ctx context.Context, g *globalOptions, o *p2pOptions, cache *chunkstore.Local) (*pullSwarm, []byte, error) {
+	c, err := newSwarmClient(g, o, cache)
+	if err != nil {
+		return nil, nil, err
+	}
+	mctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	h, err := c.AddMagnet(mctx, o.magnet)
+	if err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	env, err := h.Manifest(mctx)
+	if err != nil {
+		c.Close()
+		return nil, nil, fmt.Errorf("manifest from the swarm: %w", err)
+	}
+	return &pullSwarm{c: c, h: h}, env, nil
+}
+
+// fetchMissing downloads from the swarm every chunk plan would fetch,
+// within the p2p timeout; what is still missing then comes over HTTP.
+func (s *pullSwarm) fetchMissing(ctx context.Context, g *globalOptions, o *p2pOptions, plan *delta.Plan) {
+	var ids []chunkstore.ID
+	for i, c := range plan.Target.Chunks {
+		if len(plan.Sources[i]) == 0 {
+			ids = append(ids, c.ID)
+		}
+	}
+	if len(ids) == 0 {
+		return
+	}
+	fctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	if err := s.h.FetchChunks(fctx, ids, o.stall); err != nil {
+		g.log.Warn("the swarm did not deliver every chunk; fetching the rest over HTTP", "err", err)
+	}
+}
+
+// seed keeps the terminal's client seeding for o.seedFor, with /metrics
+// on o.metricsListen.
+func (s *pullSwarm) seed(ctx context.Context, g *globalOptions, o *p2pOptions) error {
+	if s == nil || o.seedFor <= 0 {
+		return nil
+	}
+	var hs *http.Server
+	if o.metricsListen != "" {
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(torrentUploadedMetric(s.c))
+		ln, err := net.Listen("tcp", o.metricsListen)
+		if err != nil {
+			return err
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		hs = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go hs.Serve(ln)
+		defer hs.Close()
+	}
+	// Chunks that came over HTTP are in the store too: seed them.
+	if h, err := s.h.Reload(ctx, nil); err == nil {
+		s.h = h
+	} else {
+		return err
+	}
+	g.logf("seeding for %s on %s", o.seedFor, s.c.Addr())
+	t := time.NewTimer(o.seedFor)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	return nil
+}
+
+// torrentUploadedMetric exports a client's BitTorrent payload upload.
+func torrentUploadedMetric(c *swarm.Client) prometheus.Collector {
+	return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "imgctl_torrent_uploaded_bytes_total",
+		Help: "BitTorrent payload bytes sent to peers."}, func() float64 { return float64(c.Uploaded()) })
+}

@@ -1,0 +1,137 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// metric reads one counter from a /metrics endpoint.
+func metric(t *testing.T, url, name string) float64 {
+	t.Helper()
+	resp, err := http.Get(url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var buf bytes.Buffer
+	buf.ReadFrom(resp.Body)
+	for _, l := range strings.Split(buf.String(), "\n") {
+		if v, ok := strings.CutPrefix(l, name+" "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f
+		}
+	}
+	t.Fatalf("%s: no %s in\n%s", url, name, buf.String())
+	return 0
+}
+
+// egress is what a serving role sent: HTTP bodies plus BitTorrent payload.
+func egress(t *testing.T, url string) float64 {
+	return metric(t, url, "imgctl_served_bytes_total") + metric(t, url, "imgctl_torrent_uploaded_bytes_total")
+}
+
+// updateImage writes a copy of src with n random bytes at off: an update
+// whose delta is ~n bytes of incompressible data.
+func updateImage(t *testing.T, src, dst string, off, n int, seed uint64) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(seed, seed))
+	for i := off; i < off+n; i++ {
+		b[i] = byte(r.Uint32())
+	}
+	if err := os.WriteFile(dst, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// An origin (upload-limited, embedded tracker, seeding) and five terminals
+// running v1, as separate processes on their own loopback addresses, pull
+// v2 over BitTorrent at once and keep seeding to each other: every one
+// ends with v2 byte for byte, and the origin sends little more than one
+// copy of the delta although five terminals needed it.
+func TestSwarmOriginFiveTerminals(t *testing.T) {
+	d := t.TempDir()
+	store, key, pub := filepath.Join(d, "store"), filepath.Join(d, "k.key"), filepath.Join(d, "k.pub")
+	mustRun(t, "key", "gen", "--out", filepath.Join(d, "k"))
+	v1, v2 := filepath.Join(d, "v1.img"), filepath.Join(d, "v2.img")
+	makeImage(t, v1, 16<<20, 1)
+	updateImage(t, v1, v2, 5<<20, 3<<20, 42)
+	mustRun(t, "publish", "-q", "--store", store, "--key", key, "--name", "os", v1)
+	p2 := decode[map[string]any](t, mustRun(t, "publish", "-q", "--json", "--store", store, "--key", key, "--name", "os", v2))
+	delta := p2["previous"].(map[string]any)["fetch_bytes"].(float64)
+	if p2["infohash"] == "" {
+		t.Fatal("publish made no torrent")
+	}
+	// 1 MB/s: a copy of the delta takes the origin ~3 s, so terminals
+	// that have pieces serve the others instead.
+	url := serve(t, store, "--seed-torrents", "--tracker", "--tracker-interval", "2s", "--upload-limit", "1MB/s")
+	before := egress(t, url)
+
+	const n = 5
+	type out struct {
+		res  pullJSON
+		p2p  map[string]any
+		err  error
+		tail string
+	}
+	outs := make([]out, n)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			td := filepath.Join(d, fmt.Sprintf("t%d", i))
+			os.MkdirAll(td, 0o755)
+			running := filepath.Join(td, "running.img") // the slot the terminal runs: v1
+			if err := exec.Command("cp", v1, running).Run(); err != nil {
+				outs[i].err = err
+				return
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, imgctlBin, "pull", "-q", "--json", "--from", url, "--trust", pub, "--name", "os",
+				"--cache", filepath.Join(td, "cache"), "--seed", running, "--out", filepath.Join(td, "new.img"),
+				"--p2p", "--listen", fmt.Sprintf("127.0.0.%d:0", 20+i), "--p2p-stall", "30s", "--seed-for", "6s")
+			var so, se bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &so, &se
+			outs[i].err = cmd.Run()
+			outs[i].tail = se.String()
+			if outs[i].err == nil {
+				outs[i].res = decode[pullJSON](t, so.String())
+				outs[i].p2p = decode[map[string]any](t, so.String())
+			}
+		}()
+	}
+	wg.Wait()
+	var peers float64
+	for i, o := range outs {
+		if o.err != nil {
+			t.Fatalf("terminal %d: %v\n%s", i, o.err, o.tail)
+		}
+		sameFile(t, filepath.Join(d, fmt.Sprintf("t%d", i), "new.img"), v2)
+		peers += o.p2p["bytes_from_peers"].(float64)
+		t.Logf("terminal %d: fetched %d bytes, %v from peers, %d chunks over HTTP", i, o.res.BytesFetched, o.p2p["bytes_from_peers"], o.res.ChunksFetched)
+	}
+	sent := egress(t, url) - before
+	t.Logf("delta %.0f bytes; origin sent %.0f (%.2f deltas) for %d terminals; peers delivered %.0f", delta, sent, sent/delta, n, peers)
+	if sent > 1.5*delta {
+		t.Fatalf("origin sent %.0f bytes, %.2f times the delta of %.0f: the terminals did not share", sent, sent/delta, delta)
+	}
+	if peers < float64(n)*delta*0.9 {
+		t.Fatalf("terminals received %.0f bytes from peers for %d deltas of %.0f", peers, n, delta)
+	}
+}

@@ -1,0 +1,149 @@
+package transport
+
+import (
+	"bytes"
+	"errors"
+	"io/fs"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/imgctl/imgctl/manifest"
+)
+
+// Release torrents are made at publish (transport/swarm) and kept as side
+// files of the release: the info bytes and the manifest the torrent
+// carries as its first file. The server hands them out; it needs no
+// BitTorrent code for that.
+
+// torrentFileName is the first file of every release torrent
+// (swarm.ManifestFile).
+const torrentFileName = "manifest.imgm"
+
+// torrentName is the info name of a release torrent (swarm.InfoName).
+func torrentName(name, channel string, rev uint64) string {
+	return name + "-" + channel + "-" + strconv.FormatUint(rev, 10)
+}
+
+// releaseSide reads a side file of the release named in the request path.
+func (s *Server) releaseSide(w http.ResponseWriter, r *http.Request, kind string) ([]byte, bool) {
+	name, channel := r.PathValue("name"), r.PathValue("channel")
+	var rev uint64
+	if v := r.PathValue("rev"); v != "latest" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil || n == 0 {
+			http.Error(w, "bad revision", http.StatusBadRequest)
+			return nil, false
+		}
+		rev = n
+	} else if _, got, err := s.rel.Read(name, channel, 0); err == nil {
+		rev = got
+	}
+	b, err := s.rel.ReadSide(name, channel, rev, kind)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, manifest.ErrNoRelease) || rev == 0 {
+		http.Error(w, "no torrent for this release (published with --no-torrent?)", http.StatusNotFound)
+		return nil, false
+	}
+	if err != nil {
+		s.log.Error("read torrent", "err", err)
+		http.Error(w, "internal error", http.StatusInternalServerError)
+		return nil, false
+	}
+	return b, true
+}
+
+func (s *Server) handleTorrentInfo(w http.ResponseWriter, r *http.Request) {
+	info, ok := s.releaseSide(w, r, manifest.SideTorrentInfo)
+	if !ok {
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-bittorrent-info")
+	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(info))
+}
+
+// handleTorrent serves a .torrent: the info bytes as published, the
+// server's trackers, and the server itself as a webseed (BEP 19), so that
+// any BitTorrent client can fetch the release.
+func (s *Server) handleTorrent(w http.ResponseWriter, r *http.Request) {
+	info, ok := s.releaseSide(w, r, manifest.SideTorrentInfo)
+	if !ok {
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-bittorrent")
+	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(MetaInfo(info, s.announce, []string{"http://" + r.Host + "/ws/"})))
+}
+
+// MetaInfo bencodes a .torrent around info bytes (kept byte for byte, so
+// the infohash is the published one). Keys are in bencode's sorted order.
+func MetaInfo(info []byte, announce, webseeds []string) []byte {
+	var b bytes.Buffer
+	str := func(s string) { b.WriteString(strconv.Itoa(len(s)) + ":" + s) }
+	b.WriteString("d")
+	if len(announce) > 0 {
+		str("announce")
+		str(announce[0])
+		str("announce-list")
+		b.WriteString("ll")
+		for _, a := range announce {
+			str(a)
+		}
+		b.WriteString("ee")
+	}
+	str("info")
+	b.Write(info)
+	if len(webseeds) > 0 {
+		str("url-list")
+		b.WriteString("l")
+		for _, u := range webseeds {
+			str(u)
+		}
+		b.WriteString("e")
+	}
+	b.WriteString("e")
+	return b.Bytes()
+}
+
+// handleWebSeed serves a release torrent's files by the URL any BitTorrent
+// client makes of a webseed base: /ws/<torrent name>/<file>. Chunk files
+// are the chunk route under another name; the manifest file is the
+// envelope the torrent was made with.
+func (s *Server) handleWebSeed(w http.ResponseWriter, r *http.Request) {
+	file := r.PathValue("file")
+	if file != torrentFileName {
+		r.SetPathValue("id", file)
+		s.handleChunk(w, r)
+		return
+	}
+	rel, ok := s.torrentRelease(r.PathValue("torrent"))
+	if !ok {
+		http.Error(w, "no such torrent", http.StatusNotFound)
+		return
+	}
+	env, err := s.rel.ReadSide(rel.Name, rel.Channel, rel.Revision, manifest.SideTorrentManifest)
+	if err != nil {
+		http.Error(w, "no such torrent", http.StatusNotFound)
+		return
+	}
+	w.Header().Set("Content-Type", MediaManifest)
+	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(env))
+}
+
+// torrentRelease finds the release a torrent name stands for, listing the
+// releases again when the name is new (releases appear while serving).
+func (s *Server) torrentRelease(tname string) (manifest.Release, bool) {
+	s.namesMu.Lock()
+	defer s.namesMu.Unlock()
+	if rel, ok := s.names[tname]; ok {
+		return rel, true
+	}
+	rels, err := s.rel.List()
+	if err != nil {
+		return manifest.Release{}, false
+	}
+	s.names = make(map[string]manifest.Release, len(rels))
+	for _, rel := range rels {
+		s.names[torrentName(rel.Name, rel.Channel, rel.Revision)] = rel
+	}
+	rel, ok := s.names[tname]
+	return rel, ok
+}
