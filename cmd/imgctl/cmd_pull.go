@@ -114,8 +114,9 @@ type pullResult struct {
 	// Slot pulls: the slot written and the slot running.
 	Slot   string `json:"slot,omitempty"`
 	Booted string `json:"booted,omitempty"`
-	// P2P pulls: payload from peers and from webseeds (both also counted
-	// in bytes_fetched), and the torrent.
+	// P2P pulls: payload from peers and from webseeds, i.e. chunks that
+	// came over HTTP from the origin or a branch cache when the swarm
+	// stalled (both also counted in bytes_fetched), and the torrent.
 	BytesFromPeers    *int64 `json:"bytes_from_peers,omitempty"`
 	BytesFromWebSeeds *int64 `json:"bytes_from_webseeds,omitempty"`
 	InfoHash          string `json:"infohash,omitempty"`
@@ -311,6 +312,7 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 			g.log.Warn("not using the swarm", "err", err)
 		}
 	}
+	httpBefore := client.Received() // manifest and .torrent
 	phase("manifest")
 	g.logf("pull %s/%s@%d: %s, %d chunks", m.Name, m.Channel, m.Revision, human(m.Size), len(m.Chunks))
 
@@ -430,7 +432,10 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 	}
 	if sw != nil {
 		st := sw.h.Stats()
-		res.BytesFromPeers, res.BytesFromWebSeeds = &st.FromPeers, &st.FromWebSeeds
+		// Webseeds are the HTTP origin and branch caches: imgctl fetches
+		// from them itself (transport/swarm: DisableWebseeds).
+		web := st.FromWebSeeds + client.Received() - httpBefore
+		res.BytesFromPeers, res.BytesFromWebSeeds = &st.FromPeers, &web
 		res.BytesFetched += st.FromPeers + st.FromWebSeeds
 		res.InfoHash = sw.h.InfoHash().HexString()
 	}

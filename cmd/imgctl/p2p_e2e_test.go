@@ -135,3 +135,33 @@ func TestSwarmOriginFiveTerminals(t *testing.T) {
 		t.Fatalf("terminals received %.0f bytes from peers for %d deltas of %.0f", peers, n, delta)
 	}
 }
+
+// A magnet link alone (infohash and tracker) is enough: the terminal gets
+// the torrent's info from a peer, the signed manifest from the torrent,
+// verifies it, and fetches the chunks; a manifest signed by another key
+// is refused with exit code 3 before anything is written.
+func TestMagnetPull(t *testing.T) {
+	f := newFixture(t, 4<<20)
+	p := f.publish(t, f.img1)
+	url := serve(t, f.store, "--seed-torrents", "--tracker", "--tracker-interval", "2s")
+	magnet := fmt.Sprintf("magnet:?xt=urn:btih:%s&tr=%s/announce", p["infohash"], url)
+	out := filepath.Join(f.dir, "t.img")
+	r := imgctl(t, nil, "pull", "-q", "--json", "--magnet", magnet, "--trust", f.pub, "--name", "os",
+		"--cache", filepath.Join(f.dir, "c"), "--out", out, "--listen", "127.0.0.30:0", "--p2p-timeout", "60s")
+	if r.code != 0 {
+		t.Fatalf("magnet pull: exit %d\n%s", r.code, r.stderr)
+	}
+	res := decode[map[string]any](t, r.stdout)
+	sameFile(t, out, f.img1)
+	if res["bytes_from_peers"].(float64) == 0 || res["revision"].(float64) != 1 {
+		t.Fatalf("magnet pull: %v", res)
+	}
+	mustRun(t, "key", "gen", "--out", filepath.Join(f.dir, "other"))
+	other := filepath.Join(f.dir, "o.img")
+	r = imgctl(t, nil, "pull", "-q", "--magnet", magnet, "--trust", filepath.Join(f.dir, "other.pub"), "--name", "os",
+		"--cache", filepath.Join(f.dir, "c2"), "--out", other, "--listen", "127.0.0.31:0", "--p2p-timeout", "60s")
+	if r.code != 3 {
+		t.Fatalf("untrusted magnet release: exit %d, want 3\n%s", r.code, r.stderr)
+	}
+	assertAbsent(t, other)
+}

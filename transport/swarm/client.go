@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"time"
 
@@ -336,8 +337,19 @@ func (c *Client) Uploaded() int64 {
 	return s.BytesWrittenData.Int64()
 }
 
-// BannedIPs lists peers banned for sending bad data.
-func (c *Client) BannedIPs() []string { return c.cl.BadPeerIPs() }
+// BannedIPs lists peers banned for sending bad data (IPv4 as a.b.c.d).
+func (c *Client) BannedIPs() []string {
+	var ips []string
+	for _, s := range c.cl.BadPeerIPs() {
+		if a, err := netip.ParseAddr(s); err == nil {
+			s = a.Unmap().String()
+		}
+		if !slices.Contains(ips, s) {
+			ips = append(ips, s)
+		}
+	}
+	return ips
+}
 
 // Reload forgets what the client believes about the torrent's pieces and
 // asks the storage again: after chunks reached the store another way (the

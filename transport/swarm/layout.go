@@ -257,3 +257,39 @@ func Order(m *manifest.Manifest, prev []*manifest.Manifest) []int {
 func InfoName(name, channel string, rev uint64) string {
 	return fmt.Sprintf("%s-%s-%d", name, channel, rev)
 }
+
+// ParseInfo lays out a release torrent from its bencoded info.
+func ParseInfo(infoBytes []byte) (*Layout, error) {
+	mi := metainfo.MetaInfo{InfoBytes: infoBytes}
+	info, err := mi.UnmarshalInfo()
+	if err != nil {
+		return nil, fmt.Errorf("torrent info: %w", err)
+	}
+	return LayoutFromInfo(&info)
+}
+
+// FetchCost returns what a node holding the files held says yes to must
+// download to complete the others: the missing files' bytes, and the bytes
+// of every piece touching them (pieces span files, so a piece shared with
+// a held file is downloaded whole).
+func (l *Layout) FetchCost(held func(f int) bool) (missing, download int64) {
+	need := make([]bool, l.NumPieces())
+	for f := 0; f < l.Files(); f++ {
+		if held(f) {
+			continue
+		}
+		_, n := l.FileRange(f)
+		missing += n
+		a, z := l.PiecesOf(f)
+		for p := a; p <= z; p++ {
+			need[p] = true
+		}
+	}
+	for p, ok := range need {
+		if ok {
+			_, n := l.PieceRange(p)
+			download += n
+		}
+	}
+	return missing, download
+}

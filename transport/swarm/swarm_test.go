@@ -171,3 +171,80 @@ func TestFetchFromPeer(t *testing.T) {
 	}
 	t.Logf("missing %d bytes, received %d from peers", missing, st.FromPeers)
 }
+
+// lyingSource serves a store's chunks with one byte flipped in each.
+type lyingSource struct{ *chunkstore.Local }
+
+func (l lyingSource) ReadStoredChecked(id chunkstore.ID) ([]byte, int, error) {
+	b, n, err := l.Local.ReadStoredChecked(id)
+	if err == nil && len(b) > 0 {
+		b = append([]byte(nil), b...)
+		b[len(b)/2] ^= 0x55
+	}
+	return b, n, err
+}
+
+// A peer that sends corrupt pieces is banned (by IP) and its data never
+// reaches the store; the honest peer is not banned and completes the
+// download.
+func TestLyingPeerBanned(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	rel := makeRelease(t, 40, 4, 16<<10)
+	good, bad := openStore(t), openStore(t)
+	put(t, good, rel.chunks)
+	put(t, bad, rel.chunks)
+	honest := newClient(t, Config{Listen: "127.0.0.5:0"}, good, false)
+	liar, err := New(Config{Listen: "127.0.0.6:0", Staging: t.TempDir()}, lyingSource{bad}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer liar.Close()
+	for _, c := range []*Client{honest, liar} {
+		if _, err := c.Add(ctx, rel.info, rel.env); err != nil {
+			t.Fatal(err)
+		}
+	}
+	term := openStore(t)
+	// The liar is dialled first and alone: it gets the first requests.
+	leech := newClient(t, Config{Listen: "127.0.0.7:0", Peers: []string{liar.Addr()}}, term, true)
+	h, err := leech.Add(ctx, rel.info, rel.env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []chunkstore.ID
+	for _, c := range rel.chunks {
+		want = append(want, c.ID())
+	}
+	done := make(chan error, 1)
+	go func() { done <- h.FetchChunks(ctx, want, 0) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for len(leech.BannedIPs()) == 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	banned := leech.BannedIPs()
+	if len(banned) != 1 || banned[0] != "127.0.0.6" {
+		t.Fatalf("banned %v, want the liar 127.0.0.6", banned)
+	}
+	h.AddPeers([]string{honest.Addr()})
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range rel.chunks {
+		if _, err := term.Get(ctx, c.ID()); err != nil {
+			t.Fatalf("chunk %s: %v", c.ID().Short(), err)
+		}
+	}
+	if b := leech.BannedIPs(); len(b) != 1 {
+		t.Fatalf("banned %v after the honest peer delivered", b)
+	}
+	st := h.Stats()
+	if st.BadPieces == 0 {
+		t.Fatalf("no bad pieces counted: %+v", st)
+	}
+	// The liar cost a few pieces, not a stream of them.
+	if wasted := st.FromPeers - rel.layout.Total(); wasted > 64*16<<10 {
+		t.Fatalf("received %d bytes for %d: the liar was not cut off early", st.FromPeers, rel.layout.Total())
+	}
+	t.Logf("bad pieces %d, received %d bytes for %d", st.BadPieces, st.FromPeers, rel.layout.Total())
+}
