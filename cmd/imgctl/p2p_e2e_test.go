@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -164,4 +165,73 @@ func TestMagnetPull(t *testing.T) {
 		t.Fatalf("untrusted magnet release: exit %d, want 3\n%s", r.code, r.stderr)
 	}
 	assertAbsent(t, other)
+}
+
+// The only peer with the data disappears mid-transfer and the pull still
+// completes (the rest over HTTP once the swarm stalls); a terminal killed
+// with SIGKILL mid-pull completes when run again, with an identical image.
+func TestSwarmPeerDiesAndKilledPull(t *testing.T) {
+	d := t.TempDir()
+	store, key, pub := filepath.Join(d, "store"), filepath.Join(d, "k.key"), filepath.Join(d, "k.pub")
+	mustRun(t, "key", "gen", "--out", filepath.Join(d, "k"))
+	v1 := filepath.Join(d, "v1.img")
+	makeImage(t, v1, 8<<20, 1)
+	updateImage(t, v1, v1, 1<<20, 4<<20, 7) // mostly incompressible: 4 MB to move
+	mustRun(t, "publish", "-q", "--store", store, "--key", key, "--name", "os", v1)
+	// The origin serves HTTP fast but does not seed: the peer is the swarm.
+	url := serve(t, store, "--tracker", "--tracker-interval", "1s")
+	pullArgs := func(dir, listen string, extra ...string) []string {
+		return append([]string{"pull", "-q", "--json", "--from", url, "--trust", pub, "--name", "os",
+			"--cache", filepath.Join(d, dir, "cache"), "--out", filepath.Join(d, dir, "os.img"),
+			"--p2p", "--listen", listen, "--announce", url + "/announce"}, extra...)
+	}
+	// Peer A: full copy over HTTP (no seeder yet: the swarm stalls), then seeds
+	// slowly.
+	os.MkdirAll(filepath.Join(d, "a"), 0o755)
+	mustRun(t, pullArgs("a", "127.0.0.40:0", "--p2p-stall", "1s")...)
+	a := exec.Command(imgctlBin, pullArgs("a", "127.0.0.40:0", "--seed-for", "60s", "--p2p-upload-limit", "500kB/s")...)
+	if err := a.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer a.Process.Kill()
+	time.Sleep(500 * time.Millisecond) // A announces
+	b := exec.Command(imgctlBin, pullArgs("b", "127.0.0.41:0", "--p2p-stall", "2s")...)
+	var bo, be bytes.Buffer
+	b.Stdout, b.Stderr = &bo, &be
+	os.MkdirAll(filepath.Join(d, "b"), 0o755)
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	a.Process.Kill() // the only peer vanishes
+	a.Wait()
+	done := make(chan error, 1)
+	go func() { done <- b.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("pull after the peer died: %v\n%s", err, be.String())
+		}
+	case <-time.After(90 * time.Second):
+		b.Process.Kill()
+		t.Fatal("pull did not finish after its peer died")
+	}
+	sameFile(t, filepath.Join(d, "b", "os.img"), v1)
+	res := decode[map[string]any](t, bo.String())
+	t.Logf("after the peer died: %v from peers, %v over HTTP", res["bytes_from_peers"], res["bytes_from_webseeds"])
+	if res["bytes_from_peers"].(float64) == 0 {
+		t.Fatalf("nothing came from the peer before it died: %v", res)
+	}
+
+	// SIGKILL mid-pull, then again.
+	os.MkdirAll(filepath.Join(d, "c"), 0o755)
+	c := exec.Command(imgctlBin, pullArgs("c", "127.0.0.42:0", "--p2p-stall", "30s")...)
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(700 * time.Millisecond)
+	c.Process.Signal(syscall.SIGKILL)
+	c.Wait()
+	mustRun(t, pullArgs("c", "127.0.0.42:0", "--p2p-stall", "1s")...)
+	sameFile(t, filepath.Join(d, "c", "os.img"), v1)
 }
