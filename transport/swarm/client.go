@@ -13,7 +13,6 @@ import (
 
 	alog "github.com/anacrolix/log"
 	"github.com/anacrolix/torrent"
-	"github.com/anacrolix/torrent/dialer"
 	"github.com/anacrolix/torrent/metainfo"
 	"golang.org/x/time/rate"
 
@@ -88,10 +87,13 @@ func New(cfg Config, src Source, put chunkstore.Putter) (*Client, error) {
 	if cfg.MaxConns > 0 {
 		tc.EstablishedConnsPerTorrent = cfg.MaxConns
 	}
-	if cfg.UploadLimiter != nil {
-		tc.UploadRateLimiter = cfg.UploadLimiter
-	} else if cfg.UploadRate > 0 {
-		tc.UploadRateLimiter = rate.NewLimiter(rate.Limit(cfg.UploadRate), max(64<<10, int(cfg.UploadRate/10)))
+	// Upload is limited on the peer connections themselves (limitedConn),
+	// not with the library's UploadRateLimiter: its reserve-then-cancel
+	// loop starved every peer once ~10 terminals shared one limiter (an
+	// origin at 4 MB/s sent them nothing for 20 s; 5 were fine).
+	up := cfg.UploadLimiter
+	if up == nil && cfg.UploadRate > 0 {
+		up = rate.NewLimiter(rate.Limit(cfg.UploadRate), max(64<<10, int(cfg.UploadRate/10)))
 	}
 	if cfg.DownloadRate > 0 {
 		tc.DownloadRateLimiter = rate.NewLimiter(rate.Limit(cfg.DownloadRate), max(64<<10, int(cfg.DownloadRate/10)))
@@ -100,16 +102,14 @@ func New(cfg Config, src Source, put chunkstore.Putter) (*Client, error) {
 	// from 127.0.0.7 (the library's dialer would use 127.0.0.1).
 	ip, ipErr := netip.ParseAddr(host)
 	bind := ipErr == nil && !ip.IsUnspecified()
+	tc.DisableTCP = true
+	tc.ListenPort = 0
 	if bind {
-		tc.DisableTCP = true
-		tc.ListenPort = 0
 		// Trackers see the announcing address: announce from the listen
 		// IP too, or the tracker hands out an address nobody listens on.
 		local := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IP(ip.AsSlice())}, Timeout: 10 * time.Second}
 		tc.TrackerDialContext = local.DialContext
 		tc.HTTPDialContext = local.DialContext
-	} else {
-		tc.SetListenAddr(cfg.Listen)
 	}
 	st := NewStorage(src, put, cfg.Staging, log)
 	tc.DefaultStorage = st
@@ -118,16 +118,17 @@ func New(cfg Config, src Source, put chunkstore.Putter) (*Client, error) {
 		return nil, fmt.Errorf("torrent client: %w", err)
 	}
 	c := &Client{cl: cl, st: st, cfg: cfg, log: log}
-	if bind {
-		l, err := net.Listen("tcp4", net.JoinHostPort(host, strconv.Itoa(port)))
-		if err != nil {
-			cl.Close()
-			return nil, fmt.Errorf("listen for peers: %w", err)
-		}
-		cl.AddListener(l)
-		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IP(ip.AsSlice())}, Timeout: 5 * time.Second}
-		cl.AddDialer(dialer.WithNetwork{Network: "tcp4", Dialer: d})
+	l, err := net.Listen("tcp4", net.JoinHostPort(host, strconv.Itoa(port)))
+	if err != nil {
+		cl.Close()
+		return nil, fmt.Errorf("listen for peers: %w", err)
 	}
+	cl.AddListener(limitedListener{l, up})
+	d := &net.Dialer{Timeout: 5 * time.Second}
+	if bind {
+		d.LocalAddr = &net.TCPAddr{IP: net.IP(ip.AsSlice())}
+	}
+	cl.AddDialer(limitedDialer{d, up})
 	return c, nil
 }
 
@@ -367,3 +368,57 @@ func (h *Handle) Reload(ctx context.Context, env []byte) (*Handle, error) {
 
 // Drop removes the torrent from the client.
 func (h *Handle) Drop() { h.t.Drop() }
+
+// limitedConn paces writes through a limiter shared by all connections
+// (and, on an origin, by the HTTP server): the role's egress cap.
+type limitedConn struct {
+	net.Conn
+	l *rate.Limiter
+}
+
+func (c limitedConn) Write(p []byte) (int, error) {
+	if c.l == nil {
+		return c.Conn.Write(p)
+	}
+	done := 0
+	for done < len(p) {
+		n := min(len(p)-done, c.l.Burst())
+		if err := c.l.WaitN(context.Background(), n); err != nil {
+			return done, err
+		}
+		k, err := c.Conn.Write(p[done : done+n])
+		done += k
+		if err != nil {
+			return done, err
+		}
+	}
+	return done, nil
+}
+
+type limitedListener struct {
+	net.Listener
+	l *rate.Limiter
+}
+
+func (l limitedListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return limitedConn{c, l.l}, nil
+}
+
+type limitedDialer struct {
+	d *net.Dialer
+	l *rate.Limiter
+}
+
+func (d limitedDialer) Dial(ctx context.Context, addr string) (net.Conn, error) {
+	c, err := d.d.DialContext(ctx, "tcp4", addr)
+	if err != nil {
+		return nil, err
+	}
+	return limitedConn{c, d.l}, nil
+}
+
+func (d limitedDialer) DialerNetwork() string { return "tcp4" }

@@ -18,7 +18,7 @@ import (
 // tracker, seeder and webseed in one process. It tracks any infohash (a
 // closed network has no strangers to keep out; opentracker with a
 // whitelist is the alternative) and forgets a peer that has not announced
-// for three intervals.
+// for three intervals, and at least ten minutes.
 type Tracker struct {
 	Interval time.Duration
 	now      func() time.Time
@@ -62,7 +62,10 @@ func (t *Tracker) TrackAnnounce(_ context.Context, req udp.AnnounceRequest, addr
 // expireLocked drops peers not heard from for three intervals.
 func (t *Tracker) expireLocked(ih trackerServer.InfoHash) map[trackerServer.AnnounceAddr]peerState {
 	ps := t.peers[ih]
-	cut := t.now().Add(-3 * t.Interval)
+	// Clients do not keep to short intervals (anacrolix re-announces a
+	// complete torrent far less often than asked: an origin seeder vanished
+	// from a 2 s tracker), so a peer is kept for at least ten minutes.
+	cut := t.now().Add(-max(3*t.Interval, 10*time.Minute))
 	for a, p := range ps {
 		if p.seen.Before(cut) {
 			delete(ps, a)

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Issue 4 target: one upload-limited origin and N terminals (separate
+# processes, each on its own 127.0.0.x) update v1 -> v2 at once, over
+# BitTorrent (pull --p2p, terminals seed each other) and, in the same run,
+# over plain HTTP. Reports origin egress (from its /metrics) in deltas and
+# the time until all are done against one terminal alone.
+#   bash bench/swarm.sh            (N=20, LIMIT=4MB/s, SIZE_MB=64, CHANGE_MB=8)
+N=${N:-20}
+LIMIT=${LIMIT:-4MB/s}
+SIZE_MB=${SIZE_MB:-64}
+CHANGE_MB=${CHANGE_MB:-8}
+W=swarm
+. "$(dirname "$0")/lib.sh"
+
+# v1: compressible text and random blocks; v2: CHANGE_MB of it rewritten.
+python3 - "$W" "$SIZE_MB" "$CHANGE_MB" <<'PY'
+import os, random, sys
+w, size, change = sys.argv[1], int(sys.argv[2]) << 20, int(sys.argv[3]) << 20
+r = random.Random(1)
+b = bytearray()
+while len(b) < size:
+    n = 4096 * r.randint(1, 64)
+    b += (bytes(r.choice(b"abcdefgh \n") for _ in range(4096)) * (n // 4096)) if r.random() < 0.5 else r.randbytes(n)
+b = b[:size]
+open(f"{w}/v1.img", "wb").write(b)
+off = size // 3
+b[off:off + change] = r.randbytes(change)
+open(f"{w}/v2.img", "wb").write(b)
+PY
+"$I" publish -q --store "$W/s" --key "$W/k.key" --name os "$W/v1.img"
+delta=$("$I" publish -q --json --store "$W/s" --key "$W/k.key" --name os "$W/v2.img" |
+	python3 -c 'import json,sys; print(json.load(sys.stdin)["previous"]["fetch_bytes"])')
+
+"$I" serve -q --store "$W/s" --listen 127.0.0.1:0 --addr-file "$W/addr" --seed-torrents --tracker \
+	--tracker-interval 2s --upload-limit "$LIMIT" &
+spid=$!
+trap 'kill $spid 2>/dev/null' EXIT
+for _ in $(seq 100); do [ -s "$W/addr" ] && break; sleep 0.1; done
+URL=http://$(cat "$W/addr")
+egress() {
+	curl -s "$URL/metrics" | awk '/^imgctl_(served|torrent_uploaded)_bytes_total /{s+=$2} END{printf "%d\n", s}'
+}
+terminal() { # terminal DIR IP EXTRA...: a terminal running v1 pulls v2
+	local d=$1 ip=$2
+	shift 2
+	rm -rf "$d" && mkdir -p "$d" && cp "$W/v1.img" "$d/running.img"
+	"$I" pull -q --json --from "$URL" --trust "$W/k.pub" --name os --cache "$d/cache" \
+		--seed "$d/running.img" --out "$d/new.img" "$@" >"$d/out.json" 2>"$d/err.log"
+	cmp -s "$d/new.img" "$W/v2.img" || echo "MISMATCH $d" >&2
+}
+run() { # run MODE COUNT: prints seconds and origin egress
+	local mode=$1 n=$2 e0 s e pids=()
+	for i in $(seq "$n"); do rm -rf "$W/t$i"; done
+	e0=$(egress)
+	s=$(date +%s.%N)
+	for i in $(seq "$n"); do
+		if [ "$mode" = p2p ]; then
+			terminal "$W/t$i" "127.0.1.$i" --p2p --listen "127.0.1.$i:0" --p2p-stall 20s --seed-for 15s ${P2P_EXTRA:-} &
+		else
+			terminal "$W/t$i" "127.0.1.$i" &
+		fi
+		pids+=($!)
+	done
+	# Done = every terminal printed its result (p2p ones then keep seeding).
+	for i in $(seq "$n"); do
+		until [ -s "$W/t$i/out.json" ] || ! kill -0 "${pids[$((i - 1))]}" 2>/dev/null; do sleep 0.05; done
+	done
+	e=$(date +%s.%N)
+	wait "${pids[@]}"
+	echo "$(echo "$e - $s" | bc) $(($(egress) - e0))"
+}
+read -r t1 e1 < <(run http 1)
+read -r th eh < <(run http "$N")
+read -r tp ep < <(run p2p "$N")
+echo "machine: $(nproc) cores; origin upload limit $LIMIT; image ${SIZE_MB} MiB, delta $delta bytes; $N terminals"
+printf 'one terminal alone (HTTP)          %6.2fs  origin egress %5.2f deltas\n' "$t1" "$(echo "$e1 / $delta" | bc -l)"
+printf '%2d terminals over HTTP             %6.2fs  origin egress %5.2f deltas  (%.1fx one alone)\n' "$N" "$th" "$(echo "$eh / $delta" | bc -l)" "$(echo "$th / $t1" | bc -l)"
+printf '%2d terminals over BitTorrent       %6.2fs  origin egress %5.2f deltas  (%.1fx one alone)  targets: <= 1.2 deltas, <= 2x\n' "$N" "$tp" "$(echo "$ep / $delta" | bc -l)" "$(echo "$tp / $t1" | bc -l)"
