@@ -313,14 +313,7 @@ func (s *Local) Get(_ context.Context, id ID) (Chunk, error) {
 
 // ReadStored returns the stored bytes of id, unverified, and its size.
 func (s *Local) ReadStored(id ID) ([]byte, int, error) {
-	l, ok, err := s.locate(id)
-	if err != nil {
-		return nil, 0, err
-	}
-	if !ok {
-		return nil, 0, fmt.Errorf("chunk %s: %w", id.Short(), ErrNotFound)
-	}
-	b, err := s.readStored(id, l)
+	b, l, err := s.readStoredByID(id)
 	return b, int(l.size), err
 }
 
@@ -328,18 +321,23 @@ func (s *Local) ReadStored(id ID) ([]byte, int, error) {
 // pack index's checksum of the stored bytes (no decompression), as
 // Dir.ReadStoredChecked: for bytes sent to others unchanged.
 func (s *Local) ReadStoredChecked(id ID) ([]byte, int, error) {
-	l, ok, err := s.locate(id)
-	if err != nil {
-		return nil, 0, err
-	}
-	if !ok {
-		return nil, 0, fmt.Errorf("chunk %s: %w", id.Short(), ErrNotFound)
-	}
-	b, err := s.readStored(id, l)
+	b, l, err := s.readStoredByID(id)
 	if err == nil && sumStored(b) != l.sum {
 		err = &IntegrityError{ID: id, Reason: "stored bytes do not match the pack index"}
 	}
 	return b, int(l.size), err
+}
+
+func (s *Local) readStoredByID(id ID) ([]byte, loc, error) {
+	l, ok, err := s.locate(id)
+	if err != nil {
+		return nil, loc{}, err
+	}
+	if !ok {
+		return nil, loc{}, fmt.Errorf("chunk %s: %w", id.Short(), ErrNotFound)
+	}
+	b, err := s.readStored(id, l)
+	return b, l, err
 }
 
 // Put stores c unless the store holds it already.
