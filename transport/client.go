@@ -152,6 +152,14 @@ func (c *Client) TorrentFile(ctx context.Context, name, channel string, rev uint
 	return c.release(ctx, "/v1/torrents/", "", name, channel, rev, max)
 }
 
+// TorrentManifest fetches the manifest a release's torrent carries as its
+// first file (through the webseed route), capped at max bytes; the caller
+// verifies it.
+func (c *Client) TorrentManifest(ctx context.Context, name, channel string, rev uint64, max int64) ([]byte, error) {
+	p := "/ws/" + url.PathEscape(torrentName(name, channel, rev)) + "/" + torrentFileName
+	return c.small(ctx, p, name, channel, strconv.FormatUint(rev, 10), max)
+}
+
 // release GETs a small per-release document, its body capped at max.
 func (c *Client) release(ctx context.Context, prefix, suffix, name, channel string, rev uint64, max int64) ([]byte, error) {
 	r := "latest"
@@ -159,6 +167,11 @@ func (c *Client) release(ctx context.Context, prefix, suffix, name, channel stri
 		r = strconv.FormatUint(rev, 10)
 	}
 	p := prefix + url.PathEscape(name) + "/" + url.PathEscape(channel) + "/" + r + suffix
+	return c.small(ctx, p, name, channel, r, max)
+}
+
+// small GETs p, its body capped at max; a 404 is ErrNoRelease.
+func (c *Client) small(ctx context.Context, p, name, channel, r string, max int64) ([]byte, error) {
 	var body []byte
 	err := c.retry(ctx, p, func() error {
 		req, _ := http.NewRequest(http.MethodGet, c.url(p), nil)

@@ -293,7 +293,8 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 	if b, _ := cache.GetMeta(revKey(o.name, o.channel)); len(b) == 8 {
 		minRev = binary.BigEndian.Uint64(b)
 	}
-	m, err := manifest.Verify(env, manifest.Policy{Trust: trust, Now: g.now, Name: o.name, Channel: o.channel, MinRevision: minRev, Kind: manifest.KindImage})
+	policy := manifest.Policy{Trust: trust, Now: g.now, Name: o.name, Channel: o.channel, MinRevision: minRev, Kind: manifest.KindImage}
+	m, err := manifest.Verify(env, policy)
 	if err != nil {
 		return nil, err
 	}
@@ -305,7 +306,7 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 		sw.h.State().SetManifest(m)
 	} else if o.p2p.enabled {
 		// The swarm is an accelerator: without it the pull goes on over HTTP.
-		if sw, err = joinRelease(ctx, g, &o.p2p, m, client, cache); err != nil {
+		if sw, err = joinRelease(ctx, g, &o.p2p, m, policy, client, cache); err != nil {
 			if errors.Is(err, manifest.ErrVerification) {
 				return nil, err
 			}

@@ -57,6 +57,9 @@ func (o *p2pOptions) active() bool { return o.enabled || o.magnet != "" }
 type pullSwarm struct {
 	c *swarm.Client
 	h *swarm.Handle
+	// torrentManifest fetches and verifies the torrent's first file, for
+	// seeding it (nil: held already, or not to be had).
+	torrentManifest func(ctx context.Context) ([]byte, error)
 }
 
 func (s *pullSwarm) close() {
@@ -84,7 +87,7 @@ func newSwarmClient(g *globalOptions, o *p2pOptions, cache *chunkstore.Local) (*
 
 // joinRelease joins the swarm of a verified release m, whose torrent info
 // comes from the HTTP origin and must match the manifest's record.
-func joinRelease(ctx context.Context, g *globalOptions, o *p2pOptions, m *manifest.Manifest, client source, cache *chunkstore.Local) (*pullSwarm, error) {
+func joinRelease(ctx context.Context, g *globalOptions, o *p2pOptions, m *manifest.Manifest, policy manifest.Policy, client source, cache *chunkstore.Local) (*pullSwarm, error) {
 	refs, err := m.Torrents()
 	if err != nil {
 		return nil, err
@@ -121,7 +124,21 @@ func joinRelease(ctx context.Context, g *globalOptions, o *p2pOptions, m *manife
 		return nil, err
 	}
 	h.State().SetManifest(m)
-	return &pullSwarm{c: c, h: h}, nil
+	return &pullSwarm{c: c, h: h, torrentManifest: func(ctx context.Context) ([]byte, error) {
+		env, err := hc.TorrentManifest(ctx, m.Name, m.Channel, m.Revision, manifest.MaxEnvelope)
+		if err != nil {
+			return nil, err
+		}
+		// The same release, signed by a key this terminal trusts.
+		m0, err := manifest.Verify(env, policy)
+		if err != nil {
+			return nil, err
+		}
+		if m0.Revision != m.Revision || m0.Digest != m.Digest || m0.Size != m.Size {
+			return nil, fmt.Errorf("%w: the torrent's manifest is not %s/%s@%d", manifest.ErrVerification, m.Name, m.Channel, m.Revision)
+		}
+		return env, nil
+	}}, nil
 }
 
 // joinMagnet joins the swarm a magnet names and returns it with the
@@ -185,8 +202,16 @@ func (s *pullSwarm) seed(ctx context.Context, g *globalOptions, o *p2pOptions) e
 		go hs.Serve(ln)
 		defer hs.Close()
 	}
-	// Chunks that came over HTTP are in the store too: seed them.
-	if h, err := s.h.Reload(ctx, nil); err == nil {
+	// Chunks that came over HTTP are in the store too: seed them, and the
+	// manifest file the torrent starts with (from the origin if need be).
+	var env []byte
+	if _, ok := s.h.State().Manifest(); !ok && s.torrentManifest != nil {
+		var err error
+		if env, err = s.torrentManifest(ctx); err != nil {
+			g.log.Warn("seeding without the torrent's manifest file", "err", err)
+		}
+	}
+	if h, err := s.h.Reload(ctx, env); err == nil {
 		s.h = h
 	} else {
 		return err

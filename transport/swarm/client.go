@@ -14,6 +14,7 @@ import (
 	alog "github.com/anacrolix/log"
 	"github.com/anacrolix/torrent"
 	"github.com/anacrolix/torrent/metainfo"
+	pp "github.com/anacrolix/torrent/peer_protocol"
 	"golang.org/x/time/rate"
 
 	"github.com/imgctl/imgctl/chunkstore"
@@ -110,6 +111,16 @@ func New(cfg Config, src Source, put chunkstore.Putter) (*Client, error) {
 		local := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IP(ip.AsSlice())}, Timeout: 10 * time.Second}
 		tc.TrackerDialContext = local.DialContext
 		tc.HTTPDialContext = local.DialContext
+	}
+	// Transmission 3 advertises reqq=512 but refuses a request once 511
+	// are pending; anacrolix then waits forever for the answers to its
+	// 512-request round (research-p2p.md: the stall after exactly
+	// 16,744,448 bytes). Taking every peer's advertised queue as one
+	// shorter costs nothing and keeps imgctl below such limits.
+	tc.Callbacks.ReadExtendedHandshake = func(_ *torrent.PeerConn, m *pp.ExtendedHandshakeMessage) {
+		if m.Reqq > 1 {
+			m.Reqq--
+		}
 	}
 	st := NewStorage(src, put, cfg.Staging, log)
 	tc.DefaultStorage = st
