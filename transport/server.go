@@ -3,6 +3,7 @@ package transport
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -18,6 +19,7 @@ import (
 	"github.com/imgctl/imgctl/manifest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
 )
 
@@ -51,6 +53,8 @@ type ServerOptions struct {
 	Registry *prometheus.Registry
 	// Announce lists tracker URLs written into served .torrent files.
 	Announce []string
+	// Upstream, if set, makes the server a branch cache (upstream.go).
+	Upstream *Upstream
 }
 
 // Server serves a store's manifests and chunks over HTTP. It reads the
@@ -69,6 +73,7 @@ type Server struct {
 	corrupt  prometheus.Counter
 	mux      *http.ServeMux
 	announce []string
+	up       *Upstream
 
 	namesMu sync.Mutex
 	names   map[string]manifest.Release // torrent name → release
@@ -82,7 +87,7 @@ func NewServer(root string, opts ServerOptions) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{dir: dir, rel: manifest.OpenReleases(root), log: opts.Logger, limit: NewLimiter(opts.UploadLimit), reg: opts.Registry,
-		announce: opts.Announce}
+		announce: opts.Announce, up: opts.Upstream}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -177,6 +182,11 @@ func (s *Server) handleManifest(w http.ResponseWriter, r *http.Request) {
 		}
 		rev = v
 	}
+	if s.up != nil {
+		if _, err := s.up.Release(r.Context(), name, channel, rev); err != nil {
+			s.log.Warn("upstream release", "name", name, "channel", channel, "rev", rev, "err", err)
+		}
+	}
 	env, got, err := s.rel.Read(name, channel, rev)
 	if errors.Is(err, manifest.ErrNoRelease) {
 		http.Error(w, err.Error(), http.StatusNotFound)
@@ -202,6 +212,12 @@ func (s *Server) handleManifest(w http.ResponseWriter, r *http.Request) {
 // against the ID; this check keeps a server from sending rotten bytes.)
 func (s *Server) readVerified(id chunkstore.ID) ([]byte, error) {
 	b, _, err := s.dir.ReadStoredChecked(id)
+	if errors.Is(err, chunkstore.ErrNotFound) && s.up != nil {
+		if err = s.up.Chunk(context.Background(), id); err == nil {
+			s.dir.Refresh()
+			b, _, err = s.dir.ReadStoredChecked(id)
+		}
+	}
 	if errors.Is(err, chunkstore.ErrCorrupt) {
 		s.corrupt.Inc()
 		s.log.Error("refusing to serve corrupt chunk", "id", id, "err", err)
@@ -261,6 +277,23 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) {
 	if err := sc.Err(); err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
+	}
+	if s.up != nil {
+		// A branch cache fetches what it lacks first, several at a time.
+		var g errgroup.Group
+		g.SetLimit(8)
+		for _, id := range ids {
+			if ok, _ := s.dir.Has(r.Context(), id); !ok {
+				g.Go(func() error {
+					if err := s.up.Chunk(r.Context(), id); err != nil {
+						s.log.Warn("upstream chunk", "id", id, "err", err)
+					}
+					return nil
+				})
+			}
+		}
+		g.Wait()
+		s.dir.Refresh()
 	}
 	w.Header().Set("Content-Type", MediaBatch)
 	bw := bufio.NewWriterSize(w, 256<<10)

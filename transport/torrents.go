@@ -39,6 +39,11 @@ func (s *Server) releaseSide(w http.ResponseWriter, r *http.Request, kind string
 	} else if _, got, err := s.rel.Read(name, channel, 0); err == nil {
 		rev = got
 	}
+	if s.up != nil {
+		if got, err := s.up.Release(r.Context(), name, channel, rev); err == nil {
+			rev = got
+		}
+	}
 	b, err := s.rel.ReadSide(name, channel, rev, kind)
 	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, manifest.ErrNoRelease) || rev == 0 {
 		http.Error(w, "no torrent for this release (published with --no-torrent?)", http.StatusNotFound)

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/imgctl/imgctl/chunkstore"
@@ -27,6 +28,7 @@ type serveOptions struct {
 	announce        []string
 	torrentListen   string
 	maxPeers        int
+	upstream        string
 }
 
 func (o *serveOptions) AddFlags(f *pflag.FlagSet) {
@@ -40,6 +42,7 @@ func (o *serveOptions) AddFlags(f *pflag.FlagSet) {
 	f.StringArrayVar(&o.announce, "announce", nil, "tracker announce URL for the seeder and served torrents (repeatable)")
 	f.StringVar(&o.torrentListen, "torrent-listen", "", "BitTorrent listen address (default: the HTTP host, any port)")
 	f.IntVar(&o.maxPeers, "max-peers", 0, "BitTorrent connections per torrent (0: 50)")
+	f.StringVar(&o.upstream, "upstream", "", "branch cache: fetch releases and chunks the store lacks from this server (the origin), once")
 }
 
 func newServeCommand(g *globalOptions) *cobra.Command {
@@ -65,6 +68,11 @@ func runServe(ctx context.Context, g *globalOptions, o *serveOptions) error {
 	if o.store == "" {
 		return usagef("serve: --store is required")
 	}
+	if o.upstream != "" {
+		if err := os.MkdirAll(o.store, 0o755); err != nil {
+			return err
+		}
+	}
 	if _, err := os.Stat(o.store); err != nil {
 		return err
 	}
@@ -82,7 +90,20 @@ func runServe(ctx context.Context, g *globalOptions, o *serveOptions) error {
 	if o.tracker {
 		announce = append([]string{"http://" + addr + "/announce"}, announce...)
 	}
-	srv, err := transport.NewServer(o.store, transport.ServerOptions{UploadLimit: limit, Logger: g.log, Announce: announce})
+	var up *transport.Upstream
+	if o.upstream != "" {
+		// A branch cache writes its store: fetched releases and chunks.
+		store, err := chunkstore.Open(o.store, chunkstore.Options{Logger: g.log})
+		if err != nil {
+			return err
+		}
+		defer store.Close()
+		if up, err = transport.NewUpstream(o.upstream, store, g.log); err != nil {
+			return usageError{err}
+		}
+		g.logf("branch cache of %s", o.upstream)
+	}
+	srv, err := transport.NewServer(o.store, transport.ServerOptions{UploadLimit: limit, Logger: g.log, Announce: announce, Upstream: up})
 	if err != nil {
 		return err
 	}
@@ -91,7 +112,7 @@ func runServe(ctx context.Context, g *globalOptions, o *serveOptions) error {
 		srv.Handle("GET /announce", "announce", swarm.NewTracker(o.trackerInterval).Handler())
 	}
 	if o.seedTorrents {
-		stop, err := seedTorrents(ctx, g, o, srv, addr, announce)
+		stop, err := seedTorrents(ctx, g, o, srv, addr, announce, up)
 		if err != nil {
 			return err
 		}
@@ -125,7 +146,7 @@ func runServe(ctx context.Context, g *globalOptions, o *serveOptions) error {
 // the store itself, and adds releases published later (polled every few
 // seconds). The seeder shares the HTTP server's upload limiter, so the
 // cap covers the whole egress.
-func seedTorrents(ctx context.Context, g *globalOptions, o *serveOptions, srv *transport.Server, httpAddr string, announce []string) (func(), error) {
+func seedTorrents(ctx context.Context, g *globalOptions, o *serveOptions, srv *transport.Server, httpAddr string, announce []string, up *transport.Upstream) (func(), error) {
 	listen := o.torrentListen
 	if listen == "" {
 		host, _, _ := net.SplitHostPort(httpAddr)
@@ -149,7 +170,17 @@ func seedTorrents(ctx context.Context, g *globalOptions, o *serveOptions, srv *t
 	g.logf("seeding torrents on %s", c.Addr())
 	rels := manifest.OpenReleases(o.store)
 	seeded := map[manifest.Release]bool{}
+	var handles []*swarm.Handle
+	var mu sync.Mutex // scan runs from the ticker and from the upstream hook
 	scan := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if up != nil {
+			// A branch's store grows as terminals ask: offer what arrived.
+			for _, h := range handles {
+				h.Refresh(ctx)
+			}
+		}
 		list, err := rels.List()
 		if err != nil {
 			g.log.Warn("list releases", "err", err)
@@ -172,10 +203,14 @@ func seedTorrents(ctx context.Context, g *globalOptions, o *serveOptions, srv *t
 				continue
 			}
 			seeded[rel] = true
+			handles = append(handles, h)
 			g.log.Info("seeding", "release", fmt.Sprintf("%s/%s@%d", rel.Name, rel.Channel, rel.Revision), "infohash", h.InfoHash().HexString())
 		}
 	}
 	scan()
+	if up != nil {
+		up.OnRelease = func(manifest.Release) { go scan() }
+	}
 	done := make(chan struct{})
 	stopped := make(chan struct{})
 	go func() {

@@ -235,3 +235,58 @@ func TestSwarmPeerDiesAndKilledPull(t *testing.T) {
 	mustRun(t, pullArgs("c", "127.0.0.42:0", "--p2p-stall", "1s")...)
 	sameFile(t, filepath.Join(d, "c", "os.img"), v1)
 }
+
+// A branch cache (serve --upstream) relays HQ to its terminals: it fetches
+// each release and chunk its terminals ask for from HQ once, seeds and
+// tracks them, and a second wave of terminals is served by the branch and
+// its peers without HQ sending the delta again.
+func TestBranchCache(t *testing.T) {
+	d := t.TempDir()
+	store, key, pub := filepath.Join(d, "hq"), filepath.Join(d, "k.key"), filepath.Join(d, "k.pub")
+	mustRun(t, "key", "gen", "--out", filepath.Join(d, "k"))
+	v1, v2 := filepath.Join(d, "v1.img"), filepath.Join(d, "v2.img")
+	makeImage(t, v1, 12<<20, 1)
+	updateImage(t, v1, v2, 3<<20, 2<<20, 43)
+	mustRun(t, "publish", "-q", "--store", store, "--key", key, "--name", "os", v1)
+	p2 := decode[map[string]any](t, mustRun(t, "publish", "-q", "--json", "--store", store, "--key", key, "--name", "os", v2))
+	delta := p2["previous"].(map[string]any)["fetch_bytes"].(float64)
+	hq := serve(t, store) // HTTP only
+	branch := serve(t, filepath.Join(d, "branch"), "--upstream", hq, "--seed-torrents", "--tracker", "--tracker-interval", "1s")
+	wave := func(from, to int) {
+		var wg sync.WaitGroup
+		errs := make([]string, to)
+		for i := from; i < to; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				td := filepath.Join(d, fmt.Sprintf("t%d", i))
+				os.MkdirAll(td, 0o755)
+				exec.Command("cp", v1, filepath.Join(td, "running.img")).Run()
+				r := imgctl(t, nil, "pull", "-q", "--json", "--from", branch, "--trust", pub, "--name", "os",
+					"--cache", filepath.Join(td, "cache"), "--seed", filepath.Join(td, "running.img"), "--out", filepath.Join(td, "new.img"),
+					"--p2p", "--listen", fmt.Sprintf("127.0.0.%d:0", 80+i), "--p2p-stall", "2s", "--seed-for", "3s")
+				if r.code != 0 {
+					errs[i] = r.stderr
+				}
+			}()
+		}
+		wg.Wait()
+		for i := from; i < to; i++ {
+			if errs[i] != "" {
+				t.Fatalf("terminal %d: %s", i, errs[i])
+			}
+			sameFile(t, filepath.Join(d, fmt.Sprintf("t%d", i), "new.img"), v2)
+		}
+	}
+	wave(0, 3)
+	hq1 := metric(t, hq, "imgctl_served_bytes_total")
+	wave(3, 5)
+	hq2 := metric(t, hq, "imgctl_served_bytes_total")
+	t.Logf("delta %.0f; HQ sent %.0f for the first 3 terminals (%.2f deltas), %.0f more for the next 2", delta, hq1, hq1/delta, hq2-hq1)
+	if hq1 > 1.3*delta {
+		t.Fatalf("HQ sent %.0f bytes (%.2f deltas) to a branch serving 3 terminals", hq1, hq1/delta)
+	}
+	if hq2-hq1 > 0.05*delta {
+		t.Fatalf("HQ sent %.0f more bytes for the second wave", hq2-hq1)
+	}
+}

@@ -377,6 +377,24 @@ func (h *Handle) Reload(ctx context.Context, env []byte) (*Handle, error) {
 	return h.c.Add(ctx, info, env)
 }
 
+// Refresh looks for chunks that reached the store another way (a branch
+// cache's HTTP misses) and has the client check the pieces now complete,
+// so that they are offered to peers. It returns how many files arrived.
+func (h *Handle) Refresh(ctx context.Context) int {
+	files := h.s.Refresh(ctx)
+	seen := map[int]bool{}
+	for _, f := range files {
+		a, z := h.s.L.PiecesOf(f)
+		for p := a; p <= z; p++ {
+			if !seen[p] && (piece{h.s, p}).Completion().Complete {
+				seen[p] = true
+				h.t.Piece(p).VerifyDataContext(ctx)
+			}
+		}
+	}
+	return len(files)
+}
+
 // Drop removes the torrent from the client.
 func (h *Handle) Drop() { h.t.Drop() }
 

@@ -111,6 +111,26 @@ func (s *Storage) Register(ctx context.Context, ih metainfo.Hash, l *Layout, env
 	return t, nil
 }
 
+// Refresh marks files that reached the store since (another way than this
+// torrent) as held and returns them.
+func (t *Torrent) Refresh(ctx context.Context) []int {
+	var got []int
+	for i, c := range t.L.Chunks {
+		if t.Have(i + 1) {
+			continue
+		}
+		if ok, _ := t.s.src.Has(ctx, c.ID); ok {
+			t.mu.Lock()
+			if !t.have[i+1] {
+				t.arrivedLocked(i + 1)
+				got = append(got, i+1)
+			}
+			t.mu.Unlock()
+		}
+	}
+	return got
+}
+
 // Torrent returns the registered state of ih.
 func (s *Storage) Torrent(ih metainfo.Hash) (*Torrent, bool) {
 	s.mu.Lock()

@@ -1,0 +1,207 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/imgctl/imgctl/chunkstore"
+	"github.com/imgctl/imgctl/manifest"
+)
+
+// Upstream makes a server a branch cache: a release or chunk the store
+// lacks is fetched from the upstream server (the origin, or another
+// branch) once, checked, and kept, then served like any other. Manifests
+// are relayed as signed (terminals verify them); their name, channel and
+// revision must be the ones asked for. A chunk is admitted only after it
+// decodes to its BLAKE3 ID.
+type Upstream struct {
+	c     *Client
+	store *chunkstore.Local
+	rels  *manifest.Releases
+	log   *slog.Logger
+	// OnRelease is called after a release was mirrored (to seed it).
+	OnRelease func(manifest.Release)
+
+	mu       sync.Mutex
+	inflight map[string]*flight
+	latest   map[string]time.Time // name/channel → last asked upstream for latest
+}
+
+type flight struct {
+	done chan struct{}
+	err  error
+}
+
+// NewUpstream returns an upstream for the branch store at root (store is
+// that store, open for writing).
+func NewUpstream(url string, store *chunkstore.Local, log *slog.Logger) (*Upstream, error) {
+	c, err := NewClient(url, ClientOptions{Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Upstream{c: c, store: store, rels: manifest.OpenReleases(store.Root()), log: log,
+		inflight: map[string]*flight{}, latest: map[string]time.Time{}}, nil
+}
+
+// Received counts bytes received from upstream.
+func (u *Upstream) Received() int64 { return u.c.Received() }
+
+// once runs fn for key unless a run is in flight, in which case it waits
+// for that one: concurrent misses fetch once.
+func (u *Upstream) once(ctx context.Context, key string, fn func() error) error {
+	u.mu.Lock()
+	if f, ok := u.inflight[key]; ok {
+		u.mu.Unlock()
+		select {
+		case <-f.done:
+			return f.err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	f := &flight{done: make(chan struct{})}
+	u.inflight[key] = f
+	u.mu.Unlock()
+	f.err = fn()
+	u.mu.Lock()
+	delete(u.inflight, key)
+	u.mu.Unlock()
+	close(f.done)
+	return f.err
+}
+
+// Chunk makes sure the store holds id, fetching it from upstream.
+func (u *Upstream) Chunk(ctx context.Context, id chunkstore.ID) error {
+	if ok, _ := u.store.Has(ctx, id); ok {
+		return nil
+	}
+	return u.once(ctx, "chunk/"+id.String(), func() error {
+		if ok, _ := u.store.Has(ctx, id); ok {
+			return nil
+		}
+		var b []byte
+		err := u.c.retry(ctx, "chunk "+id.Short(), func() error {
+			req, _ := http.NewRequest(http.MethodGet, u.c.url("/v1/chunks/"+id.String()), nil)
+			resp, err := u.c.do(ctx, req)
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode == http.StatusNotFound {
+				return permanent{fmt.Errorf("upstream lacks chunk %s: %w", id.Short(), chunkstore.ErrNotFound)}
+			}
+			if resp.StatusCode != http.StatusOK {
+				return fmt.Errorf("%w: upstream chunk %s: %s", ErrPeerUnavailable, id.Short(), resp.Status)
+			}
+			max := int64(chunkstore.MaxStoredSize(chunkstore.MaxChunkSize))
+			b, err = io.ReadAll(io.LimitReader(resp.Body, max+1))
+			u.c.received.Add(int64(len(b)))
+			if err != nil {
+				return fmt.Errorf("%w: %v", ErrPeerUnavailable, err)
+			}
+			if int64(len(b)) > max {
+				return permanent{fmt.Errorf("upstream chunk %s: too large", id.Short())}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		c, err := chunkstore.Verify(id, b, -1)
+		if err != nil {
+			return err
+		}
+		if _, err := u.store.Put(ctx, c); err != nil {
+			return err
+		}
+		return u.store.Flush(ctx)
+	})
+}
+
+// Release makes sure the store holds name/channel at rev (0: the newest
+// upstream has, asked at most every few seconds) with its torrent side
+// files, and returns the revision.
+func (u *Upstream) Release(ctx context.Context, name, channel string, rev uint64) (uint64, error) {
+	key := name + "/" + channel
+	if rev == 0 {
+		u.mu.Lock()
+		fresh := time.Since(u.latest[key]) < 5*time.Second
+		u.mu.Unlock()
+		if fresh {
+			if _, got, err := u.rels.Read(name, channel, 0); err == nil {
+				return got, nil
+			}
+		}
+	} else if _, _, err := u.rels.Read(name, channel, rev); err == nil {
+		return rev, nil
+	}
+	var got uint64
+	err := u.once(ctx, "release/"+key+"/"+strconv.FormatUint(rev, 10), func() error {
+		env, err := u.c.Manifest(ctx, name, channel, rev)
+		if err != nil {
+			return err
+		}
+		m, err := manifest.Open(env)
+		if err != nil {
+			return err
+		}
+		if m.Name != name || m.Channel != channel || (rev != 0 && m.Revision != rev) {
+			return fmt.Errorf("%w: upstream answered %s/%s@%d for %s@%d", manifest.ErrVerification, m.Name, m.Channel, m.Revision, key, rev)
+		}
+		got = m.Revision
+		if rev == 0 {
+			u.mu.Lock()
+			u.latest[key] = time.Now()
+			u.mu.Unlock()
+		}
+		if _, _, err := u.rels.Read(name, channel, got); err == nil {
+			return nil // had it already
+		}
+		if refs, _ := m.Torrents(); len(refs) > 0 {
+			info, err1 := u.c.release(ctx, "/v1/torrents/", "/info", name, channel, got, int64(refs[0].InfoSize))
+			env0, err2 := u.c.TorrentManifest(ctx, name, channel, got, manifest.MaxEnvelope)
+			if err := errors.Join(err1, err2); err != nil {
+				u.log.Warn("mirroring a release without its torrent", "release", key, "err", err)
+			} else if err := refs[0].Check(info); err != nil {
+				return err
+			} else {
+				if err := u.rels.PutSide(name, channel, got, manifest.SideTorrentInfo, info); err != nil {
+					return err
+				}
+				if err := u.rels.PutSide(name, channel, got, manifest.SideTorrentManifest, env0); err != nil {
+					return err
+				}
+			}
+		}
+		if err := u.rels.Put(env, m); err != nil {
+			return err
+		}
+		if u.OnRelease != nil {
+			u.OnRelease(manifest.Release{Name: name, Channel: channel, Revision: got})
+		}
+		return nil
+	})
+	if err != nil && rev == 0 {
+		// Upstream unreachable: serve the newest we have.
+		if _, have, err2 := u.rels.Read(name, channel, 0); err2 == nil {
+			u.log.Warn("upstream unavailable, serving the newest local release", "release", key, "err", err)
+			return have, nil
+		}
+	}
+	if rev != 0 {
+		got = rev
+	} else if err == nil && got == 0 { // waited for another request's fetch
+		_, got, err = u.rels.Read(name, channel, 0)
+	}
+	return got, err
+}
