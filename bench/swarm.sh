@@ -5,6 +5,8 @@
 # over plain HTTP. Reports origin egress (from its /metrics) in deltas and
 # the time until all are done against one terminal alone.
 #   bash bench/swarm.sh            (N=20, LIMIT=4MB/s, SIZE_MB=64, CHANGE_MB=8)
+#   BRANCH=1 bash bench/swarm.sh   terminals pull from a branch cache
+#                                  (serve --upstream) that the origin feeds
 N=${N:-20}
 LIMIT=${LIMIT:-4MB/s}
 SIZE_MB=${SIZE_MB:-64}
@@ -37,25 +39,42 @@ spid=$!
 trap 'kill $spid 2>/dev/null' EXIT
 for _ in $(seq 100); do [ -s "$W/addr" ] && break; sleep 0.1; done
 URL=http://$(cat "$W/addr")
+ORIGIN=$URL
+STALL=${STALL:-20s}
+bpid=""
+trap 'kill $spid $bpid 2>/dev/null' EXIT
+branch() { # a fresh branch cache for each run, so that none starts warm
+	[ -n "$bpid" ] && kill "$bpid" && wait "$bpid" 2>/dev/null
+	rm -rf "$W/branch" "$W/baddr"
+	"$I" serve -q --store "$W/branch" --listen 127.0.0.2:0 --addr-file "$W/baddr" --upstream "$ORIGIN" \
+		--seed-torrents --tracker --tracker-interval 2s &
+	bpid=$!
+	for _ in $(seq 100); do [ -s "$W/baddr" ] && break; sleep 0.1; done
+	URL=http://$(cat "$W/baddr")
+}
+[ "${BRANCH:-0}" = 1 ] && STALL=${STALL_BRANCH:-3s}
 egress() {
-	curl -s "$URL/metrics" | awk '/^imgctl_(served|torrent_uploaded)_bytes_total /{s+=$2} END{printf "%d\n", s}'
+	curl -s "$ORIGIN/metrics" | awk '/^imgctl_(served|torrent_uploaded)_bytes_total /{s+=$2} END{printf "%d\n", s}'
 }
 terminal() { # terminal DIR IP EXTRA...: a terminal running v1 pulls v2
+	# (its running slot with the manifest it was written from, as a slot
+	# record gives it: chunks are found by offset and re-hashed, not cut)
 	local d=$1 ip=$2
 	shift 2
 	rm -rf "$d" && mkdir -p "$d" && cp "$W/v1.img" "$d/running.img"
 	"$I" pull -q --json --from "$URL" --trust "$W/k.pub" --name os --cache "$d/cache" \
-		--seed "$d/running.img" --out "$d/new.img" "$@" >"$d/out.json" 2>"$d/err.log"
+		--seed "$d/running.img:$W/s/manifests/os/stable/1.imgm" --out "$d/new.img" "$@" >"$d/out.json" 2>"$d/err.log"
 	cmp -s "$d/new.img" "$W/v2.img" || echo "MISMATCH $d" >&2
 }
 run() { # run MODE COUNT: prints seconds and origin egress
 	local mode=$1 n=$2 e0 s e pids=()
+	[ "${BRANCH:-0}" = 1 ] && branch
 	for i in $(seq "$n"); do rm -rf "$W/t$i"; done
 	e0=$(egress)
 	s=$(date +%s.%N)
 	for i in $(seq "$n"); do
 		if [ "$mode" = p2p ]; then
-			terminal "$W/t$i" "127.0.1.$i" --p2p --listen "127.0.1.$i:0" --p2p-stall 20s --seed-for 15s ${P2P_EXTRA:-} &
+			terminal "$W/t$i" "127.0.1.$i" --p2p --listen "127.0.1.$i:0" --p2p-stall "$STALL" --seed-for 15s ${P2P_EXTRA:-} &
 		else
 			terminal "$W/t$i" "127.0.1.$i" &
 		fi
@@ -68,11 +87,12 @@ run() { # run MODE COUNT: prints seconds and origin egress
 	e=$(date +%s.%N)
 	wait "${pids[@]}"
 	echo "$(echo "$e - $s" | bc) $(($(egress) - e0))"
+	if [ -n "$bpid" ]; then kill "$bpid"; wait "$bpid" 2>/dev/null; fi # (run is a subshell)
 }
 read -r t1 e1 < <(run http 1)
 read -r th eh < <(run http "$N")
 read -r tp ep < <(run p2p "$N")
-echo "machine: $(nproc) cores; origin upload limit $LIMIT; image ${SIZE_MB} MiB, delta $delta bytes; $N terminals"
+echo "machine: $(nproc) cores; origin upload limit $LIMIT; image ${SIZE_MB} MiB, delta $delta bytes; $N terminals; branch cache: ${BRANCH:-0}"
 printf 'one terminal alone (HTTP)          %6.2fs  origin egress %5.2f deltas\n' "$t1" "$(echo "$e1 / $delta" | bc -l)"
 printf '%2d terminals over HTTP             %6.2fs  origin egress %5.2f deltas  (%.1fx one alone)\n' "$N" "$th" "$(echo "$eh / $delta" | bc -l)" "$(echo "$th / $t1" | bc -l)"
 printf '%2d terminals over BitTorrent       %6.2fs  origin egress %5.2f deltas  (%.1fx one alone)  targets: <= 1.2 deltas, <= 2x\n' "$N" "$tp" "$(echo "$ep / $delta" | bc -l)" "$(echo "$tp / $t1" | bc -l)"
