@@ -59,24 +59,40 @@ func updateImage(t *testing.T, src, dst string, off, n int, seed uint64) {
 	}
 }
 
+// deltaFixture: deltaReleases publishes v1 (a made-up image of size bytes) and v2 (v1
+// with n random bytes at off) into a new store and returns the paths and
+// the bytes a terminal on v1 fetches to reach v2.
+type deltaFixture struct {
+	d, store, pub, v1, v2 string
+	delta                 float64
+}
+
+func deltaReleases(t *testing.T, storeName string, size, off, n int, seed uint64) deltaFixture {
+	t.Helper()
+	d := t.TempDir()
+	f := deltaFixture{d: d, store: filepath.Join(d, storeName), pub: filepath.Join(d, "k.pub"),
+		v1: filepath.Join(d, "v1.img"), v2: filepath.Join(d, "v2.img")}
+	key := filepath.Join(d, "k.key")
+	mustRun(t, "key", "gen", "--out", filepath.Join(d, "k"))
+	makeImage(t, f.v1, size, 1)
+	updateImage(t, f.v1, f.v2, off, n, seed)
+	mustRun(t, "publish", "-q", "--store", f.store, "--key", key, "--name", "os", f.v1)
+	p2 := decode[map[string]any](t, mustRun(t, "publish", "-q", "--json", "--store", f.store, "--key", key, "--name", "os", f.v2))
+	if p2["infohash"] == "" {
+		t.Fatal("publish made no torrent")
+	}
+	f.delta = p2["previous"].(map[string]any)["fetch_bytes"].(float64)
+	return f
+}
+
 // An origin (upload-limited, embedded tracker, seeding) and five terminals
 // running v1, as separate processes on their own loopback addresses, pull
 // v2 over BitTorrent at once and keep seeding to each other: every one
 // ends with v2 byte for byte, and the origin sends little more than one
 // copy of the delta although five terminals needed it.
 func TestSwarmOriginFiveTerminals(t *testing.T) {
-	d := t.TempDir()
-	store, key, pub := filepath.Join(d, "store"), filepath.Join(d, "k.key"), filepath.Join(d, "k.pub")
-	mustRun(t, "key", "gen", "--out", filepath.Join(d, "k"))
-	v1, v2 := filepath.Join(d, "v1.img"), filepath.Join(d, "v2.img")
-	makeImage(t, v1, 16<<20, 1)
-	updateImage(t, v1, v2, 5<<20, 3<<20, 42)
-	mustRun(t, "publish", "-q", "--store", store, "--key", key, "--name", "os", v1)
-	p2 := decode[map[string]any](t, mustRun(t, "publish", "-q", "--json", "--store", store, "--key", key, "--name", "os", v2))
-	delta := p2["previous"].(map[string]any)["fetch_bytes"].(float64)
-	if p2["infohash"] == "" {
-		t.Fatal("publish made no torrent")
-	}
+	f := deltaReleases(t, "store", 16<<20, 5<<20, 3<<20, 42)
+	d, store, pub, v1, v2, delta := f.d, f.store, f.pub, f.v1, f.v2, f.delta
 	// 1 MB/s: a copy of the delta takes the origin ~3 s, so terminals
 	// that have pieces serve the others instead.
 	url := serve(t, store, "--seed-torrents", "--tracker", "--tracker-interval", "2s", "--upload-limit", "1MB/s")
@@ -241,15 +257,8 @@ func TestSwarmPeerDiesAndKilledPull(t *testing.T) {
 // tracks them, and a second wave of terminals is served by the branch and
 // its peers without HQ sending the delta again.
 func TestBranchCache(t *testing.T) {
-	d := t.TempDir()
-	store, key, pub := filepath.Join(d, "hq"), filepath.Join(d, "k.key"), filepath.Join(d, "k.pub")
-	mustRun(t, "key", "gen", "--out", filepath.Join(d, "k"))
-	v1, v2 := filepath.Join(d, "v1.img"), filepath.Join(d, "v2.img")
-	makeImage(t, v1, 12<<20, 1)
-	updateImage(t, v1, v2, 3<<20, 2<<20, 43)
-	mustRun(t, "publish", "-q", "--store", store, "--key", key, "--name", "os", v1)
-	p2 := decode[map[string]any](t, mustRun(t, "publish", "-q", "--json", "--store", store, "--key", key, "--name", "os", v2))
-	delta := p2["previous"].(map[string]any)["fetch_bytes"].(float64)
+	f := deltaReleases(t, "hq", 12<<20, 3<<20, 2<<20, 43)
+	d, store, pub, v1, v2, delta := f.d, f.store, f.pub, f.v1, f.v2, f.delta
 	hq := serve(t, store) // HTTP only
 	branch := serve(t, filepath.Join(d, "branch"), "--upstream", hq, "--seed-torrents", "--tracker", "--tracker-interval", "1s")
 	wave := func(from, to int) {
