@@ -33,7 +33,9 @@ type ClientOptions struct {
 	BatchBytes  int           // plain bytes per batch request; 0 means 2 MiB
 	// MaxManifest caps a manifest body; 0 means manifest.MaxEnvelope.
 	MaxManifest int64
-	Logger      *slog.Logger
+	// DownloadLimit caps response body bytes per second (0: unlimited).
+	DownloadLimit int64
+	Logger        *slog.Logger
 	// Sleep waits between retries (tests inject a fake); nil: real timer.
 	Sleep func(ctx context.Context, d time.Duration) error
 }
@@ -62,6 +64,15 @@ func NewClient(base string, opts ClientOptions) (*Client, error) {
 			IdleConnTimeout:       90 * time.Second,
 			ResponseHeaderTimeout: 60 * time.Second,
 		}}
+	}
+	if l := NewLimiter(opts.DownloadLimit); l != nil {
+		base := opts.HTTP.Transport
+		if base == nil {
+			base = http.DefaultTransport
+		}
+		hc := *opts.HTTP
+		hc.Transport = limitedTransport{base, l}
+		opts.HTTP = &hc
 	}
 	if opts.Concurrency <= 0 {
 		opts.Concurrency = 4

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/http"
 	"strconv"
 	"strings"
 
@@ -67,4 +68,37 @@ func (lw limitedWriter) Write(p []byte) (int, error) {
 		p = p[n:]
 	}
 	return written, nil
+}
+
+// limitedTransport paces response bodies through a shared limiter.
+type limitedTransport struct {
+	base http.RoundTripper
+	l    *rate.Limiter
+}
+
+func (t limitedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := t.base.RoundTrip(req)
+	if err == nil {
+		resp.Body = limitedBody{resp.Body, req.Context(), t.l}
+	}
+	return resp, err
+}
+
+type limitedBody struct {
+	io.ReadCloser
+	ctx context.Context
+	l   *rate.Limiter
+}
+
+func (b limitedBody) Read(p []byte) (int, error) {
+	if len(p) > b.l.Burst() {
+		p = p[:b.l.Burst()]
+	}
+	n, err := b.ReadCloser.Read(p)
+	if n > 0 {
+		if werr := b.l.WaitN(b.ctx, n); werr != nil && err == nil {
+			err = werr
+		}
+	}
+	return n, err
 }

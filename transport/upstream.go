@@ -39,10 +39,18 @@ type flight struct {
 	err  error
 }
 
-// NewUpstream returns an upstream for the branch store at root (store is
-// that store, open for writing).
-func NewUpstream(url string, store *chunkstore.Local, log *slog.Logger) (*Upstream, error) {
-	c, err := NewClient(url, ClientOptions{Logger: log})
+// UpstreamOptions configure NewUpstream.
+type UpstreamOptions struct {
+	// DownloadLimit caps bytes per second received from upstream: a
+	// branch's uplink is often the thin part (0: unlimited).
+	DownloadLimit int64
+	Logger        *slog.Logger
+}
+
+// NewUpstream returns an upstream for a branch store, open for writing.
+func NewUpstream(url string, store *chunkstore.Local, opts UpstreamOptions) (*Upstream, error) {
+	log := opts.Logger
+	c, err := NewClient(url, ClientOptions{Logger: log, DownloadLimit: opts.DownloadLimit})
 	if err != nil {
 		return nil, err
 	}

@@ -29,6 +29,7 @@ type serveOptions struct {
 	torrentListen   string
 	maxPeers        int
 	upstream        string
+	upstreamLimit   string
 }
 
 func (o *serveOptions) AddFlags(f *pflag.FlagSet) {
@@ -43,6 +44,7 @@ func (o *serveOptions) AddFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.torrentListen, "torrent-listen", "", "BitTorrent listen address (default: the HTTP host, any port)")
 	f.IntVar(&o.maxPeers, "max-peers", 0, "BitTorrent connections per torrent (0: 50)")
 	f.StringVar(&o.upstream, "upstream", "", "branch cache: fetch releases and chunks the store lacks from this server (the origin), once")
+	f.StringVar(&o.upstreamLimit, "upstream-limit", "0", "branch cache: cap on download from --upstream, e.g. 2MB/s (0: none)")
 }
 
 func newServeCommand(g *globalOptions) *cobra.Command {
@@ -98,7 +100,11 @@ func runServe(ctx context.Context, g *globalOptions, o *serveOptions) error {
 			return err
 		}
 		defer store.Close()
-		if up, err = transport.NewUpstream(o.upstream, store, g.log); err != nil {
+		down, err := transport.ParseRate(o.upstreamLimit)
+		if err != nil {
+			return usageError{err}
+		}
+		if up, err = transport.NewUpstream(o.upstream, store, transport.UpstreamOptions{DownloadLimit: down, Logger: g.log}); err != nil {
 			return usageError{err}
 		}
 		g.logf("branch cache of %s", o.upstream)

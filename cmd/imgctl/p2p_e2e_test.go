@@ -299,3 +299,31 @@ func TestBranchCache(t *testing.T) {
 		t.Fatalf("HQ sent %.0f more bytes for the second wave", hq2-hq1)
 	}
 }
+
+// mirror copies a whole release into a store (a branch cache's before a
+// rollout): every chunk checked, nothing fetched twice, and the copy
+// serves a terminal and passes fsck.
+func TestMirror(t *testing.T) {
+	f := newFixture(t, 4<<20)
+	f.publish(t, f.img1)
+	hq := serve(t, f.store)
+	branch := filepath.Join(f.dir, "branch")
+	type mirrorJSON struct {
+		Revision      uint64 `json:"revision"`
+		Chunks        int    `json:"chunks"`
+		ChunksFetched int    `json:"chunks_fetched"`
+	}
+	m1 := decode[mirrorJSON](t, mustRun(t, "mirror", "-q", "--json", "--store", branch, "--from", hq, "--name", "os", "--download-limit", "50MB/s"))
+	if m1.Revision != 1 || m1.Chunks == 0 || m1.ChunksFetched != m1.Chunks {
+		t.Fatalf("first mirror: %+v", m1)
+	}
+	if m2 := decode[mirrorJSON](t, mustRun(t, "mirror", "-q", "--json", "--store", branch, "--from", hq, "--name", "os")); m2.ChunksFetched != 0 {
+		t.Fatalf("second mirror fetched again: %+v", m2)
+	}
+	mustRun(t, "fsck", "-q", "--store", branch)
+	out := filepath.Join(f.dir, "t.img")
+	if _, r := f.pull(t, serve(t, branch), filepath.Join(f.dir, "c"), out); r.code != 0 {
+		t.Fatalf("pull from the mirror: %s", r.stderr)
+	}
+	sameFile(t, out, f.img1)
+}

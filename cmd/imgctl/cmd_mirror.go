@@ -1,0 +1,120 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/imgctl/imgctl/chunkstore"
+	"github.com/imgctl/imgctl/manifest"
+	"github.com/imgctl/imgctl/transport"
+)
+
+type mirrorOptions struct {
+	store, from, name, channel string
+	revision                   uint64
+	concurrency                int
+	downloadLimit              string
+	json                       bool
+}
+
+type mirrorResult struct {
+	Name          string `json:"name"`
+	Channel       string `json:"channel"`
+	Revision      uint64 `json:"revision"`
+	Chunks        int    `json:"chunks"`
+	ChunksFetched int    `json:"chunks_fetched"`
+	BytesFetched  int64  `json:"bytes_fetched"`
+}
+
+func newMirrorCommand(g *globalOptions) *cobra.Command {
+	o := &mirrorOptions{}
+	cmd := &cobra.Command{
+		Use:   "mirror --store S --from URL --name N",
+		Short: "Copy a whole release (manifest, torrent, every chunk) from an origin into a store, e.g. a branch cache's",
+		Long: `mirror fetches a release and every chunk of it that the store lacks from --from,
+checking each chunk against its ID, as a branch cache (serve --upstream) does on
+demand; run it before a rollout so that terminals never wait on the uplink. A
+running branch cache serves what mirror adds at once (stop it first: the store
+allows one writer).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runMirror(cmd.Context(), g, o)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.store, "store", "", "store to fill (created if missing)")
+	f.StringVar(&o.from, "from", "", "origin or upstream branch URL")
+	f.StringVar(&o.name, "name", "", "release name")
+	f.StringVar(&o.channel, "channel", "stable", "release channel")
+	f.Uint64Var(&o.revision, "revision", 0, "revision (0: the latest)")
+	f.IntVar(&o.concurrency, "concurrency", 8, "chunks fetched at once")
+	f.StringVar(&o.downloadLimit, "download-limit", "0", "cap on download from --from, e.g. 2MB/s (0: none)")
+	f.BoolVar(&o.json, "json", false, "print the result as JSON")
+	return cmd
+}
+
+func runMirror(ctx context.Context, g *globalOptions, o *mirrorOptions) error {
+	if o.store == "" || o.from == "" || o.name == "" {
+		return usagef("mirror: --store, --from and --name are required")
+	}
+	limit, err := transport.ParseRate(o.downloadLimit)
+	if err != nil {
+		return usageError{err}
+	}
+	if err := os.MkdirAll(o.store, 0o755); err != nil {
+		return err
+	}
+	store, err := chunkstore.Open(o.store, chunkstore.Options{Logger: g.log})
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	up, err := transport.NewUpstream(o.from, store, transport.UpstreamOptions{DownloadLimit: limit, Logger: g.log})
+	if err != nil {
+		return usageError{err}
+	}
+	rev, err := up.Release(ctx, o.name, o.channel, o.revision)
+	if err != nil {
+		return err
+	}
+	env, _, err := manifest.OpenReleases(o.store).Read(o.name, o.channel, rev)
+	if err != nil {
+		return err
+	}
+	m, err := manifest.Open(env)
+	if err != nil {
+		return err
+	}
+	res := mirrorResult{Name: m.Name, Channel: m.Channel, Revision: rev, Chunks: len(m.Chunks)}
+	eg, ectx := errgroup.WithContext(ctx)
+	eg.SetLimit(max(o.concurrency, 1))
+	prog := newProgress(g, "mirror "+o.name)
+	prog.Start(int64(len(m.Chunks)))
+	for _, c := range m.Chunks {
+		if ok, _ := store.Has(ctx, c.ID); ok {
+			prog.Add(1)
+			continue
+		}
+		res.ChunksFetched++
+		eg.Go(func() error {
+			defer prog.Add(1)
+			return up.Chunk(ectx, c.ID)
+		})
+	}
+	err = eg.Wait()
+	prog.Done()
+	if err != nil {
+		return err
+	}
+	res.BytesFetched = up.Received()
+	if o.json {
+		return writeJSON(g.stdout, res)
+	}
+	fmt.Fprintf(g.stdout, "mirrored %s/%s@%d: %d chunks, %d fetched, %s received\n", m.Name, m.Channel, rev,
+		res.Chunks, res.ChunksFetched, human(res.BytesFetched))
+	return nil
+}
