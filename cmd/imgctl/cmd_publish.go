@@ -282,7 +282,10 @@ func publishTorrent(ctx context.Context, o *publishOptions, m *manifest.Manifest
 	built, err := swarm.Build(m, env, prev, func(id chunkstore.ID) (int64, error) {
 		i, err := store.Stat(ctx, id)
 		return int64(i.Stored), err
-	}, store, o.pieceLength)
+	}, func(id chunkstore.ID) ([]byte, error) {
+		b, _, err := store.ReadStored(id)
+		return b, err
+	}, o.pieceLength)
 	if err != nil {
 		return nil, err
 	}

@@ -22,9 +22,9 @@ type Built struct {
 // Build lays out and hashes the torrent of release m, whose signed
 // envelope without torrent record is env (the torrent's first file).
 // prev are earlier revisions of the same name and channel, newest first
-// (they only order the files). storedSize and src give the chunks' stored
-// bytes.
-func Build(m *manifest.Manifest, env []byte, prev []*manifest.Manifest, storedSize func(chunkstore.ID) (int64, error), src Source, pieceLength int64) (*Built, error) {
+// (they only order the files). storedSize and read give the chunks' stored
+// bytes (a publisher reads what it has just written and checked).
+func Build(m *manifest.Manifest, env []byte, prev []*manifest.Manifest, storedSize func(chunkstore.ID) (int64, error), read func(chunkstore.ID) ([]byte, error), pieceLength int64) (*Built, error) {
 	if pieceLength <= 0 {
 		pieceLength = DefaultPieceLength
 	}
@@ -43,8 +43,7 @@ func Build(m *manifest.Manifest, env []byte, prev []*manifest.Manifest, storedSi
 		if f == 0 {
 			return env, nil
 		}
-		b, _, err := src.ReadStoredChecked(l.Chunks[f-1].ID)
-		return b, err
+		return read(l.Chunks[f-1].ID)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("torrent of %s@%d: %w", m.Name, m.Revision, err)
