@@ -5,6 +5,7 @@
 # over plain HTTP. Reports origin egress (from its /metrics) in deltas and
 # the time until all are done against one terminal alone.
 #   bash bench/swarm.sh            (N=20, LIMIT=4MB/s, SIZE_MB=64, CHANGE_MB=8)
+#   ORIGIN_FLAGS="--max-peers 4"   extra flags for the origin's serve
 #   BRANCH=1 bash bench/swarm.sh   terminals pull from a branch cache
 #                                  (serve --upstream) that the origin feeds
 N=${N:-20}
@@ -34,7 +35,7 @@ delta=$("$I" publish -q --json --store "$W/s" --key "$W/k.key" --name os "$W/v2.
 	python3 -c 'import json,sys; print(json.load(sys.stdin)["previous"]["fetch_bytes"])')
 
 "$I" serve -q --store "$W/s" --listen 127.0.0.1:0 --addr-file "$W/addr" --seed-torrents --tracker \
-	--tracker-interval 2s --upload-limit "$LIMIT" &
+	--tracker-interval 2s --upload-limit "$LIMIT" ${ORIGIN_FLAGS:-} &
 spid=$!
 trap 'kill $spid 2>/dev/null' EXIT
 for _ in $(seq 100); do [ -s "$W/addr" ] && break; sleep 0.1; done

@@ -16,8 +16,10 @@ import (
 
 	"github.com/imgctl/imgctl/chunkstore"
 	"github.com/imgctl/imgctl/delta"
+	"github.com/imgctl/imgctl/manifest"
 	"github.com/imgctl/imgctl/partition"
 	"github.com/imgctl/imgctl/transport"
+	"github.com/imgctl/imgctl/transport/swarm"
 	"github.com/spf13/cobra"
 )
 
@@ -156,6 +158,12 @@ func runDemo(ctx context.Context, g *globalOptions, keep string, sizeMiB int) er
 		fmt.Fprintln(out, "(install grub-common for the A/B slot flip part of the demo)")
 	}
 
+	// A second terminal takes release 2 over BitTorrent from the first one
+	// (which seeds its cache); the origin does not seed.
+	if err := demoP2P(ctx, &inner, out, p, url); err != nil {
+		return err
+	}
+
 	_, om, err := loadRelease(store, "stable", "terminal-os@1")
 	if err != nil {
 		return err
@@ -269,5 +277,43 @@ func demoTree(root string, rel int) error {
 			return err
 		}
 	}
+	return nil
+}
+
+// demoP2P: terminal 1 seeds release 2 from its cache; terminal 2, with
+// nothing, pulls it with --p2p and terminal 1 as its peer.
+func demoP2P(ctx context.Context, g *globalOptions, out io.Writer, p func(string) string, url string) error {
+	cache, err := chunkstore.Open(p("terminal-cache"), chunkstore.Options{Timeout: 10 * time.Second})
+	if err != nil {
+		return err
+	}
+	defer cache.Close()
+	rels := manifest.OpenReleases(p("origin-store"))
+	info, err := rels.ReadSide("terminal-os", "stable", 2, manifest.SideTorrentInfo)
+	if err != nil {
+		return err
+	}
+	env0, err := rels.ReadSide("terminal-os", "stable", 2, manifest.SideTorrentManifest)
+	if err != nil {
+		return err
+	}
+	seeder, err := swarm.New(swarm.Config{Listen: "127.0.0.1:0", Staging: p("terminal-cache/torrent-staging")}, cache, nil)
+	if err != nil {
+		return err
+	}
+	defer seeder.Close()
+	if _, err := seeder.Add(ctx, info, env0); err != nil {
+		return err
+	}
+	o := &pullOptions{from: url, trust: []string{p("keys/release.pub")}, name: "terminal-os", channel: "stable",
+		revision: 2, cache: p("terminal2-cache"), out: p("terminal2.img"), concurrency: 4, lockTimeout: 10 * time.Second,
+		p2p: p2pOptions{enabled: true, peers: []string{seeder.Addr()}, listen: "127.0.0.1:0", stall: 5 * time.Second,
+			timeout: time.Minute, uploadLimit: "0", downloadLimit: "0"}}
+	r, err := runPull(ctx, g, o)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "terminal 2 pulled @2 over BitTorrent with terminal 1 as its peer: %s from the peer, %s over HTTP (manifest and torrent info); digest verified\n",
+		human(*r.BytesFromPeers), human(r.BytesFetched-*r.BytesFromPeers))
 	return nil
 }
