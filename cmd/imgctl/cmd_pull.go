@@ -375,18 +375,13 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 		human(plan.Report.InPlaceBytes), human(plan.Report.SeedBytes), human(plan.Report.CacheBytes),
 		human(plan.Report.FetchBytes), plan.Report.FetchChunks, human(plan.Report.ZeroBytes))
 
-	if sw != nil && plan.Report.FetchChunks > 0 {
-		sw.fetchMissing(ctx, g, &o.p2p, plan)
-		phase("swarm")
-		plan = delta.NewPlan(delta.Inputs{Target: m, InPlace: inPlace, Seeds: seedIdx, Have: func(id chunkstore.ID) bool {
-			ok, _ := cache.Has(ctx, id)
-			return ok
-		}})
-	}
-
 	// 5-6: fetch and assemble.
+	var fetch delta.Fetcher = storingFetcher{client: client, cache: cache}
+	if sw != nil {
+		fetch = swarmFetcher{s: sw, o: &o.p2p, g: g, cache: cache, http: fetch}
+	}
 	asm := &delta.Assembler{
-		Out: out, Seeds: seedFiles, Cache: cache, Fetch: storingFetcher{client: client, cache: cache},
+		Out: out, Seeds: seedFiles, Cache: cache, Fetch: fetch,
 		ZeroFill: !out.fresh, Digest: true, Workers: o.workers, Progress: newProgress(g, "write"), Logger: g.log,
 	}
 	phase("plan")

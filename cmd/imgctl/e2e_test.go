@@ -518,7 +518,8 @@ func TestDemo(t *testing.T) {
 		t.Fatal("demo needs mkfs.ext4: install e2fsprogs (.ci/run does)")
 	}
 	out := mustRun(t, "demo", "--size", "64")
-	if strings.Count(out, "digest verified") != 2 || !strings.Contains(out, "diff terminal-os/stable@1") {
+	if strings.Count(out, "digest verified") != 3 || !strings.Contains(out, "diff terminal-os/stable@1") ||
+		!strings.Contains(out, "over BitTorrent with terminal 1 as its peer") || strings.Contains(out, " 0 B from the peer") {
 		t.Fatalf("demo output:\n%s", out)
 	}
 	if _, err := exec.LookPath("grub-editenv"); err == nil && !strings.Contains(out, "slot B boots next") {

@@ -163,23 +163,47 @@ func joinMagnet(ctx context.Context, g *globalOptions, o *p2pOptions, cache *chu
 	return &pullSwarm{c: c, h: h}, env, nil
 }
 
-// fetchMissing downloads from the swarm every chunk plan would fetch,
-// within the p2p timeout; what is still missing then comes over HTTP.
-func (s *pullSwarm) fetchMissing(ctx context.Context, g *globalOptions, o *p2pOptions, plan *delta.Plan) {
-	var ids []chunkstore.ID
-	for i, c := range plan.Target.Chunks {
-		if len(plan.Sources[i]) == 0 {
-			ids = append(ids, c.ID)
+// swarmFetcher is the assembler's fetcher in a P2P pull: the chunks go
+// through the swarm into the cache while the assembler copies seed chunks,
+// and whatever the swarm has not delivered when it stalls or times out
+// comes over HTTP.
+type swarmFetcher struct {
+	s     *pullSwarm
+	o     *p2pOptions
+	g     *globalOptions
+	cache *chunkstore.Local
+	http  delta.Fetcher
+}
+
+func (f swarmFetcher) Fetch(ctx context.Context, refs []manifest.ChunkRef, fn func(chunkstore.Chunk) error) error {
+	ids := make([]chunkstore.ID, len(refs))
+	for i, r := range refs {
+		ids[i] = r.ID
+	}
+	fctx, cancel := context.WithTimeout(ctx, f.o.timeout)
+	err := f.s.h.FetchChunks(fctx, ids, f.o.stall)
+	cancel()
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		f.g.log.Warn("the swarm did not deliver every chunk; fetching the rest over HTTP", "err", err)
+	}
+	var rest []manifest.ChunkRef
+	for _, r := range refs {
+		c, err := f.cache.Get(ctx, r.ID)
+		if err != nil {
+			rest = append(rest, r)
+			continue
+		}
+		if err := fn(c); err != nil {
+			return err
 		}
 	}
-	if len(ids) == 0 {
-		return
+	if len(rest) == 0 {
+		return nil
 	}
-	fctx, cancel := context.WithTimeout(ctx, o.timeout)
-	defer cancel()
-	if err := s.h.FetchChunks(fctx, ids, o.stall); err != nil {
-		g.log.Warn("the swarm did not deliver every chunk; fetching the rest over HTTP", "err", err)
-	}
+	return f.http.Fetch(ctx, rest, fn)
 }
 
 // seed keeps the terminal's client seeding for o.seedFor, with /metrics

@@ -141,7 +141,7 @@ func TestSwarmOriginFiveTerminals(t *testing.T) {
 		}
 		sameFile(t, filepath.Join(d, fmt.Sprintf("t%d", i), "new.img"), v2)
 		peers += o.p2p["bytes_from_peers"].(float64)
-		t.Logf("terminal %d: fetched %d bytes, %v from peers, %d chunks over HTTP", i, o.res.BytesFetched, o.p2p["bytes_from_peers"], o.res.ChunksFetched)
+		t.Logf("terminal %d: fetched %d bytes, %v from peers, %v over HTTP", i, o.res.BytesFetched, o.p2p["bytes_from_peers"], o.p2p["bytes_from_webseeds"])
 	}
 	sent := egress(t, url) - before
 	t.Logf("delta %.0f bytes; origin sent %.0f (%.2f deltas) for %d terminals; peers delivered %.0f", delta, sent, sent/delta, n, peers)
