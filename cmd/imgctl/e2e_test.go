@@ -96,17 +96,7 @@ func serve(t *testing.T, store string, extra ...string) string {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-	})
+	t.Cleanup(func() { stopProcess(cmd, syscall.SIGTERM, 10*time.Second) })
 	for i := 0; i < 200; i++ {
 		if b, err := os.ReadFile(addrFile); err == nil && len(b) > 0 {
 			return "http://" + strings.TrimSpace(string(b))
@@ -115,6 +105,20 @@ func serve(t *testing.T, store string, extra ...string) string {
 	}
 	t.Fatalf("serve did not start: %s", se.String())
 	return ""
+}
+
+// stopProcess stops a started command by its PID: sig, then SIGKILL after
+// grace, and waits for it.
+func stopProcess(cmd *exec.Cmd, sig os.Signal, grace time.Duration) {
+	cmd.Process.Signal(sig)
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(grace):
+		cmd.Process.Kill()
+		<-done
+	}
 }
 
 // makeImage writes an image-like file: compressible and random regions,

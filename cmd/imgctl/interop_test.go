@@ -47,15 +47,7 @@ func startProc(t *testing.T, logFile string, name string, args ...string) *exec.
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		cmd.Process.Signal(os.Interrupt)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
+		stopProcess(cmd, os.Interrupt, 5*time.Second)
 		lf.Close()
 	})
 	return cmd
