@@ -45,3 +45,32 @@ func TestTorrentRecord(t *testing.T) {
 		t.Fatal("record not removed")
 	}
 }
+
+// Side files live and die with their release.
+func TestReleaseSideFiles(t *testing.T) {
+	root := t.TempDir()
+	rels := OpenReleases(root)
+	m := &Manifest{Kind: KindImage, Name: "os", Channel: "stable", Revision: 3, Compression: CompressionZstd, Chunker: chunkstore.DefaultParams()}
+	env, err := Sign(m, testKey(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rels.PutSide("os", "stable", 3, SideTorrentInfo, []byte("info")); err != nil {
+		t.Fatal(err)
+	}
+	if err := rels.Put(env, m); err != nil {
+		t.Fatal(err)
+	}
+	if revs, _ := rels.Revisions("os", "stable"); len(revs) != 1 || revs[0] != 3 {
+		t.Fatalf("side files taken for revisions: %v", revs)
+	}
+	if b, err := rels.ReadSide("os", "stable", 3, SideTorrentInfo); err != nil || string(b) != "info" {
+		t.Fatalf("side file: %q %v", b, err)
+	}
+	if err := rels.Remove(Release{Name: "os", Channel: "stable", Revision: 3}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rels.ReadSide("os", "stable", 3, SideTorrentInfo); err == nil {
+		t.Fatal("side file outlived its release")
+	}
+}

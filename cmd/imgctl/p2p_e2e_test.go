@@ -205,7 +205,9 @@ func TestSwarmPeerDiesAndKilledPull(t *testing.T) {
 	// slowly.
 	os.MkdirAll(filepath.Join(d, "a"), 0o755)
 	mustRun(t, pullArgs("a", "127.0.0.40:0", "--p2p-stall", "1s")...)
-	a := exec.Command(imgctlBin, pullArgs("a", "127.0.0.40:0", "--seed-for", "60s", "--p2p-upload-limit", "500kB/s")...)
+	metricsAddr := fmt.Sprintf("127.0.0.40:%d", freePort(t, "127.0.0.40"))
+	a := exec.Command(imgctlBin, pullArgs("a", "127.0.0.40:0", "--seed-for", "60s", "--p2p-upload-limit", "500kB/s",
+		"--metrics-listen", metricsAddr)...)
 	if err := a.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -219,6 +221,10 @@ func TestSwarmPeerDiesAndKilledPull(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(1500 * time.Millisecond)
+	// A seeding terminal reports what it uploaded.
+	if up := metric(t, "http://"+metricsAddr, "imgctl_torrent_uploaded_bytes_total"); up == 0 {
+		t.Fatal("the seeding terminal reports no upload while its peer downloads")
+	}
 	a.Process.Kill() // the only peer vanishes
 	a.Wait()
 	done := make(chan error, 1)
