@@ -17,6 +17,26 @@ func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
 	return SyncDir(filepath.Dir(path))
 }
 
+// WriteFilesAtomic writes several files atomically, in order, each
+// fsynced and renamed into place, and then fsyncs each directory once: a
+// reader sees each file whole or not at all, and the last one (say, the
+// manifest that names the others) appears last.
+func WriteFilesAtomic(paths []string, data [][]byte, perm os.FileMode) error {
+	dirs := map[string]bool{}
+	for i, p := range paths {
+		if err := writeTempRename(p, data[i], perm); err != nil {
+			return err
+		}
+		dirs[filepath.Dir(p)] = true
+	}
+	for d := range dirs {
+		if err := SyncDir(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // writeTempRename writes data to a temporary file beside path (created
 // 0600, so a secret is never readable by others), fsyncs it, sets perm and
 // renames it over path.

@@ -37,8 +37,10 @@ func (r *Releases) path(name, channel string, rev uint64) string {
 	return filepath.Join(r.root, name, channel, strconv.FormatUint(rev, 10)+".imgm")
 }
 
-// Put stores env, which must encode m. It refuses to replace a release.
-func (r *Releases) Put(env []byte, m *Manifest) error {
+// Put stores env, which must encode m, after its side files (kind →
+// content; see PutSide), with one directory sync for all. It refuses to
+// replace a release.
+func (r *Releases) Put(env []byte, m *Manifest, sides ...Side) error {
 	p := r.path(m.Name, m.Channel, m.Revision)
 	if _, err := os.Stat(p); err == nil {
 		return fmt.Errorf("release %s/%s@%d exists", m.Name, m.Channel, m.Revision)
@@ -46,7 +48,19 @@ func (r *Releases) Put(env []byte, m *Manifest) error {
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 		return err
 	}
-	return chunkstore.WriteFileAtomic(p, env, 0o644)
+	var paths []string
+	var data [][]byte
+	for _, s := range sides {
+		paths = append(paths, r.sidePath(m.Name, m.Channel, m.Revision, s.Kind))
+		data = append(data, s.Data)
+	}
+	return chunkstore.WriteFilesAtomic(append(paths, p), append(data, env), 0o644)
+}
+
+// Side is a side file given to Put.
+type Side struct {
+	Kind string
+	Data []byte
 }
 
 // Read returns the envelope of a release; rev 0 means the latest.

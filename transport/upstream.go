@@ -175,6 +175,7 @@ func (u *Upstream) Release(ctx context.Context, name, channel string, rev uint64
 		if _, _, err := u.rels.Read(name, channel, got); err == nil {
 			return nil // had it already
 		}
+		var sides []manifest.Side
 		if refs, _ := m.Torrents(); len(refs) > 0 {
 			info, err1 := u.c.release(ctx, "/v1/torrents/", "/info", name, channel, got, int64(refs[0].InfoSize))
 			env0, err2 := u.c.TorrentManifest(ctx, name, channel, got, manifest.MaxEnvelope)
@@ -183,15 +184,10 @@ func (u *Upstream) Release(ctx context.Context, name, channel string, rev uint64
 			} else if err := refs[0].Check(info); err != nil {
 				return err
 			} else {
-				if err := u.rels.PutSide(name, channel, got, manifest.SideTorrentInfo, info); err != nil {
-					return err
-				}
-				if err := u.rels.PutSide(name, channel, got, manifest.SideTorrentManifest, env0); err != nil {
-					return err
-				}
+				sides = []manifest.Side{{Kind: manifest.SideTorrentInfo, Data: info}, {Kind: manifest.SideTorrentManifest, Data: env0}}
 			}
 		}
-		if err := u.rels.Put(env, m); err != nil {
+		if err := u.rels.Put(env, m, sides...); err != nil {
 			return err
 		}
 		if u.OnRelease != nil {

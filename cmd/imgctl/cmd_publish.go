@@ -213,16 +213,18 @@ func runPublish(ctx context.Context, g *globalOptions, o *publishOptions, image 
 		return nil, err
 	}
 	var torrent *swarm.Built
+	var sides []manifest.Side
 	if !o.noTorrent {
 		if torrent, err = publishTorrent(ctx, o, m, env, revs, rels, store); err != nil {
 			return nil, err
 		}
+		sides = []manifest.Side{{Kind: manifest.SideTorrentManifest, Data: env}, {Kind: manifest.SideTorrentInfo, Data: torrent.Info}}
 		m.SetTorrents([]manifest.TorrentRef{torrent.Ref})
 		if env, err = manifest.Sign(m, key); err != nil {
 			return nil, err
 		}
 	}
-	if err := rels.Put(env, m); err != nil {
+	if err := rels.Put(env, m, sides...); err != nil {
 		return nil, err
 	}
 	id, _ := manifest.ID(env)
@@ -261,9 +263,8 @@ func runPublish(ctx context.Context, g *globalOptions, o *publishOptions, image 
 }
 
 // publishTorrent makes the release torrent of m (whose envelope without a
-// torrent record is env, the torrent's first file) and stores its info
-// bytes and that envelope as side files of the release, before the
-// manifest that names them.
+// torrent record is env, the torrent's first file); its info bytes and
+// that envelope become side files of the release, written with it.
 func publishTorrent(ctx context.Context, o *publishOptions, m *manifest.Manifest, env []byte, revs []uint64, rels *manifest.Releases, store *chunkstore.Local) (*swarm.Built, error) {
 	if o.pieceLength == 0 {
 		o.pieceLength = swarm.DefaultPieceLength
@@ -287,12 +288,6 @@ func publishTorrent(ctx context.Context, o *publishOptions, m *manifest.Manifest
 		return b, err
 	}, o.pieceLength)
 	if err != nil {
-		return nil, err
-	}
-	if err := rels.PutSide(m.Name, m.Channel, m.Revision, manifest.SideTorrentManifest, env); err != nil {
-		return nil, err
-	}
-	if err := rels.PutSide(m.Name, m.Channel, m.Revision, manifest.SideTorrentInfo, built.Info); err != nil {
 		return nil, err
 	}
 	return built, nil
