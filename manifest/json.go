@@ -1,6 +1,7 @@
 package manifest
 
 import (
+	"encoding/hex"
 	"time"
 
 	"github.com/imgctl/imgctl/chunkstore"
@@ -23,8 +24,16 @@ type View struct {
 	Stats       StatsView         `json:"stats"`
 	Signers     []string          `json:"signed_by,omitempty"`
 	Hints       map[string]string `json:"hints,omitempty"`
+	Torrents    []TorrentView     `json:"torrents,omitempty"`
 	Chunks      []ChunkRef        `json:"chunks,omitempty"`
 	Layout      []Run             `json:"layout,omitempty"`
+}
+
+// TorrentView is the JSON form of a torrent record.
+type TorrentView struct {
+	InfoHash   string        `json:"infohash"`
+	InfoSize   int           `json:"info_bytes"`
+	InfoDigest chunkstore.ID `json:"info_blake3"`
 }
 
 // ChunkerView is the JSON form of chunker parameters.
@@ -67,6 +76,10 @@ func NewView(env []byte, m *Manifest, full bool) View {
 	if !m.Expires.IsZero() {
 		e := m.Expires
 		v.Expires = &e
+	}
+	refs, _ := m.Torrents()
+	for _, r := range refs {
+		v.Torrents = append(v.Torrents, TorrentView{InfoHash: hex.EncodeToString(r.InfoHash[:]), InfoSize: r.InfoSize, InfoDigest: r.InfoDigest})
 	}
 	for _, k := range signers {
 		v.Signers = append(v.Signers, k.String())
