@@ -28,6 +28,10 @@ type Upstream struct {
 	log   *slog.Logger
 	// OnRelease is called after a release was mirrored (to seed it).
 	OnRelease func(manifest.Release)
+	// DeferFlush leaves flushing the store to the caller (a mirror that
+	// fetches thousands of chunks commits once; a server must not, since
+	// its readers see only flushed chunks).
+	DeferFlush bool
 
 	mu       sync.Mutex
 	inflight map[string]*flight
@@ -88,14 +92,17 @@ func (u *Upstream) once(ctx context.Context, key string, fn func() error) error 
 	return f.err
 }
 
-// Chunk makes sure the store holds id, fetching it from upstream.
+// Chunk makes sure the store holds id, flushed (readers of the store's
+// files see it), fetching it from upstream.
 func (u *Upstream) Chunk(ctx context.Context, id chunkstore.ID) error {
-	if ok, _ := u.store.Has(ctx, id); ok {
-		return nil
-	}
 	return u.once(ctx, "chunk/"+id.String(), func() error {
 		if ok, _ := u.store.Has(ctx, id); ok {
-			return nil
+			// Put by a concurrent fetch that has not flushed yet (Has sees
+			// unflushed chunks; the server's reader does not).
+			if u.DeferFlush {
+				return nil
+			}
+			return u.store.Flush(ctx)
 		}
 		var b []byte
 		err := u.c.retry(ctx, "chunk "+id.Short(), func() error {
@@ -131,6 +138,9 @@ func (u *Upstream) Chunk(ctx context.Context, id chunkstore.ID) error {
 		}
 		if _, err := u.store.Put(ctx, c); err != nil {
 			return err
+		}
+		if u.DeferFlush {
+			return nil
 		}
 		return u.store.Flush(ctx)
 	})

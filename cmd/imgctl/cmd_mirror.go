@@ -77,6 +77,7 @@ func runMirror(ctx context.Context, g *globalOptions, o *mirrorOptions) error {
 	if err != nil {
 		return usageError{err}
 	}
+	up.DeferFlush = true
 	rev, err := up.Release(ctx, o.name, o.channel, o.revision)
 	if err != nil {
 		return err
@@ -107,6 +108,9 @@ func runMirror(ctx context.Context, g *globalOptions, o *mirrorOptions) error {
 	}
 	err = eg.Wait()
 	prog.Done()
+	if ferr := store.Flush(ctx); err == nil {
+		err = ferr
+	}
 	if err != nil {
 		return err
 	}
