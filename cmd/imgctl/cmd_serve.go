@@ -53,10 +53,18 @@ func newServeCommand(g *globalOptions) *cobra.Command {
 		Use:   "serve --store S --listen ADDR",
 		Short: "Serve a store's releases and chunks over HTTP (origin or branch cache)",
 		Long: `serve answers GET /v1/manifests/{name}/{channel}/{latest|rev}, GET /v1/chunks/{id},
-POST /v1/chunks/batch, GET /metrics (Prometheus; imgctl_served_bytes_total counts
-response body bytes) and GET /healthz. It reads the store without locking it:
-releases published while it runs are served at once. Stops on SIGINT/SIGTERM.`,
-		Example: `  imgctl serve --store /srv/imgctl --listen 0.0.0.0:8420 --upload-limit 50MB/s`,
+POST /v1/chunks/batch, GET /v1/torrents/{name}/{channel}/{rev}[/info] (the release's
+.torrent), GET /ws/{torrent}/{file} (BEP 19 webseed), GET /metrics (Prometheus;
+imgctl_served_bytes_total counts response body bytes, imgctl_torrent_uploaded_bytes_total
+BitTorrent payload) and GET /healthz. It reads the store without locking it:
+releases published while it runs are served at once.
+
+--seed-torrents seeds every release over BitTorrent, --tracker runs a tracker at
+/announce, and --upload-limit caps HTTP and BitTorrent egress together. With
+--upstream it is a branch cache: what its store lacks is fetched from upstream
+once, checked, kept and seeded. Stops on SIGINT/SIGTERM.`,
+		Example: `  imgctl serve --store /srv/imgctl --listen 0.0.0.0:8420 --upload-limit 50MB/s --seed-torrents --tracker
+  imgctl serve --store /srv/branch --listen 0.0.0.0:8420 --upstream http://hq:8420 --seed-torrents --tracker`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runServe(cmd.Context(), g, o)
