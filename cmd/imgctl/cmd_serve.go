@@ -65,7 +65,7 @@ releases published while it runs are served at once.
 once, checked, kept and seeded. Stops on SIGINT/SIGTERM.`,
 		Example: `  imgctl serve --store /srv/imgctl --listen 0.0.0.0:8420 --upload-limit 50MB/s --seed-torrents --tracker
   imgctl serve --store /srv/branch --listen 0.0.0.0:8420 --upstream http://hq:8420 --seed-torrents --tracker`,
-		Args:    cobra.NoArgs,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runServe(cmd.Context(), g, o)
 		},
