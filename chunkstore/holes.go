@@ -2,7 +2,6 @@ package chunkstore
 
 import (
 	"context"
-	"fmt"
 	"runtime"
 	"sync"
 
@@ -29,23 +28,16 @@ func Digest(ctx context.Context, r io.ReaderAt, size int64, progress func(int64)
 			break
 		}
 		g.Go(func() error {
-			off, n := d.BlockRange(i)
-			if holes.Covers(off, n) {
-				if progress != nil {
-					progress(n)
-				}
-				return d.ZeroBlock(i)
-			}
 			bp := pool.Get().(*[]byte)
 			defer pool.Put(bp)
-			buf := (*bp)[:n]
-			if err := holes.ReadAt(r, buf, off); err != nil {
-				return fmt.Errorf("read at %d: %w", off, err)
+			if err := d.ReadBlock(i, r, holes, *bp); err != nil {
+				return err
 			}
 			if progress != nil {
+				_, n := d.BlockRange(i)
 				progress(n)
 			}
-			return d.Block(i, buf)
+			return nil
 		})
 	}
 	if err := g.Wait(); err != nil {

@@ -2,6 +2,7 @@ package chunkstore
 
 import (
 	"fmt"
+	"io"
 	"math/bits"
 	"sync"
 
@@ -50,7 +51,10 @@ func (d *TreeDigest) BlockRange(i int) (off, n int64) {
 
 // Block supplies the bytes of block i (exactly BlockRange(i) long). Safe
 // for concurrent use; data is not retained after it returns.
-func (d *TreeDigest) Block(i int, data []byte) error {
+func (d *TreeDigest) Block(i int, data []byte) error { return d.block(i, data, false) }
+
+// block is Block; zero says data is known to be all zeros.
+func (d *TreeDigest) block(i int, data []byte, zero bool) error {
 	if i < 0 || i >= d.blocks {
 		return fmt.Errorf("tree digest: block %d of %d", i, d.blocks)
 	}
@@ -65,7 +69,7 @@ func (d *TreeDigest) Block(i int, data []byte) error {
 		return nil
 	}
 	var cv [8]uint32
-	if allZero(data) {
+	if zero || allZero(data) {
 		cv = zeroCV(i)
 	} else {
 		cv = subtreeCV(data, uint64(i)<<treeBlockHeight)
@@ -77,20 +81,26 @@ func (d *TreeDigest) Block(i int, data []byte) error {
 }
 
 // ZeroBlock supplies block i as all zeros, for callers that know it without
-// reading (a hole): no bytes are read or hashed unless i is the final block.
+// reading (a hole): nothing is hashed unless i is the final block.
 func (d *TreeDigest) ZeroBlock(i int) error {
-	if i == d.blocks-1 {
-		_, n := d.BlockRange(i)
-		return d.Block(i, zeroBlock[:n])
-	}
 	if i < 0 || i >= d.blocks {
 		return fmt.Errorf("tree digest: block %d of %d", i, d.blocks)
 	}
-	cv := zeroCV(i)
-	d.mu.Lock()
-	d.cvs[i], d.have[i] = cv, true
-	d.mu.Unlock()
-	return nil
+	_, n := d.BlockRange(i)
+	return d.block(i, zeroBlock[:n], true)
+}
+
+// ReadBlock supplies block i from r: where holes covers the whole block it
+// is zeros without a read, else it is read into buf (TreeBlock bytes).
+func (d *TreeDigest) ReadBlock(i int, r io.ReaderAt, holes HoleMap, buf []byte) error {
+	off, n := d.BlockRange(i)
+	if holes.Covers(off, n) {
+		return d.ZeroBlock(i)
+	}
+	if err := holes.ReadAt(r, buf[:n], off); err != nil {
+		return fmt.Errorf("read at %d: %w", off, err)
+	}
+	return d.Block(i, buf[:n])
 }
 
 // subtreeCV is the chaining value of a complete subtree of 2^k chunks (k ≥

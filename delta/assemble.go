@@ -193,17 +193,8 @@ func (a *Assembler) hash(ctx context.Context, t *manifest.Manifest, tr *blockTra
 					b = x
 				}
 				off, n := d.BlockRange(b)
-				holes := chunkstore.FindHolesIn(a.Out, off, off+n)
-				var err error
-				if holes.Covers(off, n) {
-					err = d.ZeroBlock(b) // a hole reads as zeros
-				} else if err = holes.ReadAt(a.Out, buf[:n], off); err != nil {
-					err = fmt.Errorf("read back at %d: %w", off, err)
-				} else {
-					err = d.Block(b, buf[:n])
-				}
-				if err != nil {
-					errc <- err
+				if err := d.ReadBlock(b, a.Out, chunkstore.FindHolesIn(a.Out, off, off+n), buf); err != nil {
+					errc <- fmt.Errorf("read back: %w", err)
 					return
 				}
 				if tr.hashed() {
