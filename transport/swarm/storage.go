@@ -75,18 +75,13 @@ func (s *Storage) Register(ctx context.Context, ih metainfo.Hash, l *Layout, env
 	defer s.mu.Unlock()
 	if t, ok := s.torrents[ih]; ok {
 		// Known already: chunks may have reached the store since.
+		t.Refresh(ctx)
 		t.mu.Lock()
-		defer t.mu.Unlock()
-		for i, c := range t.L.Chunks {
-			if !t.have[i+1] {
-				if ok, _ := s.src.Has(ctx, c.ID); ok {
-					t.have[i+1] = true
-				}
-			}
-		}
 		if env != nil && !t.have[0] && int64(len(env)) == t.L.offs[1] {
-			t.manifest, t.have[0] = env, true
+			t.manifest = env
+			t.arrivedLocked(0)
 		}
+		t.mu.Unlock()
 		return t, nil
 	}
 	t := &Torrent{s: s, L: l, ih: ih, have: make([]bool, l.Files()), done: make([]bool, l.NumPieces()),
