@@ -12,6 +12,16 @@ import (
 // not know it still pulls over HTTP).
 const ExtTorrent uint64 = 4
 
+// TorrentManifestFile is the name of a release torrent's first file: the
+// manifest signed before its torrent record was added.
+const TorrentManifestFile = "manifest.imgm"
+
+// TorrentName is the info name of a release torrent; BEP 19 webseed URLs
+// are <base>/<TorrentName>/<file>.
+func TorrentName(name, channel string, rev uint64) string {
+	return fmt.Sprintf("%s-%s-%d", name, channel, rev)
+}
+
 // TorrentRef names one BitTorrent v1 torrent of a release. The info bytes
 // are served beside the manifest; a terminal checks them against InfoHash
 // (SHA-1, the swarm's own name for them) and InfoDigest (BLAKE3) before

@@ -167,7 +167,7 @@ func (c *Client) TorrentFile(ctx context.Context, name, channel string, rev uint
 // first file (through the webseed route), capped at max bytes; the caller
 // verifies it.
 func (c *Client) TorrentManifest(ctx context.Context, name, channel string, rev uint64, max int64) ([]byte, error) {
-	p := "/ws/" + url.PathEscape(torrentName(name, channel, rev)) + "/" + torrentFileName
+	p := "/ws/" + url.PathEscape(manifest.TorrentName(name, channel, rev)) + "/" + manifest.TorrentManifestFile
 	return c.small(ctx, p, name, channel, strconv.FormatUint(rev, 10), max)
 }
 

@@ -16,15 +16,6 @@ import (
 // carries as its first file. The server hands them out; it needs no
 // BitTorrent code for that.
 
-// torrentFileName is the first file of every release torrent
-// (swarm.ManifestFile).
-const torrentFileName = "manifest.imgm"
-
-// torrentName is the info name of a release torrent (swarm.InfoName).
-func torrentName(name, channel string, rev uint64) string {
-	return name + "-" + channel + "-" + strconv.FormatUint(rev, 10)
-}
-
 // releaseSide reads a side file of the release named in the request path.
 func (s *Server) releaseSide(w http.ResponseWriter, r *http.Request, kind string) ([]byte, bool) {
 	name, channel := r.PathValue("name"), r.PathValue("channel")
@@ -114,7 +105,7 @@ func MetaInfo(info []byte, announce, webseeds []string) []byte {
 // envelope the torrent was made with.
 func (s *Server) handleWebSeed(w http.ResponseWriter, r *http.Request) {
 	file := r.PathValue("file")
-	if file != torrentFileName {
+	if file != manifest.TorrentManifestFile {
 		r.SetPathValue("id", file)
 		s.handleChunk(w, r)
 		return
@@ -147,7 +138,7 @@ func (s *Server) torrentRelease(tname string) (manifest.Release, bool) {
 	}
 	s.names = make(map[string]manifest.Release, len(rels))
 	for _, rel := range rels {
-		s.names[torrentName(rel.Name, rel.Channel, rel.Revision)] = rel
+		s.names[manifest.TorrentName(rel.Name, rel.Channel, rel.Revision)] = rel
 	}
 	rel, ok := s.names[tname]
 	return rel, ok

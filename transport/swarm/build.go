@@ -38,7 +38,7 @@ func Build(m *manifest.Manifest, env []byte, prev []*manifest.Manifest, storedSi
 		}
 		entries[k] = Entry{ID: id, Stored: n}
 	}
-	l := NewLayout(InfoName(m.Name, m.Channel, m.Revision), int64(len(env)), entries, pieceLength)
+	l := NewLayout(manifest.TorrentName(m.Name, m.Channel, m.Revision), int64(len(env)), entries, pieceLength)
 	_, info, err := l.Info(func(f int) ([]byte, error) {
 		if f == 0 {
 			return env, nil

@@ -23,7 +23,7 @@ import (
 )
 
 // ManifestFile is the name of a release torrent's first file.
-const ManifestFile = "manifest.imgm"
+const ManifestFile = manifest.TorrentManifestFile
 
 // DefaultPieceLength is the piece size of release torrents: the smallest
 // BitTorrent allows (one 16 KiB block), because pieces span chunk
@@ -251,11 +251,6 @@ func Order(m *manifest.Manifest, prev []*manifest.Manifest) []int {
 	}
 	slices.SortStableFunc(order, func(a, b int) int { return age[a] - age[b] })
 	return order
-}
-
-// InfoName is the torrent name of a release.
-func InfoName(name, channel string, rev uint64) string {
-	return fmt.Sprintf("%s-%s-%d", name, channel, rev)
 }
 
 // ParseInfo lays out a release torrent from its bencoded info.
