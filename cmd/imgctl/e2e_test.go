@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -289,19 +288,7 @@ func TestEndToEndPublishServePullDelta(t *testing.T) {
 	sameFile(t, slotB, f.img2)
 
 	// Served bytes are counted.
-	resp, err := http.Get(url + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var buf bytes.Buffer
-	buf.ReadFrom(resp.Body)
-	resp.Body.Close()
-	served := -1.0
-	for _, l := range strings.Split(buf.String(), "\n") {
-		if v, ok := strings.CutPrefix(l, "imgctl_served_bytes_total "); ok {
-			served, _ = strconv.ParseFloat(v, 64)
-		}
-	}
+	served := metric(t, url, "imgctl_served_bytes_total")
 	if total := r1.BytesFetched + r2.BytesFetched + r3.BytesFetched + r4.BytesFetched; int64(served) != total {
 		t.Fatalf("served %v bytes, clients fetched %d", served, total)
 	}
