@@ -3,6 +3,7 @@ package transport
 import (
 	"context"
 	"fmt"
+	"github.com/imgctl/imgctl/internal/pace"
 	"io"
 	"net/http"
 	"strconv"
@@ -53,22 +54,7 @@ type limitedWriter struct {
 	l   *rate.Limiter
 }
 
-func (lw limitedWriter) Write(p []byte) (int, error) {
-	written := 0
-	for len(p) > 0 {
-		n := min(len(p), lw.l.Burst())
-		if err := lw.l.WaitN(lw.ctx, n); err != nil {
-			return written, err
-		}
-		k, err := lw.w.Write(p[:n])
-		written += k
-		if err != nil {
-			return written, err
-		}
-		p = p[n:]
-	}
-	return written, nil
-}
+func (lw limitedWriter) Write(p []byte) (int, error) { return pace.Write(lw.ctx, lw.w, lw.l, p) }
 
 // limitedTransport paces response bodies through a shared limiter.
 type limitedTransport struct {

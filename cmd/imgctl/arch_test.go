@@ -17,8 +17,9 @@ func TestImportDirection(t *testing.T) {
 		"chunkstore/storetest": {"chunkstore"},
 		"manifest":             {"chunkstore"},
 		"delta":                {"manifest", "chunkstore"},
-		"transport":            {"manifest", "chunkstore"},
-		"transport/swarm":      {"manifest", "chunkstore"},
+		"transport":            {"manifest", "chunkstore", "internal/pace"},
+		"transport/swarm":      {"manifest", "chunkstore", "internal/pace"},
+		"internal/pace":        {},
 		"partition":            {"delta", "manifest", "chunkstore"},
 	}
 	out, err := exec.Command("go", "list", "-deps", "-json", "../../...").Output()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/imgctl/imgctl/internal/pace"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -406,22 +407,7 @@ type limitedConn struct {
 }
 
 func (c limitedConn) Write(p []byte) (int, error) {
-	if c.l == nil {
-		return c.Conn.Write(p)
-	}
-	done := 0
-	for done < len(p) {
-		n := min(len(p)-done, c.l.Burst())
-		if err := c.l.WaitN(context.Background(), n); err != nil {
-			return done, err
-		}
-		k, err := c.Conn.Write(p[done : done+n])
-		done += k
-		if err != nil {
-			return done, err
-		}
-	}
-	return done, nil
+	return pace.Write(context.Background(), c.Conn, c.l, p)
 }
 
 type limitedListener struct {
