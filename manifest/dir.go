@@ -38,7 +38,7 @@ func (r *Releases) path(name, channel string, rev uint64) string {
 }
 
 // Put stores env, which must encode m, after its side files (kind →
-// content; see PutSide), with one directory sync for all. It refuses to
+// content), with one directory sync for all. It refuses to
 // replace a release.
 func (r *Releases) Put(env []byte, m *Manifest, sides ...Side) error {
 	p := r.path(m.Name, m.Channel, m.Revision)
@@ -165,15 +165,6 @@ const (
 
 func (r *Releases) sidePath(name, channel string, rev uint64, kind string) string {
 	return filepath.Join(r.root, name, channel, strconv.FormatUint(rev, 10)+"."+kind)
-}
-
-// PutSide stores a side file of a release (replacing it).
-func (r *Releases) PutSide(name, channel string, rev uint64, kind string, b []byte) error {
-	p := r.sidePath(name, channel, rev, kind)
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		return err
-	}
-	return chunkstore.WriteFileAtomic(p, b, 0o644)
 }
 
 // ReadSide returns a side file of a release; a missing one wraps

@@ -55,10 +55,7 @@ func TestReleaseSideFiles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := rels.PutSide("os", "stable", 3, SideTorrentInfo, []byte("info")); err != nil {
-		t.Fatal(err)
-	}
-	if err := rels.Put(env, m); err != nil {
+	if err := rels.Put(env, m, Side{Kind: SideTorrentInfo, Data: []byte("info")}); err != nil {
 		t.Fatal(err)
 	}
 	if revs, _ := rels.Revisions("os", "stable"); len(revs) != 1 || revs[0] != 3 {

@@ -214,9 +214,6 @@ func (c *Client) small(ctx context.Context, p, name, channel, r string, max int6
 	return body, err
 }
 
-// BaseURL is the server's URL.
-func (c *Client) BaseURL() string { return c.base.String() }
-
 // Fetch retrieves chunks, verifies each against its ID and size, and calls
 // fn for each (from several goroutines). A chunk that fails verification is
 // requested again; if it keeps failing Fetch returns a

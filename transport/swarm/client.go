@@ -396,9 +396,6 @@ func (h *Handle) Refresh(ctx context.Context) int {
 	return len(files)
 }
 
-// Drop removes the torrent from the client.
-func (h *Handle) Drop() { h.t.Drop() }
-
 // limitedConn paces writes through a limiter shared by all connections
 // (and, on an origin, by the HTTP server): the role's egress cap.
 type limitedConn struct {

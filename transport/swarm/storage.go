@@ -64,7 +64,6 @@ type Torrent struct {
 	sizes    map[chunkstore.ID]int
 	stage    *os.File
 	changed  chan struct{} // closed and replaced whenever a file arrives
-	bad      int           // chunks that passed SHA-1 but not BLAKE3
 }
 
 // Register prepares the state of a torrent whose layout is known (seeding,
@@ -208,14 +207,6 @@ func (t *Torrent) Changed() <-chan struct{} {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.changed
-}
-
-// Bad counts chunks that passed their pieces' SHA-1 but not their BLAKE3
-// ID: the torrent's info lies about its files.
-func (t *Torrent) Bad() int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.bad
 }
 
 // readFile returns file f's content from the store or the manifest.
@@ -373,7 +364,6 @@ func (t *Torrent) admit(f int) error {
 	c, err := chunkstore.Verify(id, b, size)
 	if err != nil {
 		t.mu.Lock()
-		t.bad++
 		a, z := t.L.PiecesOf(f)
 		for q := a; q <= z; q++ {
 			t.done[q] = false
