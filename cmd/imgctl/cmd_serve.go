@@ -192,7 +192,7 @@ func seedTorrents(ctx context.Context, g *globalOptions, o *serveOptions, srv *t
 		if up != nil {
 			// A branch's store grows as terminals ask: offer what arrived.
 			for _, h := range handles {
-				h.Refresh(ctx)
+				h.Refresh(ctx, nil)
 			}
 		}
 		list, err := rels.List()

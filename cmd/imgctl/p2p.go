@@ -235,11 +235,7 @@ func (s *pullSwarm) seed(ctx context.Context, g *globalOptions, o *p2pOptions) e
 			g.log.Warn("seeding without the torrent's manifest file", "err", err)
 		}
 	}
-	if h, err := s.h.Reload(ctx, env); err == nil {
-		s.h = h
-	} else {
-		return err
-	}
+	s.h.Refresh(ctx, env)
 	g.logf("seeding for %s on %s", o.seedFor, s.c.Addr())
 	t := time.NewTimer(o.seedFor)
 	defer t.Stop()

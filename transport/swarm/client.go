@@ -364,25 +364,16 @@ func (c *Client) BannedIPs() []string {
 	return ips
 }
 
-// Reload forgets what the client believes about the torrent's pieces and
-// asks the storage again: after chunks reached the store another way (the
-// HTTP fallback), so that they are seeded too. env is the manifest file's
-// content if known.
-func (h *Handle) Reload(ctx context.Context, env []byte) (*Handle, error) {
-	info := h.t.Metainfo().InfoBytes
-	if m, ok := h.s.Manifest(); ok {
-		env = m
-	}
-	h.t.Drop()
-	<-h.t.Closed()
-	return h.c.Add(ctx, info, env)
-}
-
 // Refresh looks for chunks that reached the store another way (a branch
-// cache's HTTP misses) and has the client check the pieces now complete,
-// so that they are offered to peers. It returns how many files arrived.
-func (h *Handle) Refresh(ctx context.Context) int {
+// cache's HTTP misses, a terminal's HTTP fallback) and takes env as the
+// manifest file if it is not held, then has the client check the pieces now
+// complete, so that they are offered to peers. It returns how many files
+// arrived.
+func (h *Handle) Refresh(ctx context.Context, env []byte) int {
 	files := h.s.Refresh(ctx)
+	if h.s.setManifestFile(env) {
+		files = append(files, 0)
+	}
 	seen := map[int]bool{}
 	for _, f := range files {
 		a, z := h.s.L.PiecesOf(f)

@@ -75,12 +75,7 @@ func (s *Storage) Register(ctx context.Context, ih metainfo.Hash, l *Layout, env
 	if t, ok := s.torrents[ih]; ok {
 		// Known already: chunks may have reached the store since.
 		t.Refresh(ctx)
-		t.mu.Lock()
-		if env != nil && !t.have[0] && int64(len(env)) == t.L.offs[1] {
-			t.manifest = env
-			t.arrivedLocked(0)
-		}
-		t.mu.Unlock()
+		t.setManifestFile(env)
 		return t, nil
 	}
 	t := &Torrent{s: s, L: l, ih: ih, have: make([]bool, l.Files()), done: make([]bool, l.NumPieces()),
@@ -123,6 +118,19 @@ func (t *Torrent) Refresh(ctx context.Context) []int {
 		}
 	}
 	return got
+}
+
+// setManifestFile makes env the content of file 0 unless it is held or
+// has another length; it reports whether it did.
+func (t *Torrent) setManifestFile(env []byte) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if env == nil || t.have[0] || int64(len(env)) != t.L.offs[1] {
+		return false
+	}
+	t.manifest = env
+	t.arrivedLocked(0)
+	return true
 }
 
 // Torrent returns the registered state of ih.
