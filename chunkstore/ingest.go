@@ -23,6 +23,9 @@ type IngestOptions struct {
 	Workers  int   // 0 means GOMAXPROCS
 	Level    Level // compression effort for chunks the store lacks
 	Progress func(n int64)
+	// Segments are offsets where the content is cut as if a new stream
+	// began there (SplitSegments): the files of a bundle.
+	Segments []int64
 }
 
 // IngestResult describes ingested content.
@@ -60,7 +63,7 @@ func Ingest(ctx context.Context, r io.ReaderAt, size int64, p Params, dst interf
 		dch <- digestResult{id: id, err: err}
 	}()
 
-	exts, err := Split(ctx, r, size, p, workers)
+	exts, err := SplitSegments(ctx, r, size, p, workers, opts.Segments)
 	if err != nil {
 		cancel()
 		<-dch

@@ -36,6 +36,15 @@ var sectionSize int64 = 8 << 20
 // and adopts the rest, or cuts on sequentially until it does. The result is
 // therefore exactly the sequential one, whatever workers is.
 func Split(ctx context.Context, r io.ReaderAt, size int64, p Params, workers int) ([]Extent, error) {
+	return SplitSegments(ctx, r, size, p, workers, nil)
+}
+
+// SplitSegments is Split for content made of segments that are cut as if
+// each were a stream of its own (the files of a bundle): starts are the
+// segments' offsets, ascending (0 is implied). Zero extents are found
+// relative to each segment's start, so a segment is cut the same wherever
+// it lies.
+func SplitSegments(ctx context.Context, r io.ReaderAt, size int64, p Params, workers int, starts []int64) ([]Extent, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
@@ -45,9 +54,27 @@ func Split(ctx context.Context, r io.ReaderAt, size int64, p Params, workers int
 	if workers < 1 {
 		workers = 1
 	}
-	spans, err := zeroSpans(ctx, r, size, p, FindHoles(r, size))
-	if err != nil {
-		return nil, err
+	holes := FindHoles(r, size)
+	var spans []Extent
+	var buf []byte
+	from := int64(0)
+	for k := 0; k <= len(starts); k++ {
+		end := size
+		if k < len(starts) {
+			end = min(starts[k], size)
+		}
+		if end <= from {
+			continue
+		}
+		if buf == nil && end-from >= int64(p.ZeroMin) {
+			buf = make([]byte, 1<<20)
+		}
+		seg, err := zeroSpans(ctx, r, from, end, p, holes, buf)
+		if err != nil {
+			return nil, err
+		}
+		spans = append(spans, seg...)
+		from = end
 	}
 
 	// Cut tasks: one per section of each data span.
@@ -166,17 +193,18 @@ feed:
 	return out, nil
 }
 
-// zeroSpans splits [0,size) into maximal zero extents (per p) and the data
-// spans between them.
-func zeroSpans(ctx context.Context, r io.ReaderAt, size int64, p Params, holes HoleMap) ([]Extent, error) {
-	if p.ZeroBlock == 0 {
-		if size == 0 {
+// zeroSpans splits [from,size) into maximal zero extents (per p, blocks
+// counted from from) and the data spans between them. buf is scratch of
+// 1 MiB (nil when size-from < p.ZeroMin).
+func zeroSpans(ctx context.Context, r io.ReaderAt, from, size int64, p Params, holes HoleMap, buf []byte) ([]Extent, error) {
+	if p.ZeroBlock == 0 || size-from < int64(p.ZeroMin) {
+		if size == from {
 			return nil, nil
 		}
-		return []Extent{{Offset: 0, Size: size}}, nil
+		return []Extent{{Offset: from, Size: size - from}}, nil
 	}
 	bs := int64(p.ZeroBlock)
-	full := size / bs * bs // the final partial block is always data
+	full := from + (size-from)/bs*bs // the final partial block is always data
 	var spans []Extent
 	add := func(off, n int64, zero bool) {
 		if n == 0 {
@@ -196,9 +224,8 @@ func zeroSpans(ctx context.Context, r io.ReaderAt, size int64, p Params, holes H
 		add(runStart, at-runStart, at-runStart >= int64(p.ZeroMin))
 		runStart = -1
 	}
-	buf := make([]byte, 1<<20)
-	dataStart := int64(0)
-	for off := int64(0); off < full; {
+	dataStart := from
+	for off := from; off < full; {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}

@@ -232,6 +232,15 @@ func (m *Manifest) Validate() error {
 			return bad("unknown critical extension %d", t)
 		}
 	}
+	_, hasFiles := m.Ext[ExtFileTable]
+	switch {
+	case m.Kind == KindBundle:
+		if _, err := m.FileTable(); err != nil {
+			return err
+		}
+	case hasFiles:
+		return bad("an image with a file table")
+	}
 	return nil
 }
 
