@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"os"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -12,6 +14,7 @@ import (
 	"github.com/imgctl/imgctl/chunkstore"
 	"github.com/imgctl/imgctl/delta"
 	"github.com/imgctl/imgctl/manifest"
+	"github.com/imgctl/imgctl/partition"
 	"github.com/imgctl/imgctl/transport/swarm"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -27,6 +30,10 @@ type publishOptions struct {
 	lockTimeout               time.Duration
 	noTorrent                 bool
 	pieceLength               int64
+	kind                      string
+	mandatory                 bool
+	mtime                     string
+	owner                     string
 }
 
 func (o *publishOptions) AddFlags(f *pflag.FlagSet) {
@@ -42,17 +49,30 @@ func (o *publishOptions) AddFlags(f *pflag.FlagSet) {
 	f.DurationVar(&o.lockTimeout, "lock-timeout", 30*time.Second, "how long to wait for another process's lock on the store")
 	f.BoolVar(&o.noTorrent, "no-torrent", false, "do not make the release's BitTorrent torrent (HTTP only)")
 	f.Int64Var(&o.pieceLength, "piece-length", swarm.DefaultPieceLength, "torrent piece length in bytes (a power of two, at least 16384)")
+	f.StringVar(&o.kind, "kind", "image", "what INPUT is: image (a file or block device) or bundle (a directory tree)")
+	f.BoolVar(&o.mandatory, "mandatory", false, "mark the release mandatory: terminals install it even where an operator holds the bundle back")
+	f.StringVar(&o.mtime, "mtime", "", "bundles: set every timestamp to this (RFC 3339, or Unix seconds; e.g. $SOURCE_DATE_EPOCH) for reproducible manifests")
+	f.StringVar(&o.owner, "owner", "", "bundles: record every file as owned by UID:GID (e.g. 0:0) instead of its owner on disk")
 }
 
 func newPublishCommand(g *globalOptions) *cobra.Command {
 	o := &publishOptions{}
 	cmd := &cobra.Command{
-		Use:   "publish --store S --key K.key --name N [--channel C] IMAGE",
-		Short: "Chunk an image into the store and sign a new release of it",
+		Use:   "publish --store S --key K.key --name N [--channel C] [--kind bundle] IMAGE|DIR",
+		Short: "Chunk an image or a directory tree into the store and sign a new release of it",
 		Long: `publish cuts IMAGE (a file or block device) into content-defined chunks, stores
 the chunks the store lacks (zstd), and writes a signed manifest as the next
-revision of NAME on CHANNEL. A server reading the store serves it at once.`,
-		Example: `  imgctl publish --store /srv/imgctl --key keys/release.key --name terminal-os os.img --json`,
+revision of NAME on CHANNEL. A server reading the store serves it at once.
+
+With --kind bundle, INPUT is a directory tree (a service bundle): the manifest
+carries its file table (paths, types, modes, owners, timestamps, symlink
+targets, hard links, empty directories) and the files' bytes are chunked with
+the same chunker, every file of at least the chunker's minimum size on its
+own, so an unchanged file is never fetched again. Device nodes, FIFOs,
+sockets and symlinks leading out of the tree are refused.`,
+		Example: `  imgctl publish --store /srv/imgctl --key keys/release.key --name terminal-os os.img --json
+  imgctl publish --store /srv/imgctl --key keys/release.key --name pos-svc --kind bundle \
+      --mtime "$SOURCE_DATE_EPOCH" --owner 0:0 build/pos-svc/`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			_, err := runPublish(cmd.Context(), g, o, args[0])
@@ -144,19 +164,12 @@ func runPublish(ctx context.Context, g *globalOptions, o *publishOptions, image 
 	if err != nil {
 		return nil, err
 	}
-	f, err := os.Open(image)
+	in, err := openPublishInput(o, image, params)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	size, err := imageSize(f)
-	if err != nil {
-		return nil, err
-	}
-	st0, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
+	defer in.close()
+	size := in.size
 	// The index lock serialises publishers, so revisions stay monotonic.
 	store, err := chunkstore.Open(o.store, chunkstore.Options{Timeout: o.lockTimeout})
 	if err != nil {
@@ -175,17 +188,17 @@ func runPublish(ctx context.Context, g *globalOptions, o *publishOptions, image 
 
 	prog := newProgress(g, "publish "+o.name)
 	prog.Start(size)
-	res, err := chunkstore.Ingest(ctx, f, size, params, store, chunkstore.IngestOptions{Workers: o.workers, Level: level, Progress: prog.Add})
+	res, err := chunkstore.Ingest(ctx, in.r, size, params, store, chunkstore.IngestOptions{Workers: o.workers, Level: level, Progress: prog.Add, Segments: in.segments})
 	prog.Done()
 	if err != nil {
 		return nil, err
 	}
 	// Chunks and the whole-image digest are read in separate passes: an
-	// image that changed meanwhile would give a manifest no terminal can
+	// input that changed meanwhile would give a manifest no terminal can
 	// verify. Refuse it (nothing names the chunks already stored; gc
 	// removes them).
-	if st1, err := f.Stat(); err != nil || st1.Size() != st0.Size() || !st1.ModTime().Equal(st0.ModTime()) {
-		return nil, fmt.Errorf("%s changed while it was being published: publish a file nobody writes to (a copy or a snapshot)", image)
+	if err := in.unchanged(); err != nil {
+		return nil, err
 	}
 	b := manifest.NewBuilder()
 	for _, p := range res.Pieces {
@@ -204,6 +217,13 @@ func runPublish(ctx context.Context, g *globalOptions, o *publishOptions, image 
 		m.Expires = m.Created.Add(o.expires)
 	}
 	m.Chunks, m.Runs = b.Result()
+	if in.files != nil {
+		m.Kind = manifest.KindBundle
+		if _, err := m.SetFileTable(in.files); err != nil {
+			return nil, err
+		}
+	}
+	m.SetMandatory(o.mandatory)
 	env, err := manifest.Sign(m, key)
 	if err != nil {
 		return nil, err
@@ -291,4 +311,98 @@ func publishTorrent(ctx context.Context, o *publishOptions, m *manifest.Manifest
 		return nil, err
 	}
 	return built, nil
+}
+
+// publishInput is what publish reads: an image, or the content of a
+// directory tree (bundle) with its file table.
+type publishInput struct {
+	r         io.ReaderAt
+	size      int64
+	files     []manifest.File // bundles
+	segments  []int64         // bundles: chunker segments
+	unchanged func() error    // nil if the input is as it was when opened
+	close     func()
+}
+
+func openPublishInput(o *publishOptions, path string, params chunkstore.Params) (*publishInput, error) {
+	switch o.kind {
+	case "image", "":
+		if o.mtime != "" || o.owner != "" {
+			return nil, usagef("--mtime and --owner are for --kind bundle")
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, err
+		}
+		size, err := imageSize(f)
+		if err != nil {
+			f.Close()
+			return nil, err
+		}
+		st0, err := f.Stat()
+		if err != nil {
+			f.Close()
+			return nil, err
+		}
+		return &publishInput{r: f, size: size, close: func() { f.Close() }, unchanged: func() error {
+			if st1, err := f.Stat(); err != nil || st1.Size() != st0.Size() || !st1.ModTime().Equal(st0.ModTime()) {
+				return fmt.Errorf("%s changed while it was being published: publish a file nobody writes to (a copy or a snapshot)", path)
+			}
+			return nil
+		}}, nil
+	case "bundle":
+	default:
+		return nil, usagef("--kind %q: want image or bundle", o.kind)
+	}
+	var opts partition.ScanOptions
+	if o.mtime != "" {
+		t, err := parseMTime(o.mtime)
+		if err != nil {
+			return nil, err
+		}
+		opts.MTime = &t
+	}
+	if o.owner != "" {
+		var u, g uint32
+		if _, err := fmt.Sscanf(o.owner, "%d:%d", &u, &g); err != nil {
+			return nil, usagef("--owner %q: want UID:GID", o.owner)
+		}
+		opts.Owner = &[2]uint32{u, g}
+	}
+	scan := func() ([]manifest.File, error) { return partition.ScanTree(path, opts) }
+	files, err := scan()
+	if err != nil {
+		return nil, err
+	}
+	raw, err := partition.ScanTree(path, partition.ScanOptions{})
+	if err != nil {
+		return nil, err
+	}
+	t := partition.OpenTree(path, files, false)
+	return &publishInput{
+		r: t, size: t.Size(), files: files, segments: manifest.SegmentStarts(files, params.MinSize),
+		close: func() { t.Close() },
+		unchanged: func() error {
+			now, err := partition.ScanTree(path, partition.ScanOptions{})
+			if err != nil {
+				return err
+			}
+			if !reflect.DeepEqual(now, raw) {
+				return fmt.Errorf("%s changed while it was being published: publish a tree nobody writes to (a copy or a snapshot)", path)
+			}
+			return nil
+		},
+	}, nil
+}
+
+// parseMTime reads --mtime: RFC 3339 or Unix seconds.
+func parseMTime(s string) (time.Time, error) {
+	if n, err := strconv.ParseInt(s, 10, 64); err == nil {
+		return time.Unix(n, 0).UTC(), nil
+	}
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return t, usagef("--mtime %q: want RFC 3339 (2026-01-02T15:04:05Z) or Unix seconds", s)
+	}
+	return t, nil
 }

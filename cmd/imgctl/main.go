@@ -107,6 +107,7 @@ chunk from the server, content digest mismatch), 130 interrupted.`,
 		newFsckCommand(g),
 		newGCCommand(g),
 		newSlotCommand(g),
+		newBundleCommand(g),
 		newDemoCommand(g),
 	)
 	return root
