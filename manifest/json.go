@@ -2,6 +2,7 @@ package manifest
 
 import (
 	"encoding/hex"
+	"fmt"
 	"time"
 
 	"github.com/imgctl/imgctl/chunkstore"
@@ -25,8 +26,11 @@ type View struct {
 	Signers     []string          `json:"signed_by,omitempty"`
 	Hints       map[string]string `json:"hints,omitempty"`
 	Torrents    []TorrentView     `json:"torrents,omitempty"`
+	Mandatory   bool              `json:"mandatory,omitempty"`
+	Tree        *TreeView         `json:"tree,omitempty"`
 	Chunks      []ChunkRef        `json:"chunks,omitempty"`
 	Layout      []Run             `json:"layout,omitempty"`
+	Files       []FileView        `json:"files,omitempty"`
 }
 
 // TorrentView is the JSON form of a torrent record.
@@ -58,6 +62,27 @@ type StatsView struct {
 	ZeroExtents int   `json:"zero_extents"`
 }
 
+// TreeView counts a bundle's file table.
+type TreeView struct {
+	Files     int `json:"files"`
+	Dirs      int `json:"dirs"`
+	Symlinks  int `json:"symlinks"`
+	Hardlinks int `json:"hardlinks"`
+}
+
+// FileView is one file-table entry.
+type FileView struct {
+	Path   string `json:"path"`
+	Type   string `json:"type"`
+	Mode   string `json:"mode"`
+	UID    uint32 `json:"uid"`
+	GID    uint32 `json:"gid"`
+	Size   int64  `json:"size,omitempty"`
+	Offset int64  `json:"offset,omitempty"`
+	MTime  string `json:"mtime"`
+	Link   string `json:"link,omitempty"`
+}
+
 // NewView builds the JSON view of the envelope env holding m. With full,
 // the chunk table and layout are included.
 func NewView(env []byte, m *Manifest, full bool) View {
@@ -83,6 +108,28 @@ func NewView(env []byte, m *Manifest, full bool) View {
 	}
 	for _, k := range signers {
 		v.Signers = append(v.Signers, k.String())
+	}
+	v.Mandatory = m.Mandatory()
+	files, _ := m.FileTable()
+	if files != nil {
+		v.Tree = &TreeView{}
+	}
+	for _, f := range files {
+		switch f.Type {
+		case TypeRegular:
+			v.Tree.Files++
+		case TypeDir:
+			v.Tree.Dirs++
+		case TypeSymlink:
+			v.Tree.Symlinks++
+		case TypeHardlink:
+			v.Tree.Hardlinks++
+		}
+		if full {
+			v.Files = append(v.Files, FileView{Path: f.Path, Type: f.Type.String(), Mode: fmt.Sprintf("%04o", f.Mode),
+				UID: f.UID, GID: f.GID, Size: f.Size, Offset: f.Offset, Link: f.Link,
+				MTime: time.Unix(0, f.MTime).UTC().Format(time.RFC3339Nano)})
+		}
 	}
 	if full {
 		v.Chunks = m.Chunks
