@@ -53,11 +53,16 @@ type Diff struct {
 	// ChangedBytes is the bytes of New not at the same place in Old.
 	ChangedBytes int64    `json:"changed_bytes"`
 	Regions      []Region `json:"regions"`
+	// Files is the file-level view when both releases are bundles.
+	Files *FileDiff `json:"files,omitempty"`
 }
 
 // Compare diffs two manifests. stored, if not nil, returns the stored size
 // of a chunk (ok false if unknown).
-func Compare(old, new *manifest.Manifest, stored func(chunkstore.ID) (int64, bool)) *Diff {
+//
+// For bundles, content (nil: none) lets the file view compare the bytes of
+// small files that share changed chunks (see CompareFiles).
+func Compare(old, new *manifest.Manifest, stored func(chunkstore.ID) (int64, bool), content Content) *Diff {
 	side := func(m *manifest.Manifest) Side {
 		s := m.Stats()
 		return Side{Name: m.Name, Channel: m.Channel, Revision: m.Revision, Size: m.Size, Digest: m.Digest,
@@ -119,6 +124,9 @@ func Compare(old, new *manifest.Manifest, stored func(chunkstore.ID) (int64, boo
 		}
 		return true
 	})
+	if old.Kind == manifest.KindBundle && new.Kind == manifest.KindBundle {
+		d.Files, _ = CompareFiles(old, new, content)
+	}
 	return d
 }
 

@@ -51,7 +51,34 @@ func (d *Diff) WriteText(w io.Writer, maxRegions int) error {
 	}
 	fmt.Fprintf(&b, "  to fetch      %s (%s) for a terminal on revision %d with its image as seed\n", HumanBytes(d.FetchBytes), exact, d.Old.Revision)
 	if d.New.Size > 0 {
-		fmt.Fprintf(&b, "                %.2f %% of the image\n", 100*float64(d.FetchBytes)/float64(d.New.Size))
+		fmt.Fprintf(&b, "                %.2f %% of the content\n", 100*float64(d.FetchBytes)/float64(d.New.Size))
+	}
+	if f := d.Files; f != nil {
+		fmt.Fprintf(&b, "  files         %d added (%s), %d removed (%s), %d changed (%s), %d metadata only, %d unchanged\n",
+			f.Added, HumanBytes(f.AddedBytes), f.Removed, HumanBytes(f.RemovedBytes), f.Changed, HumanBytes(f.ChangedBytes), f.Metadata, f.Unchanged)
+		for i, c := range f.Files {
+			if maxRegions > 0 && i == maxRegions {
+				fmt.Fprintf(&b, "    … %d more (use --format json for all)\n", len(f.Files)-i)
+				break
+			}
+			size := HumanBytes(c.NewSize)
+			if c.Change == "removed" {
+				size = HumanBytes(c.OldSize)
+			}
+			line := fmt.Sprintf("    %-8s %-10s %-9s", c.Change, size, c.Type)
+			if c.NewBytes > 0 {
+				line += fmt.Sprintf(" %10s new", HumanBytes(c.NewBytes))
+			} else {
+				line += fmt.Sprintf(" %14s", "")
+			}
+			line += "  " + c.Path
+			if c.Detail != "" {
+				line += " (" + c.Detail + ")"
+			}
+			fmt.Fprintln(&b, line)
+		}
+		_, err := io.WriteString(w, b.String())
+		return err
 	}
 	ch := d.Changed()
 	fmt.Fprintf(&b, "  changed       %s in %d regions\n", HumanBytes(d.ChangedBytes), len(ch))

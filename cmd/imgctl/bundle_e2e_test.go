@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // makeTree writes a service-bundle-like tree: a binary with a hard link, a
@@ -71,8 +73,9 @@ func makeTree(t *testing.T, dir string, variant int) {
 	// Fixed timestamps, so two trees built alike are alike.
 	ts := time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC)
 	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err == nil && d.Type()&fs.ModeSymlink == 0 {
-			os.Chtimes(p, ts, ts)
+		if err == nil {
+			tv := unix.NsecToTimespec(ts.UnixNano())
+			must(unix.UtimesNanoAt(unix.AT_FDCWD, p, []unix.Timespec{tv, tv}, unix.AT_SYMLINK_NOFOLLOW))
 		}
 		return nil
 	})
@@ -111,7 +114,6 @@ func sameTree(t *testing.T, want, got string) {
 				e.data, _ = os.ReadFile(p)
 			case st.Mode()&fs.ModeSymlink != 0:
 				e.link, _ = os.Readlink(p)
-				e.mtime = 0
 			}
 			m[rel] = e
 			return nil
@@ -504,5 +506,40 @@ func TestBundleKillAnywhere(t *testing.T) {
 	t.Logf("%d kills, %d after the switch", kills, newer)
 	if kills < 10 {
 		t.Fatalf("only %d kills in the time allowed", kills)
+	}
+}
+
+// diff of two bundles names exactly the files that changed, even small
+// ones that share chunks with their neighbours.
+func TestBundleDiff(t *testing.T) {
+	f := newBundleFixture(t)
+	f.publish(t, f.tree1)
+	f.publish(t, f.tree2)
+	type fileChange struct {
+		Path, Change string
+		NewBytes     int64 `json:"new_bytes"`
+	}
+	d := decode[struct {
+		FetchBytes int64 `json:"fetch_bytes"`
+		Files      struct {
+			Added, Removed, Changed, Unchanged int
+			Files                              []fileChange
+		}
+	}](t, mustRun(t, "diff", "--store", f.store, "svc@1", "svc@2", "--format", "json"))
+	got := map[string]string{}
+	for _, c := range d.Files.Files {
+		got[c.Path] = c.Change
+	}
+	want := map[string]string{"bin/svc": "changed", "data/big.bin": "changed", "data/conf.txt": "changed",
+		"lib/mod-007.txt": "changed", "lib/mod-010.txt": "removed", "lib/new-module.txt": "added"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("diff files %v, want %v", got, want)
+	}
+	if d.Files.Unchanged < 150 || d.FetchBytes == 0 {
+		t.Fatalf("diff %+v", d)
+	}
+	text := mustRun(t, "diff", "--store", f.store, "svc@1", "svc@2")
+	if !strings.Contains(text, "1 added") || !strings.Contains(text, "lib/new-module.txt") {
+		t.Fatalf("text report:\n%s", text)
 	}
 }

@@ -30,15 +30,20 @@ image. --format html writes one self-contained page with an SVG map.`,
 				return err
 			}
 			var stored func(chunkstore.ID) (int64, bool)
+			var getter chunkstore.Getter
 			if store != "" {
 				d, err := chunkstore.OpenDir(store)
 				if err != nil {
 					return err
 				}
 				defer d.Close()
-				stored = d.StoredSize
+				stored, getter = d.StoredSize, d
 			}
-			d := delta.Compare(om, nm, stored)
+			var content delta.Content
+			if getter != nil {
+				content = delta.StoreContent(cmd.Context(), getter)
+			}
+			d := delta.Compare(om, nm, stored, content)
 			switch format {
 			case "text":
 				return d.WriteText(g.stdout, maxRegions)

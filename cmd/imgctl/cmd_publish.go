@@ -264,8 +264,11 @@ func runPublish(ctx context.Context, g *globalOptions, o *publishOptions, image 
 				out.Previous = delta.Compare(prev, m, func(id chunkstore.ID) (int64, bool) {
 					i, err := store.Stat(ctx, id)
 					return int64(i.Stored), err == nil
-				})
+				}, delta.StoreContent(ctx, store))
 				out.Previous.Regions = nil
+				if out.Previous.Files != nil {
+					out.Previous.Files.Files = nil // counts only; imgctl diff lists them
+				}
 			}
 		}
 	}
