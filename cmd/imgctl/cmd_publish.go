@@ -73,7 +73,7 @@ sockets and symlinks leading out of the tree are refused.`,
 		Example: `  imgctl publish --store /srv/imgctl --key keys/release.key --name terminal-os os.img --json
   imgctl publish --store /srv/imgctl --key keys/release.key --name pos-svc --kind bundle \
       --mtime "$SOURCE_DATE_EPOCH" --owner 0:0 build/pos-svc/`,
-		Args:    cobra.ExactArgs(1),
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			_, err := runPublish(cmd.Context(), g, o, args[0])
 			return err
