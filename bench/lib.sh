@@ -6,6 +6,10 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[1]}")" && pwd)
 OUT=${OUT:-$HERE/out}
 export OUT
+mkdir -p "$OUT"
+# A module of its own, so that the Go sources among the bench data (the Go
+# toolchain trees of bench/bundle.sh) are not packages of imgctl's ./...
+[ -f "$OUT/go.mod" ] || echo 'module imgctl.invalid/benchdata' >"$OUT/go.mod"
 bash "$HERE/images.sh" >/dev/null
 W=$OUT/$W
 rm -rf "$W" && mkdir -p "$W"
