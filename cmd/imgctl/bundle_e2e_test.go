@@ -543,3 +543,54 @@ func TestBundleDiff(t *testing.T) {
 		t.Fatalf("text report:\n%s", text)
 	}
 }
+
+// bundle apply --p2p takes the missing chunks from the swarm (the origin
+// seeds them), with the installed release as seed as over HTTP.
+func TestBundleApplyP2P(t *testing.T) {
+	f := newBundleFixture(t)
+	f.publish(t, f.tree1)
+	f.publish(t, f.tree2)
+	url := serve(t, f.store, "--seed-torrents", "--tracker", "--tracker-interval", "2s")
+	p2p := []string{"--p2p", "--listen", "127.0.0.30:0", "--p2p-stall", "30s"}
+	j1 := f.mustApply(t, url, append([]string{"--revision", "1"}, p2p...)...)
+	sameTree(t, f.tree1, filepath.Join(f.root, "current"))
+	type p2pJSON struct {
+		Peers    int64 `json:"bytes_from_peers"`
+		WebSeeds int64 `json:"bytes_from_webseeds"`
+		Fetched  int64 `json:"bytes_fetched"`
+		Seed     int64 `json:"bytes_from_seed"`
+	}
+	r := imgctl(t, nil, append([]string{"bundle", "apply", "--from", url, "--trust", f.pub, "--name", "svc", "--root", f.root,
+		"--cache", f.cache, "--state-dir", f.state, "--json", "-q"}, p2p...)...)
+	if r.code != 0 {
+		t.Fatalf("apply --p2p: exit %d\n%s", r.code, r.stderr)
+	}
+	j2 := decode[p2pJSON](t, r.stdout)
+	sameTree(t, f.tree2, filepath.Join(f.root, "current"))
+	if j2.Peers == 0 || j2.Seed == 0 {
+		t.Fatalf("delta apply over the swarm: %+v (first apply %+v)", j2, j1)
+	}
+	t.Logf("delta over the swarm: %+v", j2)
+}
+
+// A chunk shared by an image and a bundle is stored once and fetched once:
+// a terminal that pulled the image into its cache fetches none of the
+// bundle's chunks that the image holds.
+func TestBundleSharesChunksWithImages(t *testing.T) {
+	f := newBundleFixture(t)
+	big := filepath.Join(f.tree1, "data", "big.bin")
+	pi := decode[map[string]any](t, mustRun(t, "publish", "--store", f.store, "--key", f.key, "--name", "os", big, "--json", "-q"))
+	pb := f.publish(t, f.tree1)
+	if pb["new_chunks"].(float64) >= pb["chunks"].(float64) {
+		t.Fatalf("the bundle stored all its chunks again: %v (image: %v chunks)", pb, pi["chunks"])
+	}
+	mustRun(t, "pull", "--from", f.store, "--trust", f.pub, "--name", "os", "--cache", f.cache, "--out", filepath.Join(f.dir, "os.img"), "-q")
+	j := f.mustApply(t, f.store)
+	full := newBundleFixture(t)
+	full.store, full.pub = f.store, f.pub
+	jFull := full.mustApply(t, f.store)
+	if j.BytesFromCache == 0 || j.ChunksFetched+int(pi["chunks"].(float64)) > jFull.ChunksFetched+1 {
+		t.Fatalf("apply with the image's chunks in the cache: %+v; without: %+v", j, jFull)
+	}
+	t.Logf("image %v chunks; bundle apply fetched %d chunks with them in the cache, %d without", pi["chunks"], j.ChunksFetched, jFull.ChunksFetched)
+}
