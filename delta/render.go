@@ -49,7 +49,7 @@ func (d *Diff) WriteText(w io.Writer, maxRegions int) error {
 	if !d.FetchExact {
 		exact = "upper bound: plain size of chunks the store does not hold"
 	}
-	fmt.Fprintf(&b, "  to fetch      %s (%s) for a terminal on revision %d with its image as seed\n", HumanBytes(d.FetchBytes), exact, d.Old.Revision)
+	fmt.Fprintf(&b, "  to fetch      %s (%s) for a terminal on revision %d with it as seed\n", HumanBytes(d.FetchBytes), exact, d.Old.Revision)
 	if d.New.Size > 0 {
 		fmt.Fprintf(&b, "                %.2f %% of the content\n", 100*float64(d.FetchBytes)/float64(d.New.Size))
 	}
