@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -111,13 +110,8 @@ type bundleResult struct {
 
 func runBundleApply(ctx context.Context, g *globalOptions, o *bundleApplyOptions) (*bundleResult, error) {
 	start := g.now()
-	phases := map[string]int64{}
-	mark := start
-	phase := func(name string) {
-		now := g.now()
-		phases[name] += now.Sub(mark).Milliseconds()
-		mark = now
-	}
+	timer := newPhases(g.now)
+	phase := timer.done
 	if o.from == "" || o.name == "" || o.root == "" || len(o.trust) == 0 {
 		return nil, usagef("bundle apply: --from, --trust, --name and --root are required")
 	}
@@ -136,19 +130,11 @@ func runBundleApply(ctx context.Context, g *globalOptions, o *bundleApplyOptions
 	if err != nil {
 		return nil, usageError{err}
 	}
-	client, closeSource, err := openSource(g, o.from, o.concurrency)
+	client, cache, closeFetch, err := openFetch(g, o.from, o.concurrency, &o.cache, o.lockTimeout)
 	if err != nil {
 		return nil, err
 	}
-	defer closeSource()
-	if o.cache == "" {
-		o.cache = defaultCacheDir()
-	}
-	cache, err := chunkstore.Open(o.cache, chunkstore.Options{Timeout: o.lockTimeout, FlushEvery: time.Second, Now: g.now})
-	if err != nil {
-		return nil, err
-	}
-	defer cache.Close()
+	defer closeFetch()
 	cur, err := root.Current()
 	if err != nil {
 		return nil, err
@@ -158,11 +144,7 @@ func runBundleApply(ctx context.Context, g *globalOptions, o *bundleApplyOptions
 	if err != nil {
 		return nil, err
 	}
-	var minRev uint64
-	if b, _ := cache.GetMeta(revKey(o.name, o.channel)); len(b) == 8 {
-		minRev = binary.BigEndian.Uint64(b)
-	}
-	floor := minRev
+	floor := highestRevision(cache, o.name, o.channel)
 	if _, err := os.Stat(root.ReleaseDir(o.revision)); o.revision != 0 && err == nil {
 		// Going back to a release still installed (verified when it was
 		// installed, and checked below to be the same manifest) is a
@@ -180,7 +162,7 @@ func runBundleApply(ctx context.Context, g *globalOptions, o *bundleApplyOptions
 	}
 	id, _ := manifest.ID(env)
 	res := &bundleResult{Name: m.Name, Channel: m.Channel, Revision: m.Revision, Previous: cur, ID: id, Root: root.Dir,
-		Size: m.Size, Files: len(files), Mandatory: m.Mandatory(), Phases: phases}
+		Size: m.Size, Files: len(files), Mandatory: m.Mandatory(), Phases: timer.ms}
 	finish := func() (*bundleResult, error) {
 		res.BytesFetched += client.Received()
 		res.Seconds = g.now().Sub(start).Seconds()
@@ -234,12 +216,8 @@ func runBundleApply(ctx context.Context, g *globalOptions, o *bundleApplyOptions
 		}
 		res.Action = "installed"
 	}
-	if m.Revision > minRev {
-		var b [8]byte
-		binary.BigEndian.PutUint64(b[:], m.Revision)
-		if err := cache.PutMeta(revKey(m.Name, m.Channel), b[:]); err != nil {
-			return nil, err
-		}
+	if err := recordRevision(cache, m); err != nil {
+		return nil, err
 	}
 	if o.afterCommit != nil {
 		o.afterCommit()

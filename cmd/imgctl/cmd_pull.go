@@ -142,6 +142,47 @@ func defaultCacheDir() string {
 
 func revKey(name, channel string) string { return "rev/" + name + "/" + channel }
 
+// highestRevision is the highest revision of name/channel this cache has
+// taken: a manifest below it is a rollback attack (or a deliberate
+// downgrade, which the caller must allow explicitly).
+func highestRevision(cache *chunkstore.Local, name, channel string) uint64 {
+	if b, _ := cache.GetMeta(revKey(name, channel)); len(b) == 8 {
+		return binary.BigEndian.Uint64(b)
+	}
+	return 0
+}
+
+// recordRevision raises the cache's highest revision of m's name/channel
+// to m's.
+func recordRevision(cache *chunkstore.Local, m *manifest.Manifest) error {
+	if m.Revision <= highestRevision(cache, m.Name, m.Channel) {
+		return nil
+	}
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], m.Revision)
+	return cache.PutMeta(revKey(m.Name, m.Channel), b[:])
+}
+
+// openFetch opens what a pull and a bundle apply start from: the source
+// (origin URL or store directory) and the local cache (*cacheDir, the
+// default when empty). Fetched chunks are committed at least every second:
+// a crash loses at most that much fetching.
+func openFetch(g *globalOptions, from string, concurrency int, cacheDir *string, lockTimeout time.Duration) (source, *chunkstore.Local, func(), error) {
+	client, closeSource, err := openSource(g, from, concurrency)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if *cacheDir == "" {
+		*cacheDir = defaultCacheDir()
+	}
+	cache, err := chunkstore.Open(*cacheDir, chunkstore.Options{Timeout: lockTimeout, FlushEvery: time.Second, Now: g.now})
+	if err != nil {
+		closeSource()
+		return nil, nil, nil, err
+	}
+	return client, cache, func() { cache.Close(); closeSource() }, nil
+}
+
 func manifestKey(id chunkstore.ID) string { return "manifest/" + id.String() }
 
 func fileKey(path string) string { return "file/" + path }
@@ -243,13 +284,8 @@ func parseSeed(arg string) (file, man string) {
 
 func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult, error) {
 	start := g.now()
-	phases := map[string]int64{}
-	mark := start
-	phase := func(name string) {
-		now := g.now()
-		phases[name] += now.Sub(mark).Milliseconds()
-		mark = now
-	}
+	timer := newPhases(g.now)
+	phase := timer.done
 	if (o.from == "" && o.p2p.magnet == "") || o.name == "" || o.out == "" || len(o.trust) == 0 {
 		return nil, usagef("pull: --from (or --magnet), --trust, --name and --out (or --slots) are required")
 	}
@@ -257,21 +293,11 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 	if err != nil {
 		return nil, err
 	}
-	client, closeSource, err := openSource(g, o.from, o.concurrency)
+	client, cache, closeFetch, err := openFetch(g, o.from, o.concurrency, &o.cache, o.lockTimeout)
 	if err != nil {
 		return nil, err
 	}
-	defer closeSource()
-	if o.cache == "" {
-		o.cache = defaultCacheDir()
-	}
-	// Fetched chunks are committed at least every second: a crash loses at
-	// most that much fetching.
-	cache, err := chunkstore.Open(o.cache, chunkstore.Options{Timeout: o.lockTimeout, FlushEvery: time.Second, Now: g.now})
-	if err != nil {
-		return nil, err
-	}
-	defer cache.Close()
+	defer closeFetch()
 	outPath, err := filepath.Abs(o.out)
 	if err != nil {
 		return nil, err
@@ -289,11 +315,8 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 	if err != nil {
 		return nil, err
 	}
-	var minRev uint64
-	if b, _ := cache.GetMeta(revKey(o.name, o.channel)); len(b) == 8 {
-		minRev = binary.BigEndian.Uint64(b)
-	}
-	policy := manifest.Policy{Trust: trust, Now: g.now, Name: o.name, Channel: o.channel, MinRevision: minRev, Kind: manifest.KindImage}
+	policy := manifest.Policy{Trust: trust, Now: g.now, Name: o.name, Channel: o.channel,
+		MinRevision: highestRevision(cache, o.name, o.channel), Kind: manifest.KindImage}
 	m, err := manifest.Verify(env, policy)
 	if err != nil {
 		return nil, err
@@ -410,12 +433,8 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 			return nil, err
 		}
 	}
-	if m.Revision > minRev {
-		var b [8]byte
-		binary.BigEndian.PutUint64(b[:], m.Revision)
-		if err := cache.PutMeta(revKey(m.Name, m.Channel), b[:]); err != nil {
-			return nil, err
-		}
+	if err := recordRevision(cache, m); err != nil {
+		return nil, err
 	}
 	phase("record")
 	res := &pullResult{
@@ -423,7 +442,7 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 		BytesFetched: client.Received(), ManifestBytes: len(env), BytesFromSeed: st.SeedBytes,
 		BytesFromCache: st.CacheBytes, BytesInPlace: st.InPlaceBytes, ChunksFetched: st.FetchChunks,
 		PlainFetched: st.FetchBytes, Chunks: len(m.Chunks), ZeroBytes: plan.Report.ZeroBytes,
-		Fallbacks: st.Fallbacks, Plan: plan.Report, Verified: true, Seconds: g.now().Sub(start).Seconds(), Phases: phases,
+		Fallbacks: st.Fallbacks, Plan: plan.Report, Verified: true, Seconds: g.now().Sub(start).Seconds(), Phases: timer.ms,
 		Slot: o.slot, Booted: o.booted,
 	}
 	if sw != nil {

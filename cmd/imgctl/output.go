@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -135,4 +136,22 @@ func imageSize(f *os.File) (int64, error) {
 		return f.Seek(0, io.SeekEnd)
 	}
 	return 0, fmt.Errorf("%s is neither a regular file nor a block device", f.Name())
+}
+
+// phases times the steps of a command (phases_ms in --json): each call of
+// done charges the time since the previous one to name.
+type phases struct {
+	now  func() time.Time
+	mark time.Time
+	ms   map[string]int64
+}
+
+func newPhases(now func() time.Time) *phases {
+	return &phases{now: now, mark: now(), ms: map[string]int64{}}
+}
+
+func (p *phases) done(name string) {
+	t := p.now()
+	p.ms[name] += t.Sub(p.mark).Milliseconds()
+	p.mark = t
 }
