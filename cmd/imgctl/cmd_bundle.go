@@ -175,6 +175,9 @@ func runBundleApply(ctx context.Context, g *globalOptions, o *bundleApplyOptions
 		case "current":
 			fmt.Fprintf(g.stdout, "%s/%s@%d is already current in %s\n", m.Name, m.Channel, m.Revision, root.Dir)
 		default:
+			if res.Held {
+				fmt.Fprintf(g.stdout, "%s is held, but revision %d is mandatory: installed anyway\n", m.Name, m.Revision)
+			}
 			fmt.Fprintf(g.stdout, "%s %s/%s@%d in %s (%d files, %s verified; was %d): fetched %s (%d chunks), %s from installed releases, %s from cache; %.2fs\n",
 				res.Action, m.Name, m.Channel, m.Revision, root.Dir, len(files), human(m.Size), cur,
 				human(res.BytesFetched), res.ChunksFetched, human(res.BytesFromSeed), human(res.BytesFromCache), res.Seconds)
