@@ -1,0 +1,457 @@
+package delta
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"sort"
+
+	"github.com/imgctl/imgctl/chunkstore"
+	"github.com/imgctl/imgctl/manifest"
+	"github.com/klauspost/compress/zstd"
+)
+
+// A delta pack holds the chunks of a release TO that a release FROM lacks,
+// compressed against FROM's content (decisions/0006). It is cut into
+// segments; each segment is one zstd frame of some of those chunks, in TO's
+// order, compressed with a raw dictionary made of ranges of FROM's content
+// chosen by similarity. A terminal holding FROM (its running slot, or its
+// installed bundle release) reads those ranges from it, decodes the frame
+// and verifies every chunk by its ID. Memory is bounded by one segment plus
+// its reference, whatever the size of the release.
+//
+// Format (version 1):
+//
+//	"IMGPACK\x01"
+//	uvarint segments
+//	per segment:
+//	  uvarint refs;   refs × (uvarint offset delta, uvarint length)   ranges of FROM, ascending, disjoint
+//	  uvarint chunks; chunks × ([32] ID, uvarint size)             what the frame yields, in order
+//	  uvarint frame length; the zstd frame
+var packMagic = []byte("IMGPACK\x01")
+
+// PackOptions tune BuildPack. The zero value is the default.
+type PackOptions struct {
+	SegmentSize int // plain bytes of chunks per segment (default 16 MiB)
+	RefBudget   int // bytes of FROM referenced per segment (default 32 MiB)
+	// Margin is how much of FROM around a similar region is referenced
+	// (default 64 KiB).
+	Margin int64
+	// Progress, if set, is called with plain bytes packed.
+	Progress func(n int64)
+	// Encode, if set, replaces the built-in encoder (klauspost/compress
+	// zstd at its best level): it must return one zstd frame of plain that
+	// uses ref as a raw-content prefix (what `zstd --patch-from=REF` writes)
+	// with a window no larger than the next power of two of
+	// len(ref)+len(plain), at least 1 MiB. The decoder stays the same.
+	Encode func(plain, ref []byte) ([]byte, error)
+}
+
+func (o *PackOptions) defaults() {
+	if o.SegmentSize <= 0 {
+		o.SegmentSize = 16 << 20
+	}
+	if o.RefBudget <= 0 {
+		o.RefBudget = 32 << 20
+	}
+	if o.Margin <= 0 {
+		o.Margin = 64 << 10
+	}
+}
+
+// Limits a decoder enforces on a pack (a pack is untrusted until its chunks
+// verify).
+const (
+	maxPackSegment = 64 << 20
+	maxPackRef     = 256 << 20
+	maxPackRefs    = 1 << 16
+	maxPackChunks  = 1 << 20
+)
+
+// PackStats describes a built pack.
+type PackStats struct {
+	Chunks     int   `json:"chunks"`
+	PlainBytes int64 `json:"plain_bytes"` // of the chunks it yields
+	Segments   int   `json:"segments"`
+	RefBytes   int64 `json:"reference_bytes"` // of FROM read by a decoder
+	Size       int64 `json:"size"`
+}
+
+// PackChunks returns the chunks a pack from→to carries: those of to that
+// from lacks, in to's order.
+func PackChunks(from, to *manifest.Manifest) []manifest.ChunkRef {
+	have := from.ChunkIndex()
+	var out []manifest.ChunkRef
+	for _, c := range to.Chunks {
+		if _, ok := have[c.ID]; !ok {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// anchor positions: content-defined (a gear hash over the last 64 bytes
+// hits a mask), so the same bytes give the same anchors wherever they are.
+var gear = func() (g [256]uint64) {
+	r := rand.New(rand.NewPCG(0x696d6763746c, 6)) // fixed: anchors must not change between builds
+	for i := range g {
+		g[i] = r.Uint64()
+	}
+	return
+}()
+
+const anchorMask = 1<<8 - 1 // one anchor per ~256 bytes
+
+func anchors(b []byte, fn func(pos int, fp uint64)) {
+	var h uint64
+	for i, c := range b {
+		h = h<<1 + gear[c]
+		if i >= 63 && h&anchorMask == 0 {
+			fn(i, h)
+		}
+	}
+}
+
+// fromIndex maps anchor fingerprints of FROM's data to their offsets.
+func fromIndex(ctx context.Context, from *manifest.Manifest, r io.ReaderAt) (map[uint64]int64, error) {
+	idx := map[uint64]int64{}
+	buf := make([]byte, from.Chunker.MaxSize)
+	var err error
+	from.Walk(func(off, size int64, c int) bool {
+		if c < 0 {
+			return true
+		}
+		if err = ctx.Err(); err != nil {
+			return false
+		}
+		b := buf[:size]
+		if _, err = r.ReadAt(b, off); err != nil {
+			return false
+		}
+		anchors(b, func(pos int, fp uint64) {
+			if _, ok := idx[fp]; !ok {
+				idx[fp] = off + int64(pos)
+			}
+		})
+		return true
+	})
+	return idx, err
+}
+
+type span64 struct{ off, end int64 }
+
+// BuildPack writes the pack from→to to w. fromContent reads FROM's content
+// (the publisher's store through StoreContent, or an image); chunks gives
+// the plain bytes of TO's chunks.
+func BuildPack(ctx context.Context, w io.Writer, from, to *manifest.Manifest, fromContent io.ReaderAt, chunks chunkstore.Getter, opts PackOptions) (PackStats, error) {
+	opts.defaults()
+	var st PackStats
+	refs := PackChunks(from, to)
+	idx, err := fromIndex(ctx, from, fromContent)
+	if err != nil {
+		return st, fmt.Errorf("indexing revision %d: %w", from.Revision, err)
+	}
+	bw := bufio.NewWriterSize(w, 1<<20)
+	cw := &countWriter{w: bw}
+	cw.Write(packMagic)
+	// Segments: consecutive chunks up to SegmentSize.
+	var segs [][]manifest.ChunkRef
+	for i := 0; i < len(refs); {
+		j, n := i, 0
+		for j < len(refs) && (j == i || n+int(refs[j].Size) <= opts.SegmentSize) {
+			n += int(refs[j].Size)
+			j++
+		}
+		segs = append(segs, refs[i:j])
+		i = j
+	}
+	cw.Write(binary.AppendUvarint(nil, uint64(len(segs))))
+	votes := map[int64]int{}
+	for _, seg := range segs {
+		if err := ctx.Err(); err != nil {
+			return st, err
+		}
+		var plain []byte
+		var wins []span64
+		for _, c := range seg {
+			ch, err := chunks.Get(ctx, c.ID)
+			if err != nil {
+				return st, fmt.Errorf("chunk %s: %w", c.ID.Short(), err)
+			}
+			p := ch.Plain()
+			clear(votes)
+			anchors(p, func(pos int, fp uint64) {
+				if o, ok := idx[fp]; ok {
+					votes[(o-int64(pos))>>12]++
+				}
+			})
+			for _, k := range topVotes(votes, 2) {
+				start := k<<12 - opts.Margin
+				wins = append(wins, span64{max(start, 0), min(k<<12+int64(len(p))+opts.Margin, from.Size)})
+			}
+			plain = append(plain, p...)
+		}
+		// Merge the windows, keep them within the budget (most chunks'
+		// windows come first in content order; keep the earliest).
+		sort.Slice(wins, func(a, b int) bool { return wins[a].off < wins[b].off })
+		var merged []span64
+		total := int64(0)
+		for _, s := range wins {
+			if k := len(merged) - 1; k >= 0 && s.off <= merged[k].end {
+				if grow := s.end - merged[k].end; grow > 0 && total+grow <= int64(opts.RefBudget) {
+					merged[k].end = s.end
+					total += grow
+				}
+				continue
+			}
+			if total+s.end-s.off > int64(opts.RefBudget) {
+				continue
+			}
+			merged = append(merged, s)
+			total += s.end - s.off
+		}
+		ref := make([]byte, 0, total)
+		for _, s := range merged {
+			b := make([]byte, s.end-s.off)
+			if _, err := fromContent.ReadAt(b, s.off); err != nil {
+				return st, fmt.Errorf("reading revision %d at %d: %w", from.Revision, s.off, err)
+			}
+			ref = append(ref, b...)
+		}
+		encode := packEncode
+		if opts.Encode != nil {
+			encode = opts.Encode
+		}
+		frame, err := encode(plain, ref)
+		if err != nil {
+			return st, err
+		}
+		// Header.
+		h := binary.AppendUvarint(nil, uint64(len(merged)))
+		prev := int64(0)
+		for _, s := range merged {
+			h = binary.AppendUvarint(h, uint64(s.off-prev))
+			h = binary.AppendUvarint(h, uint64(s.end-s.off))
+			prev = s.end
+		}
+		h = binary.AppendUvarint(h, uint64(len(seg)))
+		for _, c := range seg {
+			h = append(h, c.ID[:]...)
+			h = binary.AppendUvarint(h, uint64(c.Size))
+		}
+		h = binary.AppendUvarint(h, uint64(len(frame)))
+		cw.Write(h)
+		cw.Write(frame)
+		st.Segments++
+		st.Chunks += len(seg)
+		st.PlainBytes += int64(len(plain))
+		st.RefBytes += total
+		if opts.Progress != nil {
+			opts.Progress(int64(len(plain)))
+		}
+	}
+	if err := bw.Flush(); err != nil {
+		return st, err
+	}
+	if cw.err != nil {
+		return st, cw.err
+	}
+	st.Size = cw.n
+	return st, nil
+}
+
+// topVotes returns up to n candidate keys with at least 2 votes, most
+// votes first (ties: lower key), so builds are deterministic.
+func topVotes(v map[int64]int, n int) []int64 {
+	type kv struct {
+		k int64
+		v int
+	}
+	var all []kv
+	for k, c := range v {
+		if c >= 2 {
+			all = append(all, kv{k, c})
+		}
+	}
+	sort.Slice(all, func(a, b int) bool { return all[a].v > all[b].v || all[a].v == all[b].v && all[a].k < all[b].k })
+	var out []int64
+	for i := 0; i < len(all) && i < n; i++ {
+		out = append(out, all[i].k)
+	}
+	return out
+}
+
+func windowFor(n int) int {
+	w := 1 << 20
+	for w < n {
+		w <<= 1
+	}
+	return w
+}
+
+func packEncode(plain, ref []byte) ([]byte, error) {
+	opts := []zstd.EOption{zstd.WithEncoderLevel(zstd.SpeedBestCompression), zstd.WithEncoderCRC(false),
+		zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(windowFor(len(ref) + len(plain)))}
+	if len(ref) > 0 {
+		opts = append(opts, zstd.WithEncoderDictRaw(0, ref))
+	}
+	enc, err := zstd.NewWriter(nil, opts...)
+	if err != nil {
+		return nil, err
+	}
+	defer enc.Close()
+	return enc.EncodeAll(plain, make([]byte, 0, len(plain)/3)), nil
+}
+
+type countWriter struct {
+	w   io.Writer
+	n   int64
+	err error
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	if c.err != nil {
+		return 0, c.err
+	}
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	c.err = err
+	return n, err
+}
+
+// ErrPack: a pack could not be used (malformed, or it does not decode to
+// the chunks it names). The caller falls back to fetching chunks.
+var ErrPack = errors.New("delta pack unusable")
+
+// DecodePack reads a pack from r, taking its references from FROM's content
+// (from, size fromSize), and calls fn with every chunk it yields, verified
+// by its ID and wanted by want (chunks a pack names that the release does
+// not want are an error). Memory: one segment and its reference.
+func DecodePack(ctx context.Context, r io.Reader, from io.ReaderAt, fromSize int64, want func(chunkstore.ID) bool, fn func(chunkstore.Chunk) error) error {
+	br := bufio.NewReaderSize(r, 1<<20)
+	bad := func(f string, a ...any) error { return fmt.Errorf("%w: "+f, append([]any{ErrPack}, a...)...) }
+	magic := make([]byte, len(packMagic))
+	if _, err := io.ReadFull(br, magic); err != nil || string(magic) != string(packMagic) {
+		return bad("not a pack (version 1)")
+	}
+	uv := func(max uint64, what string) (uint64, error) {
+		v, err := binary.ReadUvarint(br)
+		if err != nil {
+			return 0, bad("%s: %v", what, err)
+		}
+		if v > max {
+			return 0, bad("%s %d exceeds %d", what, v, max)
+		}
+		return v, nil
+	}
+	nseg, err := uv(1<<24, "segment count")
+	if err != nil {
+		return err
+	}
+	for s := uint64(0); s < nseg; s++ {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		nref, err := uv(maxPackRefs, "reference count")
+		if err != nil {
+			return err
+		}
+		var ref []byte
+		pos := int64(0)
+		for i := uint64(0); i < nref; i++ {
+			d, err := uv(uint64(fromSize), "reference offset")
+			if err != nil {
+				return err
+			}
+			n, err := uv(maxPackRef, "reference length")
+			if err != nil {
+				return err
+			}
+			off := pos + int64(d)
+			if off+int64(n) > fromSize || len(ref)+int(n) > maxPackRef {
+				return bad("reference %d+%d beyond the release it refers to (%d bytes)", off, n, fromSize)
+			}
+			b := make([]byte, n)
+			if _, err := from.ReadAt(b, off); err != nil {
+				return fmt.Errorf("reading the reference at %d: %w", off, err)
+			}
+			ref = append(ref, b...)
+			pos = off + int64(n)
+		}
+		nch, err := uv(maxPackChunks, "chunk count")
+		if err != nil {
+			return err
+		}
+		type cref struct {
+			id   chunkstore.ID
+			size int
+		}
+		crefs := make([]cref, nch)
+		total := 0
+		for i := range crefs {
+			if _, err := io.ReadFull(br, crefs[i].id[:]); err != nil {
+				return bad("chunk list: %v", err)
+			}
+			n, err := uv(chunkstore.MaxChunkSize, "chunk size")
+			if err != nil {
+				return err
+			}
+			crefs[i].size = int(n)
+			total += int(n)
+			if total > maxPackSegment {
+				return bad("segment of more than %d bytes", maxPackSegment)
+			}
+		}
+		flen, err := uv(uint64(chunkstore.MaxStoredSize(total)), "frame length")
+		if err != nil {
+			return err
+		}
+		frame := make([]byte, flen)
+		if _, err := io.ReadFull(br, frame); err != nil {
+			return bad("frame: %v", err)
+		}
+		plain, err := packDecode(frame, ref, total)
+		if err != nil {
+			return bad("segment %d: %v", s, err)
+		}
+		if len(plain) != total {
+			return bad("segment %d decodes to %d bytes, its chunks add up to %d", s, len(plain), total)
+		}
+		off := 0
+		for _, c := range crefs {
+			if !want(c.id) {
+				return bad("chunk %s is not one the release needs", c.id.Short())
+			}
+			ch, err := chunkstore.VerifyPlain(c.id, plain[off:off+c.size:off+c.size])
+			if err != nil {
+				return bad("%v", err)
+			}
+			if err := fn(ch); err != nil {
+				return err
+			}
+			off += c.size
+		}
+	}
+	if _, err := br.ReadByte(); err != io.EOF {
+		return bad("trailing bytes")
+	}
+	return nil
+}
+
+func packDecode(frame, ref []byte, size int) ([]byte, error) {
+	opts := []zstd.DOption{zstd.WithDecoderConcurrency(1), zstd.IgnoreChecksum(true),
+		zstd.WithDecoderMaxWindow(uint64(windowFor(len(ref) + size))), zstd.WithDecoderMaxMemory(uint64(size) + 1)}
+	if len(ref) > 0 {
+		opts = append(opts, zstd.WithDecoderDictRaw(0, ref))
+	}
+	dec, err := zstd.NewReader(nil, opts...)
+	if err != nil {
+		return nil, err
+	}
+	defer dec.Close()
+	return dec.DecodeAll(frame, make([]byte, 0, size))
+}
