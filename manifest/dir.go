@@ -175,3 +175,23 @@ func (r *Releases) ReadSide(name, channel string, rev uint64, kind string) ([]by
 	}
 	return os.ReadFile(r.sidePath(name, channel, rev, kind))
 }
+
+// PutSide adds a side file to a stored release (a pack record made after
+// the release was published), atomically.
+func (r *Releases) PutSide(name, channel string, rev uint64, kind string, data []byte) error {
+	if _, err := os.Stat(r.path(name, channel, rev)); err != nil {
+		return fmt.Errorf("%w: %s/%s@%d", ErrNoRelease, name, channel, rev)
+	}
+	return chunkstore.WriteFileAtomic(r.sidePath(name, channel, rev, kind), data, 0o644)
+}
+
+// sideKinds lists the kinds of a release's side files.
+func (r *Releases) sideKinds(name, channel string, rev uint64) []string {
+	prefix := r.sidePath(name, channel, rev, "")
+	paths, _ := filepath.Glob(prefix + "*")
+	var out []string
+	for _, p := range paths {
+		out = append(out, strings.TrimPrefix(p, prefix))
+	}
+	return out
+}

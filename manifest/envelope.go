@@ -37,14 +37,22 @@ type signature struct {
 
 // Sign encodes m and signs it with every key.
 func Sign(m *Manifest, keys ...PrivateKey) ([]byte, error) {
-	if len(keys) == 0 || len(keys) > maxSigs {
-		return nil, fmt.Errorf("sign: need 1..%d keys, got %d", maxSigs, len(keys))
-	}
 	payload, err := Encode(m)
 	if err != nil {
 		return nil, err
 	}
-	msg := append([]byte(sigContext), payload...)
+	return seal(magic, sigContext, payload, keys)
+}
+
+// seal frames payload as an envelope with the given magic, signed by every
+// key over context ‖ payload. Different kinds of signed files use
+// different magics and contexts, so a signature over one can never pass
+// for another.
+func seal(magic [8]byte, context string, payload []byte, keys []PrivateKey) ([]byte, error) {
+	if len(keys) == 0 || len(keys) > maxSigs {
+		return nil, fmt.Errorf("sign: need 1..%d keys, got %d", maxSigs, len(keys))
+	}
+	msg := append([]byte(context), payload...)
 	out := make([]byte, 0, 13+len(payload)+len(keys)*sigLen)
 	out = append(out, magic[:]...)
 	out = binary.BigEndian.AppendUint32(out, uint32(len(payload)))
@@ -59,6 +67,10 @@ func Sign(m *Manifest, keys ...PrivateKey) ([]byte, error) {
 
 // split parses the envelope frame without looking into the payload.
 func split(env []byte) (payload []byte, sigs []signature, err error) {
+	return splitAs(magic, env)
+}
+
+func splitAs(magic [8]byte, env []byte) (payload []byte, sigs []signature, err error) {
 	if len(env) > MaxEnvelope {
 		return nil, nil, &VerifyError{Err: ErrTooLarge, Detail: fmt.Sprintf("%d bytes", len(env))}
 	}
@@ -138,26 +150,9 @@ func Verify(env []byte, p Policy) (*Manifest, error) {
 	if p.Now == nil {
 		return nil, fmt.Errorf("verify: no clock")
 	}
-	payload, sigs, err := split(env)
+	payload, err := checkSignatures(magic, sigContext, env, p.Trust)
 	if err != nil {
 		return nil, err
-	}
-	msg := append([]byte(sigContext), payload...)
-	good := map[KeyID]bool{}
-	for _, s := range sigs {
-		k, ok := p.Trust.Keys[s.key]
-		if !ok {
-			continue
-		}
-		if !ed25519.Verify(k.Key, msg, s.sig) {
-			return nil, &VerifyError{Err: ErrBadSignature, Detail: "signature by key " + s.key.String() + " does not match"}
-		}
-		good[s.key] = true
-	}
-	need := max(p.Trust.Threshold, 1)
-	if len(good) < need {
-		ids, _ := Signers(env)
-		return nil, &VerifyError{Err: ErrUnknownKey, Detail: fmt.Sprintf("%d of %d required trusted signatures (signed by %v)", len(good), need, ids)}
 	}
 	m, err := Decode(payload)
 	if err != nil {
@@ -176,4 +171,32 @@ func Verify(env []byte, p Policy) (*Manifest, error) {
 		return nil, &VerifyError{Err: ErrRollback, Detail: fmt.Sprintf("revision %d < %d", m.Revision, p.MinRevision)}
 	}
 	return m, nil
+}
+
+// checkSignatures returns the payload of an envelope of the given kind
+// once enough trusted keys signed it.
+func checkSignatures(magic [8]byte, context string, env []byte, trust *Trust) ([]byte, error) {
+	payload, sigs, err := splitAs(magic, env)
+	if err != nil {
+		return nil, err
+	}
+	msg := append([]byte(context), payload...)
+	good := map[KeyID]bool{}
+	var ids []KeyID
+	for _, s := range sigs {
+		ids = append(ids, s.key)
+		k, ok := trust.Keys[s.key]
+		if !ok {
+			continue
+		}
+		if !ed25519.Verify(k.Key, msg, s.sig) {
+			return nil, &VerifyError{Err: ErrBadSignature, Detail: "signature by key " + s.key.String() + " does not match"}
+		}
+		good[s.key] = true
+	}
+	need := max(trust.Threshold, 1)
+	if len(good) < need {
+		return nil, &VerifyError{Err: ErrUnknownKey, Detail: fmt.Sprintf("%d of %d required trusted signatures (signed by %v)", len(good), need, ids)}
+	}
+	return payload, nil
 }

@@ -1,0 +1,157 @@
+package manifest
+
+import (
+	"encoding/binary"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/imgctl/imgctl/chunkstore"
+)
+
+// PackRecord is the signed description of a delta pack (delta.BuildPack):
+// which release it leads from and to, which object it is, and which chunks
+// it yields. A terminal uses a pack only through a record that verifies.
+type PackRecord struct {
+	Name, Channel string
+	From, To      uint64
+	// FromID and ToID are the manifest IDs of the two releases, and
+	// FromDigest FROM's whole-content BLAKE3: the reference a terminal must
+	// hold exactly.
+	FromID, ToID chunkstore.ID
+	FromDigest   chunkstore.ID
+	// Pack is the BLAKE3 of the pack's bytes, Size their length.
+	Pack chunkstore.ID
+	Size int64
+	// Chunks and PlainBytes count what the pack yields; ChunksDigest
+	// commits to the list (ChunkListDigest of delta.PackChunks(from, to)).
+	Chunks       int
+	PlainBytes   int64
+	ChunksDigest chunkstore.ID
+	Created      time.Time
+}
+
+var packMagic = [8]byte{'I', 'M', 'G', 'C', 'T', 'L', 'P', 1}
+
+const (
+	packContext       = "imgctl pack record v1\x00"
+	packRecordVersion = 1
+)
+
+// ChunkListDigest is the BLAKE3 of chunk IDs and sizes in order.
+func ChunkListDigest(refs []ChunkRef) chunkstore.ID {
+	b := make([]byte, 0, len(refs)*36)
+	for _, c := range refs {
+		b = append(b, c.ID[:]...)
+		b = binary.BigEndian.AppendUint32(b, c.Size)
+	}
+	return chunkstore.Sum(b)
+}
+
+func (r *PackRecord) encode() []byte {
+	b := binary.AppendUvarint(nil, packRecordVersion)
+	for _, s := range []string{r.Name, r.Channel} {
+		b = binary.AppendUvarint(b, uint64(len(s)))
+		b = append(b, s...)
+	}
+	b = binary.AppendUvarint(b, r.From)
+	b = binary.AppendUvarint(b, r.To)
+	for _, id := range []chunkstore.ID{r.FromID, r.ToID, r.FromDigest, r.Pack, r.ChunksDigest} {
+		b = append(b, id[:]...)
+	}
+	b = binary.AppendUvarint(b, uint64(r.Size))
+	b = binary.AppendUvarint(b, uint64(r.Chunks))
+	b = binary.AppendUvarint(b, uint64(r.PlainBytes))
+	return binary.AppendVarint(b, r.Created.Unix())
+}
+
+func decodePackRecord(b []byte) (*PackRecord, error) {
+	d := &decoder{b: b}
+	if v := d.uvarint(); d.err == nil && v != packRecordVersion {
+		return nil, &VerifyError{Err: ErrUnknownVersion, Detail: fmt.Sprintf("pack record version %d", v)}
+	}
+	r := &PackRecord{Name: d.str("name"), Channel: d.str("channel")}
+	r.From, r.To = d.uvarint(), d.uvarint()
+	for _, id := range []*chunkstore.ID{&r.FromID, &r.ToID, &r.FromDigest, &r.Pack, &r.ChunksDigest} {
+		copy(id[:], d.raw(32))
+	}
+	r.Size = int64(d.uint(1<<50, "pack size"))
+	r.Chunks = int(d.uint(1<<32, "chunk count"))
+	r.PlainBytes = int64(d.uint(1<<50, "plain bytes"))
+	r.Created = timeOrZero(d.varint())
+	if d.err == nil && d.off != len(b) {
+		d.fail("%d trailing bytes", len(b)-d.off)
+	}
+	if d.err != nil {
+		return nil, malformed("pack record: %v", d.err)
+	}
+	if !ValidName(r.Name) || !ValidName(r.Channel) || r.From == 0 || r.From >= r.To {
+		return nil, malformed("pack record: %s/%s %d→%d", r.Name, r.Channel, r.From, r.To)
+	}
+	return r, nil
+}
+
+// SignPackRecord encodes and signs r.
+func SignPackRecord(r *PackRecord, keys ...PrivateKey) ([]byte, error) {
+	if !ValidName(r.Name) || !ValidName(r.Channel) || r.From == 0 || r.From >= r.To {
+		return nil, fmt.Errorf("pack record: %s/%s %d→%d", r.Name, r.Channel, r.From, r.To)
+	}
+	return seal(packMagic, packContext, r.encode(), keys)
+}
+
+// VerifyPackRecord checks the signatures of a pack record, then that it
+// leads from the manifest fromEnv to the manifest toEnv (both already
+// verified by the caller).
+func VerifyPackRecord(env []byte, trust *Trust, fromEnv, toEnv []byte) (*PackRecord, error) {
+	if trust == nil || len(trust.Keys) == 0 {
+		return nil, &VerifyError{Err: ErrUnknownKey, Detail: "no trusted keys"}
+	}
+	payload, err := checkSignatures(packMagic, packContext, env, trust)
+	if err != nil {
+		return nil, err
+	}
+	r, err := decodePackRecord(payload)
+	if err != nil {
+		return nil, err
+	}
+	fid, err := ID(fromEnv)
+	if err != nil {
+		return nil, err
+	}
+	tid, err := ID(toEnv)
+	if err != nil {
+		return nil, err
+	}
+	if r.FromID != fid || r.ToID != tid {
+		return nil, &VerifyError{Err: ErrWrongTarget, Detail: fmt.Sprintf("pack %s/%s %d→%d is for other releases", r.Name, r.Channel, r.From, r.To)}
+	}
+	return r, nil
+}
+
+// OpenPackRecord decodes a pack record WITHOUT checking signatures (for
+// listing what a store holds).
+func OpenPackRecord(env []byte) (*PackRecord, error) {
+	payload, _, err := splitAs(packMagic, env)
+	if err != nil {
+		return nil, err
+	}
+	return decodePackRecord(payload)
+}
+
+// SidePack is the side-file kind of the record of the pack from revision
+// from to a release.
+func SidePack(from uint64) string { return "pack-" + strconv.FormatUint(from, 10) }
+
+// PackFroms lists the revisions a release has pack records from.
+func (r *Releases) PackFroms(name, channel string, rev uint64) []uint64 {
+	var out []uint64
+	for _, k := range r.sideKinds(name, channel, rev) {
+		if s, ok := strings.CutPrefix(k, "pack-"); ok {
+			if n, err := strconv.ParseUint(s, 10, 64); err == nil {
+				out = append(out, n)
+			}
+		}
+	}
+	return out
+}

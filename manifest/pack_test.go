@@ -1,0 +1,53 @@
+package manifest
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/imgctl/imgctl/chunkstore"
+)
+
+func TestPackRecord(t *testing.T) {
+	k := testKey(1)
+	from := sample()
+	to := sample()
+	to.Revision = 43
+	fromEnv, _ := Sign(from, k)
+	toEnv, _ := Sign(to, k)
+	fid, _ := ID(fromEnv)
+	tid, _ := ID(toEnv)
+	rec := &PackRecord{Name: "terminal-os", Channel: "stable", From: 42, To: 43, FromID: fid, ToID: tid,
+		FromDigest: from.Digest, Pack: chunkstore.Sum([]byte("pack")), Size: 12345, Chunks: 7, PlainBytes: 99999,
+		ChunksDigest: ChunkListDigest(to.Chunks), Created: created}
+	env, err := SignPackRecord(rec, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := VerifyPackRecord(env, trustOf(k), fromEnv, toEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *got != *rec {
+		t.Fatalf("round trip:\n%+v\n%+v", got, rec)
+	}
+	// Another key, other releases, a manifest signature passed off as a
+	// pack record, a flipped byte: all refused.
+	if _, err := VerifyPackRecord(env, trustOf(testKey(2)), fromEnv, toEnv); !errors.Is(err, ErrVerification) {
+		t.Errorf("untrusted key: %v", err)
+	}
+	if _, err := VerifyPackRecord(env, trustOf(k), toEnv, toEnv); !errors.Is(err, ErrVerification) {
+		t.Errorf("other releases: %v", err)
+	}
+	if _, err := VerifyPackRecord(fromEnv, trustOf(k), fromEnv, toEnv); !errors.Is(err, ErrVerification) {
+		t.Errorf("a manifest as a pack record: %v", err)
+	}
+	bad := append([]byte{}, env...)
+	bad[20] ^= 1
+	if _, err := VerifyPackRecord(bad, trustOf(k), fromEnv, toEnv); !errors.Is(err, ErrVerification) {
+		t.Errorf("flipped byte: %v", err)
+	}
+	if _, err := SignPackRecord(&PackRecord{Name: "x", Channel: "y", From: 3, To: 3, Created: time.Now()}, k); err == nil {
+		t.Error("signed a pack from a release to itself")
+	}
+}
