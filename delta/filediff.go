@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"sort"
 
 	"github.com/imgctl/imgctl/chunkstore"
@@ -245,4 +246,31 @@ func metaDetail(o, n *manifest.File) string {
 		add("mtime")
 	}
 	return s
+}
+
+// StoreReader reads the content m describes from a store's chunks, as an
+// io.ReaderAt (zero extents read as zeros).
+func StoreReader(ctx context.Context, g chunkstore.Getter, m *manifest.Manifest) io.ReaderAt {
+	return storeReader{m: m, read: StoreContent(ctx, g)}
+}
+
+type storeReader struct {
+	m    *manifest.Manifest
+	read Content
+}
+
+func (s storeReader) ReadAt(p []byte, off int64) (int, error) {
+	if off >= s.m.Size {
+		return 0, io.EOF
+	}
+	n := min(int64(len(p)), s.m.Size-off)
+	b, err := s.read(s.m, off, n)
+	if err != nil {
+		return 0, err
+	}
+	copy(p, b)
+	if n < int64(len(p)) {
+		return int(n), io.EOF
+	}
+	return int(n), nil
 }

@@ -3,6 +3,7 @@ package manifest
 import (
 	"encoding/binary"
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -155,3 +156,12 @@ func (r *Releases) PackFroms(name, channel string, rev uint64) []uint64 {
 	}
 	return out
 }
+
+// PackPath is where a store keeps the delta pack object id (beside, not
+// in, packs/, which holds the store's own chunk pack files).
+func PackPath(storeRoot string, id chunkstore.ID) string {
+	return filepath.Join(storeRoot, "deltas", id.String()+".dpack")
+}
+
+// MaxPackRecord bounds a pack record file.
+const MaxPackRecord = 64 << 10

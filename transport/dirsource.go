@@ -15,6 +15,7 @@ import (
 // store on a USB stick, an NFS mount, or a local origin. It needs no lock
 // and verifies every chunk, exactly as the HTTP client does.
 type DirSource struct {
+	root     string
 	dir      *chunkstore.Dir
 	rel      *manifest.Releases
 	received atomic.Int64
@@ -28,7 +29,7 @@ func OpenDirSource(root string) (*DirSource, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &DirSource{dir: d, rel: manifest.OpenReleases(root)}, nil
+	return &DirSource{root: root, dir: d, rel: manifest.OpenReleases(root)}, nil
 }
 
 // Close releases the store's open files.

@@ -31,6 +31,8 @@ import (
 //	POST /v1/chunks/batch                        many chunks in one response (see batch.go)
 //	GET  /v1/torrents/{name}/{channel}/{rev}     the release's .torrent (info, trackers, webseed)
 //	GET  /v1/torrents/{name}/{channel}/{rev}/info  its info bytes (checked against the manifest)
+//	GET  /v1/packs/{name}/{channel}/{rev}/from/{from}  signed record of a delta pack (packs.go)
+//	GET  /v1/packs/{id}                          a delta pack, Range supported
 //	GET  /ws/{torrent}/{file}                    BEP 19 webseed: a release torrent's files
 //	GET  /metrics                                Prometheus metrics
 //	GET  /healthz                                "ok"
@@ -63,6 +65,7 @@ type ServerOptions struct {
 // verified against its ID before it is sent; a corrupt file is answered
 // with 500 and counted, never sent.
 type Server struct {
+	root     string
 	dir      *chunkstore.Dir
 	rel      *manifest.Releases
 	log      *slog.Logger
@@ -86,7 +89,7 @@ func NewServer(root string, opts ServerOptions) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{dir: dir, rel: manifest.OpenReleases(root), log: opts.Logger, limit: NewLimiter(opts.UploadLimit), reg: opts.Registry,
+	s := &Server{root: root, dir: dir, rel: manifest.OpenReleases(root), log: opts.Logger, limit: NewLimiter(opts.UploadLimit), reg: opts.Registry,
 		announce: opts.Announce, up: opts.Upstream}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -109,6 +112,8 @@ func NewServer(root string, opts ServerOptions) (*Server, error) {
 	s.mux.HandleFunc("GET /v1/torrents/{name}/{channel}/{rev}", s.wrap("torrent", s.handleTorrent))
 	s.mux.HandleFunc("GET /v1/torrents/{name}/{channel}/{rev}/info", s.wrap("torrent-info", s.handleTorrentInfo))
 	s.mux.HandleFunc("GET /ws/{torrent}/{file}", s.wrap("webseed", s.handleWebSeed))
+	s.mux.HandleFunc("GET /v1/packs/{name}/{channel}/{rev}/from/{from}", s.wrap("pack-record", s.handlePackRecord))
+	s.mux.HandleFunc("GET /v1/packs/{id}", s.wrap("pack", s.handlePack))
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
 	return s, nil

@@ -34,6 +34,8 @@ type publishOptions struct {
 	mandatory                 bool
 	mtime                     string
 	owner                     string
+	packsFrom                 int
+	packEncoder               string
 }
 
 func (o *publishOptions) AddFlags(f *pflag.FlagSet) {
@@ -53,6 +55,8 @@ func (o *publishOptions) AddFlags(f *pflag.FlagSet) {
 	f.BoolVar(&o.mandatory, "mandatory", false, "mark the release mandatory: terminals install it even where an operator holds the bundle back")
 	f.StringVar(&o.mtime, "mtime", "", "bundles: set every timestamp to this (RFC 3339, or Unix seconds; e.g. $SOURCE_DATE_EPOCH) for reproducible manifests")
 	f.StringVar(&o.owner, "owner", "", "bundles: record every file as owned by UID:GID (e.g. 0:0) instead of its owner on disk")
+	f.IntVar(&o.packsFrom, "packs-from", 0, "then build delta packs to this release from the last N revisions (imgctl pack build)")
+	f.StringVar(&o.packEncoder, "pack-encoder", "go", "encoder of those packs: go or zstd (see imgctl pack build)")
 }
 
 func newPublishCommand(g *globalOptions) *cobra.Command {
@@ -100,6 +104,7 @@ type publishResult struct {
 	Previous         *delta.Diff   `json:"previous,omitempty"`
 	InfoHash         string        `json:"infohash,omitempty"`
 	Magnet           string        `json:"magnet,omitempty"`
+	Packs            []*packResult `json:"packs,omitempty"`
 }
 
 func parseChunkSizes(s string) (chunkstore.Params, error) {
@@ -272,6 +277,22 @@ func runPublish(ctx context.Context, g *globalOptions, o *publishOptions, image 
 			}
 		}
 	}
+	for _, from := range packFroms(revs, o.packsFrom) {
+		fromEnv, _, err := rels.Read(o.name, o.channel, from)
+		if err != nil {
+			return nil, err
+		}
+		fm, err := manifest.Open(fromEnv)
+		if err != nil {
+			return nil, err
+		}
+		po := &packBuildOptions{store: o.store, channel: o.channel, encoder: o.packEncoder, segmentMiB: 16, refMiB: 32}
+		pr, err := buildPack(ctx, g, po, store, key, fromEnv, fm, env, m)
+		if err != nil {
+			return nil, fmt.Errorf("published %s/%s@%d, but the pack from %d failed: %w", m.Name, m.Channel, rev, from, err)
+		}
+		out.Packs = append(out.Packs, pr)
+	}
 	if o.json {
 		return &out, writeJSON(g.stdout, out)
 	}
@@ -281,6 +302,9 @@ func runPublish(ctx context.Context, g *globalOptions, o *publishOptions, image 
 	if out.Previous != nil {
 		fmt.Fprintf(g.stdout, "vs revision %d: %d new chunks, a terminal on it fetches %s\n",
 			out.Previous.Old.Revision, out.Previous.NewChunks, human(out.Previous.FetchBytes))
+	}
+	for _, p := range out.Packs {
+		printPack(g.stdout, p)
 	}
 	return &out, nil
 }

@@ -108,6 +108,7 @@ chunk from the server, content digest mismatch), 130 interrupted.`,
 		newGCCommand(g),
 		newSlotCommand(g),
 		newBundleCommand(g),
+		newPackCommand(g),
 		newDemoCommand(g),
 	)
 	return root

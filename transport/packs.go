@@ -1,0 +1,98 @@
+package transport
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/imgctl/imgctl/chunkstore"
+	"github.com/imgctl/imgctl/manifest"
+)
+
+// Delta packs (delta.BuildPack): the signed record of the pack from one
+// revision to another is a side file of the newer release; the pack itself
+// is a content-addressed object of the store.
+//
+//	GET /v1/packs/{name}/{channel}/{rev}/from/{from}   the signed pack record
+//	GET /v1/packs/{id}                                 the pack (Range supported)
+
+func (s *Server) handlePackRecord(w http.ResponseWriter, r *http.Request) {
+	from, err := strconv.ParseUint(r.PathValue("from"), 10, 64)
+	if err != nil || from == 0 {
+		http.Error(w, "bad revision", http.StatusBadRequest)
+		return
+	}
+	rec, ok := s.releaseSide(w, r, manifest.SidePack(from))
+	if !ok {
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(rec))
+}
+
+func (s *Server) handlePack(w http.ResponseWriter, r *http.Request) {
+	id, err := chunkstore.ParseID(r.PathValue("id"))
+	if err != nil {
+		http.Error(w, "bad pack id", http.StatusBadRequest)
+		return
+	}
+	f, err := os.Open(manifest.PackPath(s.root, id))
+	if err != nil {
+		http.Error(w, "no such pack", http.StatusNotFound)
+		return
+	}
+	defer f.Close()
+	w.Header().Set("Content-Type", "application/octet-stream")
+	http.ServeContent(w, r, "", time.Time{}, f)
+}
+
+// PackRecord fetches the signed record of the pack from revision from to
+// release rev (a 404 is ErrNoRelease: no such pack).
+func (c *Client) PackRecord(ctx context.Context, name, channel string, rev, from uint64) ([]byte, error) {
+	return c.release(ctx, "/v1/packs/", "/from/"+strconv.FormatUint(from, 10), name, channel, rev, manifest.MaxPackRecord)
+}
+
+// Pack opens the pack id for reading; at most size bytes are read from it
+// (the record's size). Bytes read count as received.
+func (c *Client) Pack(ctx context.Context, id chunkstore.ID, size int64) (io.ReadCloser, error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, c.url("/v1/packs/"+url.PathEscape(id.String())), nil)
+	resp, err := c.do(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		resp.Body.Close()
+		return nil, fmt.Errorf("%w: GET pack %s: %s", ErrPeerUnavailable, id.Short(), resp.Status)
+	}
+	return readCloser{Reader: &countReader{r: io.LimitReader(resp.Body, size), n: &c.received}, Closer: resp.Body}, nil
+}
+
+type readCloser struct {
+	io.Reader
+	io.Closer
+}
+
+// PackRecord reads the record of the pack from revision from to rev.
+func (s *DirSource) PackRecord(_ context.Context, name, channel string, rev, from uint64) ([]byte, error) {
+	b, err := s.rel.ReadSide(name, channel, rev, manifest.SidePack(from))
+	if err != nil {
+		return nil, fmt.Errorf("%w: no pack %s/%s %d→%d", manifest.ErrNoRelease, name, channel, from, rev)
+	}
+	s.received.Add(int64(len(b)))
+	return b, nil
+}
+
+// Pack opens the pack id.
+func (s *DirSource) Pack(_ context.Context, id chunkstore.ID, size int64) (io.ReadCloser, error) {
+	f, err := os.Open(manifest.PackPath(s.root, id))
+	if err != nil {
+		return nil, err
+	}
+	return readCloser{Reader: &countReader{r: io.LimitReader(f, size), n: &s.received}, Closer: f}, nil
+}
