@@ -50,6 +50,12 @@ type Diff struct {
 	// when the store knows them (FetchExact), else their plain size.
 	FetchBytes int64 `json:"fetch_bytes"`
 	FetchExact bool  `json:"fetch_bytes_exact"`
+	// FullBytes is what a terminal with nothing fetches: the stored size of
+	// every chunk of New (plain size where the store does not know it).
+	FullBytes int64 `json:"full_bytes"`
+	// PackBytes is the size of the delta pack Old→New, when the store has
+	// one (set by the caller; 0: none).
+	PackBytes int64 `json:"pack_bytes,omitempty"`
 	// ChangedBytes is the bytes of New not at the same place in Old.
 	ChangedBytes int64    `json:"changed_bytes"`
 	Regions      []Region `json:"regions"`
@@ -87,6 +93,15 @@ func Compare(old, new *manifest.Manifest, stored func(chunkstore.ID) (int64, boo
 			d.FetchExact = false
 		}
 		d.FetchBytes += int64(c.Size)
+	}
+	for _, c := range new.Chunks {
+		n := int64(c.Size)
+		if stored != nil {
+			if k, ok := stored(c.ID); ok {
+				n = k
+			}
+		}
+		d.FullBytes += n
 	}
 	for _, c := range old.Chunks {
 		if _, ok := newIdx[c.ID]; !ok {

@@ -36,8 +36,8 @@ var packMagic = []byte("IMGPACK\x01")
 
 // PackOptions tune BuildPack. The zero value is the default.
 type PackOptions struct {
-	SegmentSize int // plain bytes of chunks per segment (default 16 MiB)
-	RefBudget   int // bytes of FROM referenced per segment (default 32 MiB)
+	SegmentSize int // plain bytes of chunks per segment (default 8 MiB)
+	RefBudget   int // bytes of FROM referenced per segment (default 16 MiB)
 	// Margin is how much of FROM around a similar region is referenced
 	// (default 64 KiB).
 	Margin int64
@@ -53,10 +53,10 @@ type PackOptions struct {
 
 func (o *PackOptions) defaults() {
 	if o.SegmentSize <= 0 {
-		o.SegmentSize = 16 << 20
+		o.SegmentSize = 8 << 20
 	}
 	if o.RefBudget <= 0 {
-		o.RefBudget = 32 << 20
+		o.RefBudget = 16 << 20
 	}
 	if o.Margin <= 0 {
 		o.Margin = 64 << 10

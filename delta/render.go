@@ -53,6 +53,10 @@ func (d *Diff) WriteText(w io.Writer, maxRegions int) error {
 	if d.New.Size > 0 {
 		fmt.Fprintf(&b, "                %.2f %% of the content\n", 100*float64(d.FetchBytes)/float64(d.New.Size))
 	}
+	if d.PackBytes > 0 {
+		fmt.Fprintf(&b, "  delta pack    %s for a terminal on revision %d (chunks %s, full release %s)\n",
+			HumanBytes(d.PackBytes), d.Old.Revision, HumanBytes(d.FetchBytes), HumanBytes(d.FullBytes))
+	}
 	if f := d.Files; f != nil {
 		fmt.Fprintf(&b, "  files         %d added (%s), %d removed (%s), %d changed (%s), %d metadata only, %d unchanged\n",
 			f.Added, HumanBytes(f.AddedBytes), f.Removed, HumanBytes(f.RemovedBytes), f.Changed, HumanBytes(f.ChangedBytes), f.Metadata, f.Unchanged)

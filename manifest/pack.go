@@ -30,6 +30,10 @@ type PackRecord struct {
 	Chunks       int
 	PlainBytes   int64
 	ChunksDigest chunkstore.ID
+	// ChunkBytes is what the same chunks cost fetched one by one (their
+	// stored size): a terminal takes the pack only when it is smaller than
+	// the share of that it would fetch.
+	ChunkBytes int64
 	Created      time.Time
 }
 
@@ -64,6 +68,7 @@ func (r *PackRecord) encode() []byte {
 	b = binary.AppendUvarint(b, uint64(r.Size))
 	b = binary.AppendUvarint(b, uint64(r.Chunks))
 	b = binary.AppendUvarint(b, uint64(r.PlainBytes))
+	b = binary.AppendUvarint(b, uint64(r.ChunkBytes))
 	return binary.AppendVarint(b, r.Created.Unix())
 }
 
@@ -80,6 +85,7 @@ func decodePackRecord(b []byte) (*PackRecord, error) {
 	r.Size = int64(d.uint(1<<50, "pack size"))
 	r.Chunks = int(d.uint(1<<32, "chunk count"))
 	r.PlainBytes = int64(d.uint(1<<50, "plain bytes"))
+	r.ChunkBytes = int64(d.uint(1<<50, "chunk bytes"))
 	r.Created = timeOrZero(d.varint())
 	if d.err == nil && d.off != len(b) {
 		d.fail("%d trailing bytes", len(b)-d.off)

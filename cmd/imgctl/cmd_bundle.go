@@ -41,7 +41,7 @@ type bundleApplyOptions struct {
 	trust                                              []string
 	revision                                           uint64
 	concurrency, workers, keep                         int
-	json                                               bool
+	json, noPacks                                      bool
 	lockTimeout                                        time.Duration
 	p2p                                                p2pOptions
 	// afterCommit runs once the release is installed, before the switch
@@ -76,6 +76,7 @@ func newBundleApplyCommand(g *globalOptions) *cobra.Command {
 	f.IntVar(&o.workers, "workers", 0, "local copy workers (0: one per CPU)")
 	f.IntVar(&o.keep, "keep", 2, "installed releases to keep (the current one and the ones before it)")
 	f.BoolVar(&o.json, "json", false, "print the result as JSON")
+	f.BoolVar(&o.noPacks, "no-packs", false, "never use a delta pack, fetch chunks only")
 	f.DurationVar(&o.lockTimeout, "lock-timeout", 30*time.Second, "how long to wait for another pull holding the cache")
 	o.p2p.AddFlags(f)
 	return cmd
@@ -93,6 +94,7 @@ type bundleResult struct {
 	BytesFetched   int64         `json:"bytes_fetched"`
 	BytesFromSeed  int64         `json:"bytes_from_seed"`
 	BytesFromCache int64         `json:"bytes_from_cache"`
+	BytesFromPacks int64         `json:"bytes_from_packs"`
 	ChunksFetched  int           `json:"chunks_fetched"`
 	Fallbacks      int           `json:"fallbacks"`
 	Mandatory      bool          `json:"mandatory"`
@@ -206,7 +208,7 @@ func runBundleApply(ctx context.Context, g *globalOptions, o *bundleApplyOptions
 	if iid, err := manifest.ID(installedEnv); err == nil && iid == id {
 		res.Action = "switched" // installed before (a rollback away from it): verified then
 	} else {
-		st, sw, err := installBundle(ctx, g, o, root, cache, client, m, env, files, policy, phase)
+		st, sw, err := installBundle(ctx, g, o, root, cache, client, m, env, files, policy, phase, &res.BytesFromPacks)
 		if err != nil {
 			return nil, err
 		}
@@ -251,7 +253,7 @@ func runBundleApply(ctx context.Context, g *globalOptions, o *bundleApplyOptions
 // releases as seeds, verifies it, completes it and commits it under its
 // final name. Nothing points at it yet.
 func installBundle(ctx context.Context, g *globalOptions, o *bundleApplyOptions, root *partition.BundleRoot, cache *chunkstore.Local,
-	client source, m *manifest.Manifest, env []byte, files []manifest.File, policy manifest.Policy, phase func(string)) (delta.Stats, *pullSwarm, error) {
+	client source, m *manifest.Manifest, env []byte, files []manifest.File, policy manifest.Policy, phase func(string), fromPacks *int64) (delta.Stats, *pullSwarm, error) {
 	var st delta.Stats
 	var sw *pullSwarm
 	if o.p2p.enabled {
@@ -270,6 +272,7 @@ func installBundle(ctx context.Context, g *globalOptions, o *bundleApplyOptions,
 	}
 	var seedIdx []delta.SeedIndex
 	var seeds []io.ReaderAt
+	var held []heldRelease
 	for i := len(installed) - 1; i >= 0; i-- {
 		rev := installed[i]
 		senv, err := root.Manifest(rev)
@@ -289,6 +292,7 @@ func installBundle(ctx context.Context, g *globalOptions, o *bundleApplyOptions,
 		defer t.Close()
 		seedIdx = append(seedIdx, delta.IndexManifest(sm))
 		seeds = append(seeds, t)
+		held = append(held, heldRelease{env: senv, m: sm, content: t})
 	}
 	stage, err := root.Stage(m.Revision)
 	if err != nil {
@@ -310,6 +314,15 @@ func installBundle(ctx context.Context, g *globalOptions, o *bundleApplyOptions,
 	var fetch delta.Fetcher = storingFetcher{client: client, cache: cache}
 	if sw != nil {
 		fetch = swarmFetcher{s: sw, o: &o.p2p, g: g, cache: cache, http: fetch}
+	}
+	if !o.noPacks {
+		pack, err := usePack(ctx, g, client, policy.Trust, held, env, m, plan, fetch)
+		if err != nil {
+			g.log.Warn("not using a delta pack", "err", err)
+		} else if pack != nil {
+			fetch = pack
+			defer func() { *fromPacks = pack.used() }()
+		}
 	}
 	asm := &delta.Assembler{Out: out, Seeds: seeds, Cache: cache, Fetch: fetch, Digest: true, Workers: o.workers,
 		Progress: newProgress(g, "apply "+m.Name), Logger: g.log}

@@ -3,6 +3,7 @@ package main
 import (
 	"github.com/imgctl/imgctl/chunkstore"
 	"github.com/imgctl/imgctl/delta"
+	"github.com/imgctl/imgctl/manifest"
 	"github.com/spf13/cobra"
 )
 
@@ -44,6 +45,13 @@ image. --format html writes one self-contained page with an SVG map.`,
 				content = delta.StoreContent(cmd.Context(), getter)
 			}
 			d := delta.Compare(om, nm, stored, content)
+			if store != "" && om.Name == nm.Name && om.Channel == nm.Channel {
+				if env, err := manifest.OpenReleases(store).ReadSide(nm.Name, nm.Channel, nm.Revision, manifest.SidePack(om.Revision)); err == nil {
+					if rec, err := manifest.OpenPackRecord(env); err == nil {
+						d.PackBytes = rec.Size
+					}
+				}
+			}
 			switch format {
 			case "text":
 				return d.WriteText(g.stdout, maxRegions)

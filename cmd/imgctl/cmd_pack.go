@@ -87,8 +87,8 @@ run it in the background (nice -n 19 imgctl pack build ... &) or from
 	f.StringVar(&o.key, "key", "", "private key to sign the pack record")
 	f.StringVar(&o.channel, "channel", "stable", "channel for NAME@REV arguments without /CHANNEL")
 	f.StringVar(&o.encoder, "encoder", "go", "go (built in) or zstd (the zstd command, -19: smaller, slower; terminals need nothing)")
-	f.IntVar(&o.segmentMiB, "segment", 16, "MiB of chunks per segment (decoder memory is about segment + reference)")
-	f.IntVar(&o.refMiB, "reference", 32, "MiB of FROM referenced per segment")
+	f.IntVar(&o.segmentMiB, "segment", 0, "MiB of chunks per segment (default 8 for images, 4 for bundles; terminal memory grows with segment + reference)")
+	f.IntVar(&o.refMiB, "reference", 16, "MiB of FROM referenced per segment")
 	f.BoolVar(&o.json, "json", false, "print the result as JSON")
 	f.DurationVar(&o.lockTimeout, "lock-timeout", 30*time.Second, "how long to wait for another process's lock on the store")
 	return cmd
@@ -126,7 +126,17 @@ func buildPack(ctx context.Context, g *globalOptions, o *packBuildOptions, store
 		return nil, usagef("pack: from %s/%s@%d to %s/%s@%d: want two releases of one name and channel, the older first",
 			from.Name, from.Channel, from.Revision, to.Name, to.Channel, to.Revision)
 	}
-	opts := delta.PackOptions{SegmentSize: o.segmentMiB << 20, RefBudget: o.refMiB << 20}
+	seg := o.segmentMiB
+	if seg <= 0 {
+		// Measured (decisions/0006): bundles gain from small segments (a
+		// changed binary's reference is its old version, and fewer of them
+		// share a budget), images slightly from larger ones.
+		seg = 8
+		if to.Kind == manifest.KindBundle {
+			seg = 4
+		}
+	}
+	opts := delta.PackOptions{SegmentSize: seg << 20, RefBudget: o.refMiB << 20}
 	switch o.encoder {
 	case "go", "":
 	case "zstd":
@@ -175,17 +185,17 @@ func buildPack(ctx context.Context, g *globalOptions, o *packBuildOptions, store
 	if err := syncDir(dir); err != nil {
 		return nil, err
 	}
+	fid, _ := manifest.ID(fromEnv)
+	tid, _ := manifest.ID(toEnv)
 	var chunkBytes int64
 	for _, c := range missing {
 		if i, err := store.Stat(ctx, c.ID); err == nil {
 			chunkBytes += int64(i.Stored)
 		}
 	}
-	fid, _ := manifest.ID(fromEnv)
-	tid, _ := manifest.ID(toEnv)
 	rec := &manifest.PackRecord{Name: to.Name, Channel: to.Channel, From: from.Revision, To: to.Revision, FromID: fid, ToID: tid,
 		FromDigest: from.Digest, Pack: id, Size: st.Size, Chunks: st.Chunks, PlainBytes: st.PlainBytes,
-		ChunksDigest: manifest.ChunkListDigest(missing), Created: g.now().UTC().Truncate(time.Second)}
+		ChunksDigest: manifest.ChunkListDigest(missing), ChunkBytes: chunkBytes, Created: g.now().UTC().Truncate(time.Second)}
 	env, err := manifest.SignPackRecord(rec, key)
 	if err != nil {
 		return nil, err

@@ -31,6 +31,7 @@ type pullOptions struct {
 	lockTimeout                     time.Duration
 	slots                           string
 	noFlip                          bool
+	noPacks                         bool
 	p2p                             p2pOptions
 
 	// Hooks for slot pulls (cmd_slot.go): before anything is written to
@@ -56,6 +57,7 @@ func (o *pullOptions) AddFlags(f *pflag.FlagSet) {
 	f.DurationVar(&o.lockTimeout, "lock-timeout", 30*time.Second, "how long to wait for another pull holding the cache")
 	f.StringVar(&o.slots, "slots", "", "slot config (e.g. "+partition.DefaultConfigPath+"): write the inactive slot instead of --out, with the running slot as seed, then flip")
 	f.BoolVar(&o.noFlip, "no-flip", false, "with --slots: write and verify the inactive slot, do not make it primary")
+	f.BoolVar(&o.noPacks, "no-packs", false, "never use a delta pack, fetch chunks only")
 	o.p2p.AddFlags(f)
 }
 
@@ -100,15 +102,18 @@ type pullResult struct {
 	ManifestBytes  int           `json:"manifest_bytes"`
 	BytesFromSeed  int64         `json:"bytes_from_seed"`
 	BytesFromCache int64         `json:"bytes_from_cache"`
-	BytesInPlace   int64         `json:"bytes_in_place"`
-	ChunksFetched  int           `json:"chunks_fetched"`
-	PlainFetched   int64         `json:"plain_bytes_fetched"`
-	Chunks         int           `json:"chunks"`
-	ZeroBytes      int64         `json:"zero_bytes"`
-	Fallbacks      int           `json:"fallbacks"`
-	Plan           delta.Report  `json:"plan"`
-	Verified       bool          `json:"verified"`
-	Seconds        float64       `json:"seconds"`
+	// BytesFromPacks is what was read of a delta pack (also counted in
+	// bytes_fetched); its chunks count as fetched.
+	BytesFromPacks int64        `json:"bytes_from_packs"`
+	BytesInPlace   int64        `json:"bytes_in_place"`
+	ChunksFetched  int          `json:"chunks_fetched"`
+	PlainFetched   int64        `json:"plain_bytes_fetched"`
+	Chunks         int          `json:"chunks"`
+	ZeroBytes      int64        `json:"zero_bytes"`
+	Fallbacks      int          `json:"fallbacks"`
+	Plan           delta.Report `json:"plan"`
+	Verified       bool         `json:"verified"`
+	Seconds        float64      `json:"seconds"`
 	// Phases are wall-clock milliseconds per step, for diagnosis.
 	Phases map[string]int64 `json:"phases_ms"`
 	// Slot pulls: the slot written and the slot running.
@@ -347,19 +352,23 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 	}
 	var seedIdx []delta.SeedIndex
 	var seedFiles []io.ReaderAt
+	var held []heldRelease // seeds whose exact content is known
 	outSt, outErr := os.Stat(outPath)
 	for _, arg := range o.seeds {
 		file, manPath := parseSeed(arg)
 		if st, err := os.Stat(file); err == nil && outErr == nil && os.SameFile(st, outSt) {
 			return nil, usagef("--seed %s is the --out file: a pull never reads what it overwrites (the slot being written is found in place anyway)", file)
 		}
-		idx, f, err := openSeed(ctx, g, cache, file, manPath, m, want)
+		idx, f, senv, err := openSeed(ctx, g, cache, file, manPath, m, want)
 		if err != nil {
 			return nil, fmt.Errorf("seed %s: %w", file, err)
 		}
 		defer f.Close()
 		seedIdx = append(seedIdx, idx)
 		seedFiles = append(seedFiles, f)
+		if sm, err := manifest.Open(senv); senv != nil && err == nil {
+			held = append(held, heldRelease{env: senv, m: sm, content: f})
+		}
 	}
 
 	// What --out already holds, if the cache remembers it.
@@ -403,6 +412,17 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 	if sw != nil {
 		fetch = swarmFetcher{s: sw, o: &o.p2p, g: g, cache: cache, http: fetch}
 	}
+	// A delta pack from a release a seed holds exactly, when one is offered
+	// and pays: its chunks stream in while seeds are copied; whatever it
+	// does not yield comes from the fetcher above.
+	var pack *packFetcher
+	if !o.noPacks {
+		if pack, err = usePack(ctx, g, client, trust, held, env, m, plan, fetch); err != nil {
+			g.log.Warn("not using a delta pack", "err", err)
+		} else if pack != nil {
+			fetch = pack
+		}
+	}
 	asm := &delta.Assembler{
 		Out: out, Seeds: seedFiles, Cache: cache, Fetch: fetch,
 		ZeroFill: !out.fresh, Digest: true, Workers: o.workers, Progress: newProgress(g, "write"), Logger: g.log,
@@ -440,7 +460,7 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 	res := &pullResult{
 		Name: m.Name, Channel: m.Channel, Revision: m.Revision, ID: id, Size: m.Size, Out: outPath,
 		BytesFetched: client.Received(), ManifestBytes: len(env), BytesFromSeed: st.SeedBytes,
-		BytesFromCache: st.CacheBytes, BytesInPlace: st.InPlaceBytes, ChunksFetched: st.FetchChunks,
+		BytesFromCache: st.CacheBytes, BytesFromPacks: pack.used(), BytesInPlace: st.InPlaceBytes, ChunksFetched: st.FetchChunks,
 		PlainFetched: st.FetchBytes, Chunks: len(m.Chunks), ZeroBytes: plan.Report.ZeroBytes,
 		Fallbacks: st.Fallbacks, Plan: plan.Report, Verified: true, Seconds: g.now().Sub(start).Seconds(), Phases: timer.ms,
 		Slot: o.slot, Booted: o.booted,
@@ -470,50 +490,53 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 
 // openSeed opens a seed and indexes it: by a given manifest, by the cache's
 // record of the file (if the file is unchanged since), or by cutting it.
-func openSeed(ctx context.Context, g *globalOptions, cache *chunkstore.Local, file, manPath string, target *manifest.Manifest, want map[uint32]bool) (delta.SeedIndex, *os.File, error) {
+//
+// env is the seed's signed manifest when its layout is known from one (a
+// slot record, an earlier complete pull, FILE:MANIFEST), else nil.
+func openSeed(ctx context.Context, g *globalOptions, cache *chunkstore.Local, file, manPath string, target *manifest.Manifest, want map[uint32]bool) (delta.SeedIndex, *os.File, []byte, error) {
 	abs, err := filepath.Abs(file)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	f, err := os.Open(abs)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	if manPath != "" {
 		b, err := os.ReadFile(manPath)
 		if err != nil {
 			f.Close()
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		sm, err := manifest.Open(b)
 		if err != nil {
 			f.Close()
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
-		return delta.IndexManifest(sm), f, nil
+		return delta.IndexManifest(sm), f, b, nil
 	}
 	st, err := f.Stat()
 	if err != nil {
 		f.Close()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	if rec, env := loadFileRecord(cache, abs); rec != nil && rec.Complete &&
 		(st.Mode()&fs.ModeDevice != 0 || (rec.Size == st.Size() && rec.ModTime == st.ModTime().UnixNano())) {
 		if sm, err := manifest.Open(env); err == nil {
 			g.log.Info("seed layout known from an earlier pull", "seed", abs, "revision", sm.Revision)
-			return delta.IndexManifest(sm), f, nil
+			return delta.IndexManifest(sm), f, env, nil
 		}
 	}
 	size, err := imageSize(f)
 	if err != nil {
 		f.Close()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	g.logf("seed %s: layout unknown, cutting it to find chunks", file)
 	idx, err := delta.IndexSeed(ctx, f, size, target.Chunker, want, 0)
 	if err != nil {
 		f.Close()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return idx, f, nil
+	return idx, f, nil, nil
 }

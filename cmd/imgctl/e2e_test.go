@@ -189,6 +189,7 @@ type pullJSON struct {
 	ChunksFetched  int    `json:"chunks_fetched"`
 	Chunks         int    `json:"chunks"`
 	ManifestBytes  int    `json:"manifest_bytes"`
+	BytesFromPacks int64  `json:"bytes_from_packs"`
 }
 
 type fixture struct {

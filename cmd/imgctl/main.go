@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"runtime/pprof"
 	"syscall"
 	"time"
@@ -70,6 +71,12 @@ chunk from the server, content digest mismatch), 130 interrupted.`,
 				return usagef("--log-level %q: %v", g.logLevel, err)
 			}
 			g.log = slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: lv}))
+			if terminalCommand(cmd) && os.Getenv("GOMEMLIMIT") == "" {
+				// Terminals are small: keep the heap near what a pull
+				// needs (a delta pack's segment and reference are
+				// garbage soon after use) instead of letting it double.
+				debug.SetMemoryLimit(terminalMemoryLimit)
+			}
 			if g.cpuProf != "" {
 				f, err := os.Create(g.cpuProf)
 				if err != nil {
@@ -112,6 +119,18 @@ chunk from the server, content digest mismatch), 130 interrupted.`,
 		newDemoCommand(g),
 	)
 	return root
+}
+
+// terminalMemoryLimit is the Go soft memory limit of commands that run on
+// terminals (pull, bundle apply); GOMEMLIMIT overrides it.
+const terminalMemoryLimit = 96 << 20
+
+func terminalCommand(cmd *cobra.Command) bool {
+	switch cmd.CommandPath() {
+	case "imgctl pull", "imgctl bundle apply":
+		return true
+	}
+	return false
 }
 
 // exitCode maps an error to the process exit status. It is the only place

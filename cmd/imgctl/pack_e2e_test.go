@@ -1,0 +1,104 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// editImage writes an update of src that edits it everywhere a little: one
+// byte in every 40 KiB changes, so nearly every chunk is new, but each is
+// close to an old one (what a delta pack is for).
+func editImage(t *testing.T, src, dst string) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1000; i < len(b); i += 40 << 10 {
+		b[i] ^= 0x5a
+	}
+	if err := os.WriteFile(dst, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A terminal holding release 1 takes release 2 from the delta pack the
+// publisher built (publish --packs-from), fetching far fewer bytes; a
+// damaged pack falls back to the chunks without a failed pull.
+func TestPackPullAndFallback(t *testing.T) {
+	f := newFixture(t, 12<<20)
+	upd := filepath.Join(f.dir, "v3.img")
+	editImage(t, f.img1, upd)
+	f.publish(t, f.img1)
+	p := f.publish(t, upd, "--packs-from", "1")
+	packs, _ := p["packs"].([]any)
+	if len(packs) != 1 {
+		t.Fatalf("publish --packs-from 1 made %d packs: %v", len(packs), p["packs"])
+	}
+	if ls := mustRun(t, "pack", "ls", "--store", f.store, "os"); !strings.Contains(ls, "os/stable 1→2") {
+		t.Fatalf("pack ls:\n%s", ls)
+	}
+	if d := mustRun(t, "diff", "--store", f.store, "os@1", "os@2"); !strings.Contains(d, "delta pack") {
+		t.Fatalf("diff does not show the pack:\n%s", d)
+	}
+	url := serve(t, f.store)
+	out1 := filepath.Join(f.dir, "out1.img")
+	if _, r := f.pull(t, url, filepath.Join(f.dir, "c1"), out1, "--revision", "1"); r.code != 0 {
+		t.Fatalf("pull 1: %s", r.stderr)
+	}
+	seed := out1 + ":" + filepath.Join(f.store, "manifests", "os", "stable", "1.imgm")
+	pull2 := func(name string, extra ...string) pullJSON {
+		t.Helper()
+		out := filepath.Join(f.dir, name+".img")
+		j, r := f.pull(t, url, filepath.Join(f.dir, "cache-"+name), out, append([]string{"--seed", seed}, extra...)...)
+		if r.code != 0 {
+			t.Fatalf("pull %s: exit %d\n%s", name, r.code, r.stderr)
+		}
+		sameFile(t, out, upd)
+		return j
+	}
+	withPack := pull2("pack")
+	chunks := pull2("chunks", "--no-packs")
+	t.Logf("v1→v2: %d bytes with the pack (%d of them the pack), %d with chunks", withPack.BytesFetched, withPack.BytesFromPacks, chunks.BytesFetched)
+	if withPack.BytesFromPacks == 0 || chunks.BytesFromPacks != 0 || withPack.BytesFetched*2 > chunks.BytesFetched {
+		t.Fatalf("pack pull %+v, chunk pull %+v", withPack, chunks)
+	}
+
+	// Damage the pack on the server: the pull still succeeds, from chunks.
+	dp, _ := filepath.Glob(filepath.Join(f.store, "deltas", "*.dpack"))
+	if len(dp) != 1 {
+		t.Fatalf("packs in the store: %v", dp)
+	}
+	b, _ := os.ReadFile(dp[0])
+	b[len(b)/2] ^= 0xff
+	os.WriteFile(dp[0], b, 0o644)
+	damaged := pull2("damaged")
+	if damaged.BytesFetched <= withPack.BytesFetched {
+		t.Fatalf("a damaged pack cost nothing extra: %+v", damaged)
+	}
+}
+
+// bundle apply takes a pack when the installed release is the pack's FROM.
+func TestPackBundleApply(t *testing.T) {
+	f := newBundleFixture(t)
+	f.publish(t, f.tree1)
+	f.publish(t, f.tree2, "--packs-from", "1")
+	url := serve(t, f.store)
+	f.mustApply(t, url, "--revision", "1")
+	r := imgctl(t, nil, "bundle", "apply", "--from", url, "--trust", f.pub, "--name", "svc", "--root", f.root,
+		"--cache", f.cache, "--state-dir", f.state, "--json", "-q")
+	if r.code != 0 {
+		t.Fatalf("apply: %s", r.stderr)
+	}
+	j := decode[struct {
+		FromPacks int64 `json:"bytes_from_packs"`
+		Fetched   int64 `json:"bytes_fetched"`
+	}](t, r.stdout)
+	sameTree(t, f.tree2, filepath.Join(f.root, "current"))
+	if j.FromPacks == 0 {
+		t.Fatalf("no pack used: %s", r.stdout)
+	}
+	t.Logf("bundle 1→2 with a pack: %d bytes fetched, %d of them the pack", j.Fetched, j.FromPacks)
+}

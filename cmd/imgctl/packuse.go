@@ -1,0 +1,175 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync/atomic"
+
+	"github.com/imgctl/imgctl/chunkstore"
+	"github.com/imgctl/imgctl/delta"
+	"github.com/imgctl/imgctl/manifest"
+)
+
+// packSource is a source that also offers delta packs (HTTP origins and
+// branch caches, store directories).
+type packSource interface {
+	PackRecord(ctx context.Context, name, channel string, rev, from uint64) ([]byte, error)
+	Pack(ctx context.Context, id chunkstore.ID, size int64) (io.ReadCloser, error)
+}
+
+// heldRelease is content a terminal holds exactly: a running slot or an
+// installed bundle release, with the signed manifest it was verified
+// against when it was written.
+type heldRelease struct {
+	env     []byte
+	m       *manifest.Manifest
+	content io.ReaderAt
+}
+
+// usePack looks for a pack from one of held to m (signed record verified
+// against both manifests) and returns a fetcher that takes the plan's
+// missing chunks from it, decoded against the held content, and the rest
+// from next — only if the pack is smaller than the share of the chunks it
+// replaces that the plan would fetch. An error means no pack is used.
+func usePack(ctx context.Context, g *globalOptions, src source, trust *manifest.Trust,
+	held []heldRelease, env []byte, m *manifest.Manifest, plan *delta.Plan, next delta.Fetcher) (*packFetcher, error) {
+	ps, ok := src.(packSource)
+	if !ok || plan.Report.FetchChunks == 0 {
+		return nil, nil
+	}
+	missing := map[chunkstore.ID]bool{}
+	for _, c := range plan.Missing() {
+		missing[c.ID] = true
+	}
+	for _, h := range held {
+		if h.m.Name != m.Name || h.m.Channel != m.Channel || h.m.Revision >= m.Revision {
+			continue
+		}
+		recEnv, err := ps.PackRecord(ctx, m.Name, m.Channel, m.Revision, h.m.Revision)
+		if errors.Is(err, manifest.ErrNoRelease) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		rec, err := manifest.VerifyPackRecord(recEnv, trust, h.env, env)
+		if err != nil {
+			return nil, err
+		}
+		if rec.FromDigest != h.m.Digest {
+			return nil, fmt.Errorf("pack %d→%d is for other content", rec.From, rec.To)
+		}
+		refs := delta.PackChunks(h.m, m)
+		if manifest.ChunkListDigest(refs) != rec.ChunksDigest {
+			return nil, fmt.Errorf("pack %d→%d: its chunk list is not the one of these releases", rec.From, rec.To)
+		}
+		// Worth it? Compare with what fetching those chunks would cost.
+		var need, all int64
+		for _, c := range refs {
+			all += int64(c.Size)
+			if missing[c.ID] {
+				need += int64(c.Size)
+			}
+		}
+		if all == 0 || need == 0 || float64(rec.Size) >= float64(rec.ChunkBytes)*float64(need)/float64(all) {
+			g.logf("pack %d→%d (%s) is not smaller than the chunks it would replace here", rec.From, rec.To, human(rec.Size))
+			continue
+		}
+		return &packFetcher{g: g, ps: ps, rec: rec, held: h, next: next}, nil
+	}
+	return nil, nil
+}
+
+// packFetcher delivers chunks from a delta pack decoded against content
+// the terminal holds, as the pack streams in, and fetches from next
+// whatever the pack did not yield (all of it if the pack fails midway).
+type packFetcher struct {
+	g    *globalOptions
+	ps   packSource
+	rec  *manifest.PackRecord
+	held heldRelease
+	next delta.Fetcher
+	// bytes is how much of the pack was read.
+	bytes atomic.Int64
+	// failed is set when the pack could not be used to the end.
+	failed atomic.Bool
+	// tried: the pack is read once; later calls (chunks whose local copy
+	// failed) go to next.
+	tried atomic.Bool
+}
+
+func (f *packFetcher) Fetch(ctx context.Context, refs []manifest.ChunkRef, fn func(chunkstore.Chunk) error) error {
+	if f.tried.Swap(true) {
+		return f.next.Fetch(ctx, refs, fn)
+	}
+	want := make(map[chunkstore.ID]bool, len(refs))
+	for _, r := range refs {
+		want[r.ID] = true
+	}
+	done := map[chunkstore.ID]bool{}
+	var outErr error // from fn: the output failed, not the pack
+	err := func() error {
+		body, err := f.ps.Pack(ctx, f.rec.Pack, f.rec.Size)
+		if err != nil {
+			return err
+		}
+		defer body.Close()
+		counted := &countingReader{r: body, n: &f.bytes}
+		return delta.DecodePack(ctx, counted, f.held.content, f.held.m.Size,
+			func(id chunkstore.ID) bool { return true }, // the record's chunk list was checked against both manifests
+			func(c chunkstore.Chunk) error {
+				if !want[c.ID()] || done[c.ID()] {
+					return nil // held elsewhere (cache, seeds): the plan does not need it from here
+				}
+				done[c.ID()] = true
+				if err := fn(c); err != nil {
+					outErr = err
+					return err
+				}
+				return nil
+			})
+	}()
+	if outErr != nil {
+		return outErr
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		f.failed.Store(true)
+		f.g.log.Warn("the delta pack failed; fetching the chunks it did not yield", "from", f.rec.From, "to", f.rec.To, "err", err)
+	} else {
+		f.g.logf("pack %d→%d: %s read, %d chunks from it", f.rec.From, f.rec.To, human(f.bytes.Load()), len(done))
+	}
+	var rest []manifest.ChunkRef
+	for _, r := range refs {
+		if !done[r.ID] {
+			rest = append(rest, r)
+		}
+	}
+	if len(rest) == 0 {
+		return nil
+	}
+	return f.next.Fetch(ctx, rest, fn)
+}
+
+type countingReader struct {
+	r io.Reader
+	n *atomic.Int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// used returns the pack bytes read (0 without a pack).
+func (f *packFetcher) used() int64 {
+	if f == nil {
+		return 0
+	}
+	return f.bytes.Load()
+}
