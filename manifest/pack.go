@@ -34,7 +34,7 @@ type PackRecord struct {
 	// stored size): a terminal takes the pack only when it is smaller than
 	// the share of that it would fetch.
 	ChunkBytes int64
-	Created      time.Time
+	Created    time.Time
 }
 
 var packMagic = [8]byte{'I', 'M', 'G', 'C', 'T', 'L', 'P', 1}
