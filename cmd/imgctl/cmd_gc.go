@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/imgctl/imgctl/chunkstore"
 	"github.com/imgctl/imgctl/manifest"
@@ -19,7 +20,10 @@ type gcReport struct {
 	FreedBytes      int64 `json:"freed_bytes"`
 	PacksRemoved    int   `json:"packs_removed"`
 	PacksRewritten  int   `json:"packs_rewritten"`
-	DryRun          bool  `json:"dry_run"`
+	// DeltaPacksRemoved counts delta packs (deltas/) no kept release has a
+	// record of.
+	DeltaPacksRemoved int  `json:"delta_packs_removed"`
+	DryRun            bool `json:"dry_run"`
 }
 
 func newGCCommand(g *globalOptions) *cobra.Command {
@@ -80,6 +84,7 @@ func runGC(ctx context.Context, g *globalOptions, root string, keep int, dryRun,
 	}
 	rep := gcReport{DryRun: dryRun}
 	referenced := map[chunkstore.ID]bool{}
+	keptPacks := map[chunkstore.ID]bool{}
 	count := map[string]int{}
 	for i := len(list) - 1; i >= 0; i-- { // newest first within each name/channel
 		r := list[i]
@@ -106,6 +111,27 @@ func runGC(ctx context.Context, g *globalOptions, root string, keep int, dryRun,
 		rep.KeptReleases++
 		for _, c := range m.Chunks {
 			referenced[c.ID] = true
+		}
+		for _, from := range rels.PackFroms(r.Name, r.Channel, r.Revision) {
+			if env, err := rels.ReadSide(r.Name, r.Channel, r.Revision, manifest.SidePack(from)); err == nil {
+				if rec, err := manifest.OpenPackRecord(env); err == nil {
+					keptPacks[rec.Pack] = true
+				}
+			}
+		}
+	}
+	// Delta packs no kept release names (their TO was removed).
+	dpacks, _ := filepath.Glob(filepath.Join(filepath.Dir(manifest.PackPath(root, chunkstore.ID{})), "*.dpack"))
+	for _, p := range dpacks {
+		id, err := chunkstore.ParseID(strings.TrimSuffix(filepath.Base(p), ".dpack"))
+		if err != nil || keptPacks[id] {
+			continue
+		}
+		rep.DeltaPacksRemoved++
+		if !dryRun {
+			if err := os.Remove(p); err != nil {
+				return err
+			}
 		}
 	}
 	// Manifests of pinned files that are not stored as releases.
@@ -147,7 +173,7 @@ func runGC(ctx context.Context, g *globalOptions, root string, keep int, dryRun,
 	if dryRun {
 		verb = "would remove"
 	}
-	fmt.Fprintf(g.stdout, "kept %d releases; %s %d releases and %d chunks; %d packs removed, %d rewritten, %s freed\n",
-		rep.KeptReleases, verb, rep.RemovedReleases, rep.RemovedChunks, rep.PacksRemoved, rep.PacksRewritten, human(rep.FreedBytes))
+	fmt.Fprintf(g.stdout, "kept %d releases; %s %d releases, %d chunks and %d delta packs; %d packs removed, %d rewritten, %s freed\n",
+		rep.KeptReleases, verb, rep.RemovedReleases, rep.RemovedChunks, rep.DeltaPacksRemoved, rep.PacksRemoved, rep.PacksRewritten, human(rep.FreedBytes))
 	return nil
 }

@@ -78,6 +78,17 @@ func TestPackPullAndFallback(t *testing.T) {
 	if damaged.BytesFetched <= withPack.BytesFetched {
 		t.Fatalf("a damaged pack cost nothing extra: %+v", damaged)
 	}
+
+	// gc keeps a pack while its release is kept, and removes it with it.
+	mustRun(t, "gc", "--store", f.store, "--keep", "1")
+	if left, _ := filepath.Glob(filepath.Join(f.store, "deltas", "*.dpack")); len(left) != 1 {
+		t.Fatalf("gc removed the pack of a kept release: %v", left)
+	}
+	f.publish(t, f.img2) // revision 3: release 2 and its pack go
+	mustRun(t, "gc", "--store", f.store, "--keep", "1")
+	if left, _ := filepath.Glob(filepath.Join(f.store, "deltas", "*.dpack")); len(left) != 0 {
+		t.Fatalf("gc kept the pack of a removed release: %v", left)
+	}
 }
 
 // bundle apply takes a pack when the installed release is the pack's FROM.
