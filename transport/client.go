@@ -186,32 +186,40 @@ func (c *Client) small(ctx context.Context, p, name, channel, r string, max int6
 	var body []byte
 	err := c.retry(ctx, p, func() error {
 		req, _ := http.NewRequest(http.MethodGet, c.url(p), nil)
-		resp, err := c.do(ctx, req)
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode == http.StatusNotFound {
-			return permanent{fmt.Errorf("%s/%s@%s: %w", name, channel, r, manifest.ErrNoRelease)}
-		}
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("%w: GET %s: %s", ErrPeerUnavailable, p, resp.Status)
-		}
-		if resp.ContentLength > max {
-			return permanent{&manifest.VerifyError{Err: manifest.ErrTooLarge, Detail: fmt.Sprintf("GET %s: server declares %d bytes", p, resp.ContentLength)}}
-		}
-		b, err := io.ReadAll(io.LimitReader(resp.Body, max+1))
-		c.received.Add(int64(len(b)))
-		if err != nil {
-			return fmt.Errorf("%w: %v", ErrPeerUnavailable, err)
-		}
-		if int64(len(b)) > max {
-			return permanent{&manifest.VerifyError{Err: manifest.ErrTooLarge, Detail: fmt.Sprintf("GET %s: more than %d bytes", p, max)}}
-		}
+		b, _, err := c.get(ctx, req, name, channel, r, max)
 		body = b
-		return nil
+		return err
 	})
 	return body, err
+}
+
+// get does one GET of a small document, its body capped at max; a 404 is
+// ErrNoRelease.
+func (c *Client) get(ctx context.Context, req *http.Request, name, channel, r string, max int64) ([]byte, http.Header, error) {
+	p := req.URL.Path
+	resp, err := c.do(ctx, req)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusNotFound {
+		return nil, nil, permanent{fmt.Errorf("%s/%s@%s: %w", name, channel, r, manifest.ErrNoRelease)}
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, nil, fmt.Errorf("%w: GET %s: %s", ErrPeerUnavailable, p, resp.Status)
+	}
+	if resp.ContentLength > max {
+		return nil, nil, permanent{&manifest.VerifyError{Err: manifest.ErrTooLarge, Detail: fmt.Sprintf("GET %s: server declares %d bytes", p, resp.ContentLength)}}
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, max+1))
+	c.received.Add(int64(len(b)))
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", ErrPeerUnavailable, err)
+	}
+	if int64(len(b)) > max {
+		return nil, nil, permanent{&manifest.VerifyError{Err: manifest.ErrTooLarge, Detail: fmt.Sprintf("GET %s: more than %d bytes", p, max)}}
+	}
+	return b, resp.Header, nil
 }
 
 // Fetch retrieves chunks, verifies each against its ID and size, and calls

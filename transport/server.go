@@ -66,6 +66,7 @@ type ServerOptions struct {
 // with 500 and counted, never sent.
 type Server struct {
 	root     string
+	deltas   deltaCache
 	dir      *chunkstore.Dir
 	rel      *manifest.Releases
 	log      *slog.Logger
@@ -208,6 +209,15 @@ func (s *Server) handleManifest(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Cache-Control", "no-cache")
 	} else {
 		w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
+	}
+	if base := r.Header.Get(headerBase); base != "" {
+		w.Header().Add("Vary", headerBase)
+		if d, ok := s.manifestDelta(name, channel, env, base); ok {
+			w.Header().Set(headerEncoding, encodingDelta)
+			w.Header().Set("Content-Length", strconv.Itoa(len(d)))
+			w.Write(d)
+			return
+		}
 	}
 	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(env))
 }

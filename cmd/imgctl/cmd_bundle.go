@@ -142,7 +142,11 @@ func runBundleApply(ctx context.Context, g *globalOptions, o *bundleApplyOptions
 		return nil, err
 	}
 
-	env, err := client.Manifest(ctx, o.name, o.channel, o.revision)
+	var base []byte
+	if cur != 0 {
+		base, _ = root.Manifest(cur)
+	}
+	env, err := fetchManifest(ctx, client, o.name, o.channel, o.revision, base)
 	if err != nil {
 		return nil, err
 	}

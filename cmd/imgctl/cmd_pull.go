@@ -42,6 +42,20 @@ type pullOptions struct {
 	slot, booted string
 }
 
+// baseManifest is a signed manifest of the release name this terminal
+// holds (a seed given as FILE:MANIFEST, as slot pulls give the running
+// slot), which lets the origin send the new manifest as a delta.
+func (o *pullOptions) baseManifest() []byte {
+	for _, arg := range o.seeds {
+		if _, man := parseSeed(arg); man != "" {
+			if b, err := os.ReadFile(man); err == nil && len(b) <= manifest.MaxEnvelope {
+				return b
+			}
+		}
+	}
+	return nil
+}
+
 func (o *pullOptions) AddFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.from, "from", "", "origin or branch cache URL (http://10.0.0.1:8420), or a store directory (a USB stick, an NFS mount)")
 	f.StringSliceVar(&o.trust, "trust", nil, "trusted public key or trust file (repeatable)")
@@ -315,7 +329,7 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 	if o.p2p.magnet != "" {
 		sw, env, err = joinMagnet(ctx, g, &o.p2p, cache)
 	} else {
-		env, err = client.Manifest(ctx, o.name, o.channel, o.revision)
+		env, err = fetchManifest(ctx, client, o.name, o.channel, o.revision, o.baseManifest())
 	}
 	if err != nil {
 		return nil, err

@@ -65,6 +65,10 @@ func TestPackPullAndFallback(t *testing.T) {
 	if withPack.BytesFromPacks == 0 || chunks.BytesFromPacks != 0 || withPack.BytesFetched*2 > chunks.BytesFetched {
 		t.Fatalf("pack pull %+v, chunk pull %+v", withPack, chunks)
 	}
+	// The seed's manifest is known, so the new one came as a delta against it.
+	if m := withPack.BytesFetched - withPack.BytesFromPacks; m >= int64(withPack.ManifestBytes) {
+		t.Fatalf("manifest: %d bytes fetched for a %d-byte manifest", m, withPack.ManifestBytes)
+	}
 
 	// Damage the pack on the server: the pull still succeeds, from chunks.
 	dp, _ := filepath.Glob(filepath.Join(f.store, "deltas", "*.dpack"))
@@ -110,6 +114,11 @@ func TestPackBundleApply(t *testing.T) {
 	sameTree(t, f.tree2, filepath.Join(f.root, "current"))
 	if j.FromPacks == 0 {
 		t.Fatalf("no pack used: %s", r.stdout)
+	}
+	// The installed release's manifest is the base of a manifest delta.
+	st, _ := os.Stat(filepath.Join(f.store, "manifests", "svc", "stable", "2.imgm"))
+	if m := j.Fetched - j.FromPacks; m >= st.Size() {
+		t.Fatalf("manifest: %d bytes fetched for a %d-byte manifest", m, st.Size())
 	}
 	t.Logf("bundle 1→2 with a pack: %d bytes fetched, %d of them the pack", j.Fetched, j.FromPacks)
 }

@@ -173,3 +173,16 @@ func (f *packFetcher) used() int64 {
 	}
 	return f.bytes.Load()
 }
+
+// fetchManifest fetches a signed manifest; with base (a manifest of the same
+// name the terminal holds) an HTTP origin may send it as a delta against
+// base. The envelope is verified by the caller either way.
+func fetchManifest(ctx context.Context, src source, name, channel string, rev uint64, base []byte) ([]byte, error) {
+	type deltaSource interface {
+		ManifestFrom(ctx context.Context, name, channel string, rev uint64, base []byte) ([]byte, error)
+	}
+	if ds, ok := src.(deltaSource); ok && len(base) > 0 {
+		return ds.ManifestFrom(ctx, name, channel, rev, base)
+	}
+	return src.Manifest(ctx, name, channel, rev)
+}
