@@ -13,6 +13,7 @@ import (
 	"github.com/imgctl/imgctl/chunkstore"
 	"github.com/imgctl/imgctl/manifest"
 	"github.com/klauspost/compress/zstd"
+	"golang.org/x/sync/errgroup"
 )
 
 // A delta pack holds the chunks of a release TO that a release FROM lacks,
@@ -331,9 +332,59 @@ var ErrPack = errors.New("delta pack unusable")
 // (from, size fromSize), and calls fn with every chunk it yields, verified
 // by its ID and wanted by want (chunks a pack names that the release does
 // not want are an error). Memory: one segment and its reference.
-func DecodePack(ctx context.Context, r io.Reader, from io.ReaderAt, fromSize int64, want func(chunkstore.ID) bool, fn func(chunkstore.Chunk) error) error {
+//
+// Up to workers segments (0: one) are decoded at once, each holding its
+// segment and reference: fn may be called from several goroutines.
+func DecodePack(ctx context.Context, r io.Reader, from io.ReaderAt, fromSize int64, want func(chunkstore.ID) bool, fn func(chunkstore.Chunk) error, workers int) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(max(workers, 1))
+	err := readPack(ctx, r, from, fromSize, func(s uint64, frame, ref []byte, crefs []packRef, total int) {
+		g.Go(func() error { return decodeSegment(s, frame, ref, crefs, total, want, fn) })
+	})
+	if werr := g.Wait(); werr != nil {
+		return werr
+	}
+	return err
+}
+
+type packRef struct {
+	id   chunkstore.ID
+	size int
+}
+
+func packErr(f string, a ...any) error { return fmt.Errorf("%w: "+f, append([]any{ErrPack}, a...)...) }
+
+// decodeSegment decodes one frame and hands out its verified chunks.
+func decodeSegment(s uint64, frame, ref []byte, crefs []packRef, total int, want func(chunkstore.ID) bool, fn func(chunkstore.Chunk) error) error {
+	plain, err := packDecode(frame, ref, total)
+	if err != nil {
+		return packErr("segment %d: %v", s, err)
+	}
+	if len(plain) != total {
+		return packErr("segment %d decodes to %d bytes, its chunks add up to %d", s, len(plain), total)
+	}
+	off := 0
+	for _, c := range crefs {
+		if !want(c.id) {
+			return packErr("chunk %s is not one the release needs", c.id.Short())
+		}
+		ch, err := chunkstore.VerifyPlain(c.id, plain[off:off+c.size:off+c.size])
+		if err != nil {
+			return packErr("%v", err)
+		}
+		if err := fn(ch); err != nil {
+			return err
+		}
+		off += c.size
+	}
+	return nil
+}
+
+// readPack parses a pack and calls seg with each segment's frame, reference
+// (read from FROM) and chunk list, in order.
+func readPack(ctx context.Context, r io.Reader, from io.ReaderAt, fromSize int64, seg func(s uint64, frame, ref []byte, crefs []packRef, total int)) error {
 	br := bufio.NewReaderSize(r, 1<<20)
-	bad := func(f string, a ...any) error { return fmt.Errorf("%w: "+f, append([]any{ErrPack}, a...)...) }
+	bad := packErr
 	magic := make([]byte, len(packMagic))
 	if _, err := io.ReadFull(br, magic); err != nil || string(magic) != string(packMagic) {
 		return bad("not a pack (version 1)")
@@ -386,11 +437,7 @@ func DecodePack(ctx context.Context, r io.Reader, from io.ReaderAt, fromSize int
 		if err != nil {
 			return err
 		}
-		type cref struct {
-			id   chunkstore.ID
-			size int
-		}
-		crefs := make([]cref, nch)
+		crefs := make([]packRef, nch)
 		total := 0
 		for i := range crefs {
 			if _, err := io.ReadFull(br, crefs[i].id[:]); err != nil {
@@ -414,27 +461,7 @@ func DecodePack(ctx context.Context, r io.Reader, from io.ReaderAt, fromSize int
 		if _, err := io.ReadFull(br, frame); err != nil {
 			return bad("frame: %v", err)
 		}
-		plain, err := packDecode(frame, ref, total)
-		if err != nil {
-			return bad("segment %d: %v", s, err)
-		}
-		if len(plain) != total {
-			return bad("segment %d decodes to %d bytes, its chunks add up to %d", s, len(plain), total)
-		}
-		off := 0
-		for _, c := range crefs {
-			if !want(c.id) {
-				return bad("chunk %s is not one the release needs", c.id.Short())
-			}
-			ch, err := chunkstore.VerifyPlain(c.id, plain[off:off+c.size:off+c.size])
-			if err != nil {
-				return bad("%v", err)
-			}
-			if err := fn(ch); err != nil {
-				return err
-			}
-			off += c.size
-		}
+		seg(s, frame, ref, crefs, total)
 	}
 	if _, err := br.ReadByte(); err != io.EOF {
 		return bad("trailing bytes")

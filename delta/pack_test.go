@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"sync"
 	"testing"
 
 	"github.com/imgctl/imgctl/chunkstore"
@@ -107,15 +108,18 @@ func TestPackRoundTrip(t *testing.T) {
 	}
 	decode := func(p []byte, ref []byte) (map[chunkstore.ID]bool, error) {
 		got := map[chunkstore.ID]bool{}
+		var mu sync.Mutex
 		err := delta.DecodePack(context.Background(), bytes.NewReader(p), bytes.NewReader(ref), int64(len(ref)),
 			func(id chunkstore.ID) bool { return want[id] },
 			func(c chunkstore.Chunk) error {
 				if chunkstore.Sum(c.Plain()) != c.ID() {
 					t.Fatal("unverified chunk delivered")
 				}
+				mu.Lock()
 				got[c.ID()] = true
+				mu.Unlock()
 				return nil
-			})
+			}, 2)
 		return got, err
 	}
 	got, err := decode(pack.Bytes(), old)

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
+	"sync"
 	"sync/atomic"
 
 	"github.com/imgctl/imgctl/chunkstore"
@@ -82,6 +84,10 @@ func usePack(ctx context.Context, g *globalOptions, src source, trust *manifest.
 	return nil, nil
 }
 
+// packWorkers is how many pack segments a terminal decodes at once: two
+// keep up with a loopback origin; each holds a segment and its reference.
+var packWorkers = min(runtime.GOMAXPROCS(0), 2)
+
 // packFetcher delivers chunks from a delta pack decoded against content
 // the terminal holds, as the pack streams in, and fetches from next
 // whatever the pack did not yield (all of it if the pack fails midway).
@@ -109,6 +115,7 @@ func (f *packFetcher) Fetch(ctx context.Context, refs []manifest.ChunkRef, fn fu
 		want[r.ID] = true
 	}
 	done := map[chunkstore.ID]bool{}
+	var mu sync.Mutex
 	var outErr error // from fn: the output failed, not the pack
 	err := func() error {
 		body, err := f.ps.Pack(ctx, f.rec.Pack, f.rec.Size)
@@ -120,16 +127,21 @@ func (f *packFetcher) Fetch(ctx context.Context, refs []manifest.ChunkRef, fn fu
 		return delta.DecodePack(ctx, counted, f.held.content, f.held.m.Size,
 			func(id chunkstore.ID) bool { return true }, // the record's chunk list was checked against both manifests
 			func(c chunkstore.Chunk) error {
+				mu.Lock()
 				if !want[c.ID()] || done[c.ID()] {
+					mu.Unlock()
 					return nil // held elsewhere (cache, seeds): the plan does not need it from here
 				}
 				done[c.ID()] = true
+				mu.Unlock()
 				if err := fn(c); err != nil {
+					mu.Lock()
 					outErr = err
+					mu.Unlock()
 					return err
 				}
 				return nil
-			})
+			}, packWorkers)
 	}()
 	if outErr != nil {
 		return outErr
