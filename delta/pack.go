@@ -411,8 +411,9 @@ func readPack(ctx context.Context, r io.Reader, from io.ReaderAt, fromSize int64
 		if err != nil {
 			return err
 		}
-		var ref []byte
-		pos := int64(0)
+		// The ranges first, then one buffer read into in place.
+		ranges := make([]span64, 0, nref)
+		pos, refLen := int64(0), int64(0)
 		for i := uint64(0); i < nref; i++ {
 			d, err := uv(uint64(fromSize), "reference offset")
 			if err != nil {
@@ -423,15 +424,20 @@ func readPack(ctx context.Context, r io.Reader, from io.ReaderAt, fromSize int64
 				return err
 			}
 			off := pos + int64(d)
-			if off+int64(n) > fromSize || len(ref)+int(n) > maxPackRef {
+			refLen += int64(n)
+			if off+int64(n) > fromSize || refLen > maxPackRef {
 				return bad("reference %d+%d beyond the release it refers to (%d bytes)", off, n, fromSize)
 			}
-			b := make([]byte, n)
-			if _, err := from.ReadAt(b, off); err != nil {
-				return fmt.Errorf("reading the reference at %d: %w", off, err)
-			}
-			ref = append(ref, b...)
+			ranges = append(ranges, span64{off, off + int64(n)})
 			pos = off + int64(n)
+		}
+		ref := make([]byte, refLen)
+		at := int64(0)
+		for _, r := range ranges {
+			if _, err := from.ReadAt(ref[at:at+r.end-r.off], r.off); err != nil {
+				return fmt.Errorf("reading the reference at %d: %w", r.off, err)
+			}
+			at += r.end - r.off
 		}
 		nch, err := uv(maxPackChunks, "chunk count")
 		if err != nil {
