@@ -8,7 +8,7 @@ need=()
 for pair in mkfs.ext4:e2fsprogs gcc:gcc grub-editenv:grub-common grub-script-check:grub-common \
 	mkenvimage:u-boot-tools fw_setenv:libubootenv-tool rauc:rauc dbus-daemon:dbus-daemon \
 	losetup:mount unshare:util-linux opentracker:opentracker transmission-daemon:transmission-daemon \
-	transmission-remote:transmission-cli; do
+	transmission-remote:transmission-cli zstd:zstd; do
 	tool=${pair%%:*} pkg=${pair#*:}
 	command -v "$tool" >/dev/null || need+=("$pkg")
 done

@@ -154,6 +154,7 @@ type bundleJSON struct {
 	BytesFetched   int64  `json:"bytes_fetched"`
 	BytesFromSeed  int64  `json:"bytes_from_seed"`
 	BytesFromCache int64  `json:"bytes_from_cache"`
+	BytesFromPacks int64  `json:"bytes_from_packs"`
 	ChunksFetched  int    `json:"chunks_fetched"`
 	Action         string `json:"action"`
 	Held           bool   `json:"held"`

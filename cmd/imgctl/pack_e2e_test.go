@@ -2,6 +2,7 @@ package main
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -121,4 +122,29 @@ func TestPackBundleApply(t *testing.T) {
 		t.Fatalf("manifest: %d bytes fetched for a %d-byte manifest", m, st.Size())
 	}
 	t.Logf("bundle 1→2 with a pack: %d bytes fetched, %d of them the pack", j.Fetched, j.FromPacks)
+}
+
+// A pack encoded by the zstd command (publisher side) decodes with the
+// built-in decoder on the terminal.
+func TestPackZstdCommandEncoder(t *testing.T) {
+	if _, err := exec.LookPath("zstd"); err != nil {
+		t.Fatal("needs the zstd command (Debian package zstd; scripts/deps.sh installs it)")
+	}
+	f := newBundleFixture(t)
+	f.publish(t, f.tree1)
+	f.publish(t, f.tree2)
+	p := decode[map[string]any](t, mustRun(t, "pack", "build", "--store", f.store, "--key", f.key, "--encoder", "zstd", "svc@1", "svc@2", "--json", "-q"))
+	if p["encoder"] != "zstd" || p["size"].(float64) <= 0 {
+		t.Fatalf("pack build: %v", p)
+	}
+	f.mustApply(t, f.store, "--revision", "1")
+	j := f.mustApply(t, f.store)
+	sameTree(t, f.tree2, filepath.Join(f.root, "current"))
+	if j.BytesFromPacks == 0 {
+		t.Fatalf("apply did not use the zstd-encoded pack: %+v", j)
+	}
+	r := imgctl(t, nil, "bundle", "status", "--root", f.root, "--state-dir", f.state, "--verify")
+	if r.code != 0 {
+		t.Fatalf("status: %s", r.stderr)
+	}
 }
