@@ -3,6 +3,7 @@ package transport
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -28,6 +29,12 @@ func (s *Server) handlePackRecord(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "bad revision", http.StatusBadRequest)
 		return
 	}
+	if s.up != nil {
+		rev, _ := strconv.ParseUint(r.PathValue("rev"), 10, 64)
+		if err := s.up.PackRecord(r.Context(), r.PathValue("name"), r.PathValue("channel"), rev, from); err != nil && !errors.Is(err, manifest.ErrNoRelease) {
+			s.log.Warn("upstream pack record", "err", err)
+		}
+	}
 	rec, ok := s.releaseSide(&silent404{ResponseWriter: w}, r, manifest.SidePack(from))
 	if !ok {
 		return
@@ -42,6 +49,13 @@ func (s *Server) handlePack(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "bad pack id", http.StatusBadRequest)
 		return
 	}
+	if s.up != nil {
+		// The size a terminal may ask for is bounded by the records this
+		// branch holds; fetch at most what the largest pack can be.
+		if err := s.up.Pack(r.Context(), id, maxPackObject); err != nil {
+			s.log.Warn("upstream pack", "pack", id.Short(), "err", err)
+		}
+	}
 	f, err := os.Open(manifest.PackPath(s.root, id))
 	if err != nil {
 		http.Error(w, "no such pack", http.StatusNotFound)
@@ -51,6 +65,9 @@ func (s *Server) handlePack(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/octet-stream")
 	http.ServeContent(w, r, "", time.Time{}, f)
 }
+
+// maxPackObject bounds a pack a branch cache fetches for its terminals.
+const maxPackObject = 4 << 30
 
 // PackRecord fetches the signed record of the pack from revision from to
 // release rev (a 404 is ErrNoRelease: no such pack).

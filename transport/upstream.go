@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/zeebo/blake3"
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
@@ -218,4 +221,72 @@ func (u *Upstream) Release(ctx context.Context, name, channel string, rev uint64
 		_, got, err = u.rels.Read(name, channel, 0)
 	}
 	return got, err
+}
+
+// PackRecord makes sure the branch holds the record of the pack from
+// revision from to release rev (the release itself first), fetching it
+// from upstream. A missing pack is ErrNoRelease. The record is relayed as
+// signed: terminals verify it.
+func (u *Upstream) PackRecord(ctx context.Context, name, channel string, rev, from uint64) error {
+	if _, err := u.rels.ReadSide(name, channel, rev, manifest.SidePack(from)); err == nil {
+		return nil
+	}
+	if _, err := u.Release(ctx, name, channel, rev); err != nil {
+		return err
+	}
+	return u.once(ctx, fmt.Sprintf("pack-record/%s/%s/%d/%d", name, channel, rev, from), func() error {
+		env, err := u.c.PackRecord(ctx, name, channel, rev, from)
+		if err != nil {
+			return err
+		}
+		rec, err := manifest.OpenPackRecord(env)
+		if err != nil {
+			return err
+		}
+		if rec.Name != name || rec.Channel != channel || rec.To != rev || rec.From != from {
+			return fmt.Errorf("%w: upstream answered pack %s/%s %d→%d for %d→%d", manifest.ErrVerification, rec.Name, rec.Channel, rec.From, rec.To, from, rev)
+		}
+		return u.rels.PutSide(name, channel, rev, manifest.SidePack(from), env)
+	})
+}
+
+// Pack makes sure the branch holds pack id (at most size bytes), fetching
+// it from upstream; it is kept only if its bytes hash to id.
+func (u *Upstream) Pack(ctx context.Context, id chunkstore.ID, size int64) error {
+	path := manifest.PackPath(u.store.Root(), id)
+	if _, err := os.Stat(path); err == nil {
+		return nil
+	}
+	return u.once(ctx, "pack/"+id.String(), func() error {
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			return err
+		}
+		body, err := u.c.Pack(ctx, id, size)
+		if err != nil {
+			return err
+		}
+		defer body.Close()
+		tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
+		if err != nil {
+			return err
+		}
+		defer os.Remove(tmp.Name())
+		defer tmp.Close()
+		h := blake3.New()
+		if _, err := io.Copy(io.MultiWriter(tmp, h), body); err != nil {
+			return fmt.Errorf("%w: pack %s: %v", ErrPeerUnavailable, id.Short(), err)
+		}
+		var got chunkstore.ID
+		copy(got[:], h.Sum(nil))
+		if got != id {
+			return &chunkstore.IntegrityError{ID: id, Reason: "upstream pack does not hash to its ID"}
+		}
+		if err := tmp.Chmod(0o644); err != nil {
+			return err
+		}
+		if err := tmp.Sync(); err != nil {
+			return err
+		}
+		return os.Rename(tmp.Name(), path)
+	})
 }

@@ -148,3 +148,34 @@ func TestPackZstdCommandEncoder(t *testing.T) {
 		t.Fatalf("status: %s", r.stderr)
 	}
 }
+
+// A branch cache fetches a pack record and the pack from upstream once and
+// serves them to its terminals.
+func TestPackThroughBranchCache(t *testing.T) {
+	f := newFixture(t, 8<<20)
+	upd := filepath.Join(f.dir, "v3.img")
+	editImage(t, f.img1, upd)
+	f.publish(t, f.img1)
+	f.publish(t, upd, "--packs-from", "1")
+	origin := serve(t, f.store)
+	branch := serve(t, filepath.Join(f.dir, "branch"), "--upstream", origin)
+	out1 := filepath.Join(f.dir, "out1.img")
+	if _, r := f.pull(t, branch, filepath.Join(f.dir, "c1"), out1, "--revision", "1"); r.code != 0 {
+		t.Fatalf("pull 1: %s", r.stderr)
+	}
+	seed := out1 + ":" + filepath.Join(f.store, "manifests", "os", "stable", "1.imgm")
+	for i, name := range []string{"t1", "t2"} {
+		out := filepath.Join(f.dir, name+".img")
+		j, r := f.pull(t, branch, filepath.Join(f.dir, "cache-"+name), out, "--seed", seed)
+		if r.code != 0 {
+			t.Fatalf("pull through the branch: %s", r.stderr)
+		}
+		sameFile(t, out, upd)
+		if j.BytesFromPacks == 0 {
+			t.Fatalf("terminal %d took no pack through the branch: %+v", i, j)
+		}
+	}
+	if dp, _ := filepath.Glob(filepath.Join(f.dir, "branch", "deltas", "*.dpack")); len(dp) != 1 {
+		t.Fatalf("the branch holds %v", dp)
+	}
+}
