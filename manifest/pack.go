@@ -35,6 +35,9 @@ type PackRecord struct {
 	// the share of that it would fetch.
 	ChunkBytes int64
 	Created    time.Time
+	// Torrent, if set, is the pack's own single-file BitTorrent torrent
+	// (its info bytes are served beside the record).
+	Torrent *TorrentRef
 }
 
 var packMagic = [8]byte{'I', 'M', 'G', 'C', 'T', 'L', 'P', 1}
@@ -69,7 +72,14 @@ func (r *PackRecord) encode() []byte {
 	b = binary.AppendUvarint(b, uint64(r.Chunks))
 	b = binary.AppendUvarint(b, uint64(r.PlainBytes))
 	b = binary.AppendUvarint(b, uint64(r.ChunkBytes))
-	return binary.AppendVarint(b, r.Created.Unix())
+	b = binary.AppendVarint(b, r.Created.Unix())
+	if r.Torrent == nil {
+		return append(b, 0)
+	}
+	b = append(b, 1)
+	b = append(b, r.Torrent.InfoHash[:]...)
+	b = binary.AppendUvarint(b, uint64(r.Torrent.InfoSize))
+	return append(b, r.Torrent.InfoDigest[:]...)
 }
 
 func decodePackRecord(b []byte) (*PackRecord, error) {
@@ -87,6 +97,17 @@ func decodePackRecord(b []byte) (*PackRecord, error) {
 	r.PlainBytes = int64(d.uint(1<<50, "plain bytes"))
 	r.ChunkBytes = int64(d.uint(1<<50, "chunk bytes"))
 	r.Created = timeOrZero(d.varint())
+	switch d.u8() {
+	case 0:
+	case 1:
+		t := &TorrentRef{}
+		copy(t.InfoHash[:], d.raw(20))
+		t.InfoSize = int(d.uint(MaxInfoSize, "torrent info size"))
+		copy(t.InfoDigest[:], d.raw(32))
+		r.Torrent = t
+	default:
+		d.fail("bad torrent flag")
+	}
 	if d.err == nil && d.off != len(b) {
 		d.fail("%d trailing bytes", len(b)-d.off)
 	}
@@ -145,6 +166,10 @@ func OpenPackRecord(env []byte) (*PackRecord, error) {
 	}
 	return decodePackRecord(payload)
 }
+
+// SidePackInfo is the side-file kind of the info bytes of the torrent of
+// the pack from revision from.
+func SidePackInfo(from uint64) string { return SidePack(from) + ".torrent-info" }
 
 // SidePack is the side-file kind of the record of the pack from revision
 // from to a release.

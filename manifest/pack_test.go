@@ -19,7 +19,8 @@ func TestPackRecord(t *testing.T) {
 	tid, _ := ID(toEnv)
 	rec := &PackRecord{Name: "terminal-os", Channel: "stable", From: 42, To: 43, FromID: fid, ToID: tid,
 		FromDigest: from.Digest, Pack: chunkstore.Sum([]byte("pack")), Size: 12345, Chunks: 7, PlainBytes: 99999,
-		ChunksDigest: ChunkListDigest(to.Chunks), Created: created}
+		ChunksDigest: ChunkListDigest(to.Chunks), Created: created,
+		Torrent: &TorrentRef{InfoHash: [20]byte{1, 2, 3}, InfoSize: 345, InfoDigest: chunkstore.Sum([]byte("info"))}}
 	env, err := SignPackRecord(rec, k)
 	if err != nil {
 		t.Fatal(err)
@@ -28,6 +29,10 @@ func TestPackRecord(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if *got.Torrent != *rec.Torrent {
+		t.Fatalf("torrent ref: %+v, want %+v", got.Torrent, rec.Torrent)
+	}
+	got.Torrent = rec.Torrent
 	if *got != *rec {
 		t.Fatalf("round trip:\n%+v\n%+v", got, rec)
 	}

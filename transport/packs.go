@@ -21,6 +21,7 @@ import (
 // is a content-addressed object of the store.
 //
 //	GET /v1/packs/{name}/{channel}/{rev}/from/{from}   the signed pack record
+//	GET /v1/packs/{name}/{channel}/{rev}/from/{from}/info   its torrent's info bytes
 //	GET /v1/packs/{id}                                 the pack (Range supported)
 
 func (s *Server) handlePackRecord(w http.ResponseWriter, r *http.Request) {
@@ -41,6 +42,20 @@ func (s *Server) handlePackRecord(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
 	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(rec))
+}
+
+func (s *Server) handlePackInfo(w http.ResponseWriter, r *http.Request) {
+	from, err := strconv.ParseUint(r.PathValue("from"), 10, 64)
+	if err != nil || from == 0 {
+		http.Error(w, "bad revision", http.StatusBadRequest)
+		return
+	}
+	info, ok := s.releaseSide(w, r, manifest.SidePackInfo(from))
+	if !ok {
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-bittorrent-info")
+	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(info))
 }
 
 func (s *Server) handlePack(w http.ResponseWriter, r *http.Request) {
@@ -64,6 +79,12 @@ func (s *Server) handlePack(w http.ResponseWriter, r *http.Request) {
 	defer f.Close()
 	w.Header().Set("Content-Type", "application/octet-stream")
 	http.ServeContent(w, r, "", time.Time{}, f)
+}
+
+// PackInfo fetches the info bytes of a pack's torrent (the caller checks
+// them against the record).
+func (c *Client) PackInfo(ctx context.Context, name, channel string, rev, from uint64, max int64) ([]byte, error) {
+	return c.release(ctx, "/v1/packs/", "/from/"+strconv.FormatUint(from, 10)+"/info", name, channel, rev, max)
 }
 
 // maxPackObject bounds a pack a branch cache fetches for its terminals.

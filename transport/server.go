@@ -114,6 +114,7 @@ func NewServer(root string, opts ServerOptions) (*Server, error) {
 	s.mux.HandleFunc("GET /v1/torrents/{name}/{channel}/{rev}/info", s.wrap("torrent-info", s.handleTorrentInfo))
 	s.mux.HandleFunc("GET /ws/{torrent}/{file}", s.wrap("webseed", s.handleWebSeed))
 	s.mux.HandleFunc("GET /v1/packs/{name}/{channel}/{rev}/from/{from}", s.wrap("pack-record", s.handlePackRecord))
+	s.mux.HandleFunc("GET /v1/packs/{name}/{channel}/{rev}/from/{from}/info", s.wrap("pack-info", s.handlePackInfo))
 	s.mux.HandleFunc("GET /v1/packs/{id}", s.wrap("pack", s.handlePack))
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))

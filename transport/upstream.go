@@ -246,6 +246,18 @@ func (u *Upstream) PackRecord(ctx context.Context, name, channel string, rev, fr
 		if rec.Name != name || rec.Channel != channel || rec.To != rev || rec.From != from {
 			return fmt.Errorf("%w: upstream answered pack %s/%s %d→%d for %d→%d", manifest.ErrVerification, rec.Name, rec.Channel, rec.From, rec.To, from, rev)
 		}
+		if rec.Torrent != nil {
+			info, err := u.c.PackInfo(ctx, name, channel, rev, from, int64(rec.Torrent.InfoSize))
+			if err == nil {
+				err = rec.Torrent.Check(info)
+			}
+			if err == nil {
+				err = u.rels.PutSide(name, channel, rev, manifest.SidePackInfo(from), info)
+			}
+			if err != nil {
+				u.log.Warn("mirroring a pack without its torrent", "err", err)
+			}
+		}
 		return u.rels.PutSide(name, channel, rev, manifest.SidePack(from), env)
 	})
 }

@@ -212,15 +212,19 @@ func runBundleApply(ctx context.Context, g *globalOptions, o *bundleApplyOptions
 	if iid, err := manifest.ID(installedEnv); err == nil && iid == id {
 		res.Action = "switched" // installed before (a rollback away from it): verified then
 	} else {
-		st, sw, err := installBundle(ctx, g, o, root, cache, client, m, env, files, policy, phase, &res.BytesFromPacks)
+		var packs [2]int64 // pack bytes read, of which from peers
+		st, sw, err := installBundle(ctx, g, o, root, cache, client, m, env, files, policy, phase, &packs)
 		if err != nil {
 			return nil, err
 		}
+		res.BytesFromPacks = packs[0]
+		res.BytesFetched += packs[1]
 		res.BytesFromSeed, res.BytesFromCache, res.ChunksFetched, res.Fallbacks = st.SeedBytes, st.CacheBytes, st.FetchChunks, st.Fallbacks
 		if sw != nil {
 			s := sw.h.Stats()
+			s.FromPeers += packs[1]
 			res.BytesFromPeers, res.BytesFromWebSeeds = &s.FromPeers, &s.FromWebSeeds
-			res.BytesFetched += s.FromPeers + s.FromWebSeeds
+			res.BytesFetched += s.FromPeers - packs[1] + s.FromWebSeeds
 			sw.close()
 		}
 		res.Action = "installed"
@@ -257,7 +261,7 @@ func runBundleApply(ctx context.Context, g *globalOptions, o *bundleApplyOptions
 // releases as seeds, verifies it, completes it and commits it under its
 // final name. Nothing points at it yet.
 func installBundle(ctx context.Context, g *globalOptions, o *bundleApplyOptions, root *partition.BundleRoot, cache *chunkstore.Local,
-	client source, m *manifest.Manifest, env []byte, files []manifest.File, policy manifest.Policy, phase func(string), fromPacks *int64) (delta.Stats, *pullSwarm, error) {
+	client source, m *manifest.Manifest, env []byte, files []manifest.File, policy manifest.Policy, phase func(string), fromPacks *[2]int64) (delta.Stats, *pullSwarm, error) {
 	var st delta.Stats
 	var sw *pullSwarm
 	if o.p2p.enabled {
@@ -320,12 +324,12 @@ func installBundle(ctx context.Context, g *globalOptions, o *bundleApplyOptions,
 		fetch = swarmFetcher{s: sw, o: &o.p2p, g: g, cache: cache, http: fetch}
 	}
 	if !o.noPacks {
-		pack, err := usePack(ctx, g, client, policy.Trust, held, env, m, plan, fetch)
+		pack, err := usePack(ctx, g, client, policy.Trust, held, env, m, plan, fetch, sw, &o.p2p, o.cache)
 		if err != nil {
 			g.log.Warn("not using a delta pack", "err", err)
 		} else if pack != nil {
 			fetch = pack
-			defer func() { *fromPacks = pack.used() }()
+			defer func() { fromPacks[0], fromPacks[1] = pack.used(), pack.fromPeers() }()
 		}
 	}
 	asm := &delta.Assembler{Out: out, Seeds: seeds, Cache: cache, Fetch: fetch, Digest: true, Workers: o.workers,

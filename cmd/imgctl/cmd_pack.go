@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/sha1"
 	"fmt"
 	"io"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"github.com/imgctl/imgctl/chunkstore"
 	"github.com/imgctl/imgctl/delta"
 	"github.com/imgctl/imgctl/manifest"
+	"github.com/imgctl/imgctl/transport/swarm"
 	"github.com/spf13/cobra"
 	"github.com/zeebo/blake3"
 )
@@ -185,6 +187,12 @@ func buildPack(ctx context.Context, g *globalOptions, o *packBuildOptions, store
 	if err := syncDir(dir); err != nil {
 		return nil, err
 	}
+	// The pack's own torrent: terminals with --p2p take it from peers.
+	info, err := swarm.BuildFile(manifest.PackPath(o.store, id))
+	if err != nil {
+		return nil, err
+	}
+	tref := manifest.TorrentRef{InfoHash: sha1.Sum(info), InfoSize: len(info), InfoDigest: chunkstore.Sum(info)}
 	fid, _ := manifest.ID(fromEnv)
 	tid, _ := manifest.ID(toEnv)
 	var chunkBytes int64
@@ -195,12 +203,17 @@ func buildPack(ctx context.Context, g *globalOptions, o *packBuildOptions, store
 	}
 	rec := &manifest.PackRecord{Name: to.Name, Channel: to.Channel, From: from.Revision, To: to.Revision, FromID: fid, ToID: tid,
 		FromDigest: from.Digest, Pack: id, Size: st.Size, Chunks: st.Chunks, PlainBytes: st.PlainBytes,
-		ChunksDigest: manifest.ChunkListDigest(missing), ChunkBytes: chunkBytes, Created: g.now().UTC().Truncate(time.Second)}
+		ChunksDigest: manifest.ChunkListDigest(missing), ChunkBytes: chunkBytes, Created: g.now().UTC().Truncate(time.Second),
+		Torrent: &tref}
 	env, err := manifest.SignPackRecord(rec, key)
 	if err != nil {
 		return nil, err
 	}
-	if err := manifest.OpenReleases(o.store).PutSide(to.Name, to.Channel, to.Revision, manifest.SidePack(from.Revision), env); err != nil {
+	rels := manifest.OpenReleases(o.store)
+	if err := rels.PutSide(to.Name, to.Channel, to.Revision, manifest.SidePackInfo(from.Revision), info); err != nil {
+		return nil, err
+	}
+	if err := rels.PutSide(to.Name, to.Channel, to.Revision, manifest.SidePack(from.Revision), env); err != nil {
 		return nil, err
 	}
 	r := &packResult{Name: to.Name, Channel: to.Channel, From: from.Revision, To: to.Revision, Pack: id, Size: st.Size,

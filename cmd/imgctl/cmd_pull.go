@@ -431,7 +431,7 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 	// does not yield comes from the fetcher above.
 	var pack *packFetcher
 	if !o.noPacks {
-		if pack, err = usePack(ctx, g, client, trust, held, env, m, plan, fetch); err != nil {
+		if pack, err = usePack(ctx, g, client, trust, held, env, m, plan, fetch, sw, &o.p2p, o.cache); err != nil {
 			g.log.Warn("not using a delta pack", "err", err)
 		} else if pack != nil {
 			fetch = pack
@@ -484,8 +484,9 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 		// Webseeds are the HTTP origin and branch caches: imgctl fetches
 		// from them itself (transport/swarm: DisableWebseeds).
 		web := st.FromWebSeeds + client.Received() - httpBefore
-		res.BytesFromPeers, res.BytesFromWebSeeds = &st.FromPeers, &web
-		res.BytesFetched += st.FromPeers + st.FromWebSeeds
+		peers := st.FromPeers + pack.fromPeers()
+		res.BytesFromPeers, res.BytesFromWebSeeds = &peers, &web
+		res.BytesFetched += peers + st.FromWebSeeds
 		res.InfoHash = sw.h.InfoHash().HexString()
 	}
 	defer func() {

@@ -184,6 +184,7 @@ func seedTorrents(ctx context.Context, g *globalOptions, o *serveOptions, srv *t
 	g.logf("seeding torrents on %s", c.Addr())
 	rels := manifest.OpenReleases(o.store)
 	seeded := map[manifest.Release]bool{}
+	seededPacks := map[string]bool{}
 	var handles []*swarm.Handle
 	var mu sync.Mutex // scan runs from the ticker and from the upstream hook
 	scan := func() {
@@ -219,6 +220,36 @@ func seedTorrents(ctx context.Context, g *globalOptions, o *serveOptions, srv *t
 			seeded[rel] = true
 			handles = append(handles, h)
 			g.log.Info("seeding", "release", fmt.Sprintf("%s/%s@%d", rel.Name, rel.Channel, rel.Revision), "infohash", h.InfoHash().HexString())
+		}
+		// Delta packs, each its own torrent, once the pack is here (a
+		// branch holds it only after a terminal asked).
+		for _, rel := range list {
+			for _, from := range rels.PackFroms(rel.Name, rel.Channel, rel.Revision) {
+				key := fmt.Sprintf("%s/%s/%d/%d", rel.Name, rel.Channel, rel.Revision, from)
+				if seededPacks[key] {
+					continue
+				}
+				info, err1 := rels.ReadSide(rel.Name, rel.Channel, rel.Revision, manifest.SidePackInfo(from))
+				renv, err2 := rels.ReadSide(rel.Name, rel.Channel, rel.Revision, manifest.SidePack(from))
+				if err1 != nil || err2 != nil {
+					continue
+				}
+				rec, err := manifest.OpenPackRecord(renv)
+				if err != nil || rec.Torrent == nil || rec.Torrent.Check(info) != nil {
+					seededPacks[key] = true // not seedable
+					continue
+				}
+				path := manifest.PackPath(o.store, rec.Pack)
+				if _, err := os.Stat(path); err != nil {
+					continue
+				}
+				if _, err := c.AddFile(info, filepath.Dir(path)); err != nil {
+					g.log.Warn("cannot seed pack", "pack", key, "err", err)
+					continue
+				}
+				seededPacks[key] = true
+				g.log.Info("seeding pack", "pack", key)
+			}
 		}
 	}
 	scan()

@@ -179,3 +179,34 @@ func TestPackThroughBranchCache(t *testing.T) {
 		t.Fatalf("the branch holds %v", dp)
 	}
 }
+
+// With --p2p a terminal takes the pack from its own torrent (the origin
+// seeds it), verified against the record's BLAKE3.
+func TestPackOverSwarm(t *testing.T) {
+	f := newFixture(t, 8<<20)
+	upd := filepath.Join(f.dir, "v3.img")
+	editImage(t, f.img1, upd)
+	f.publish(t, f.img1)
+	f.publish(t, upd, "--packs-from", "1")
+	url := serve(t, f.store, "--seed-torrents", "--tracker", "--tracker-interval", "2s")
+	out1 := filepath.Join(f.dir, "out1.img")
+	if _, r := f.pull(t, url, filepath.Join(f.dir, "c1"), out1, "--revision", "1"); r.code != 0 {
+		t.Fatalf("pull 1: %s", r.stderr)
+	}
+	seed := out1 + ":" + filepath.Join(f.store, "manifests", "os", "stable", "1.imgm")
+	out := filepath.Join(f.dir, "out2.img")
+	r := imgctl(t, nil, "pull", "--from", url, "--trust", f.pub, "--name", "os", "--cache", filepath.Join(f.dir, "c2"), "--out", out,
+		"--seed", seed, "--p2p", "--listen", "127.0.0.40:0", "--p2p-stall", "20s", "--json", "-q")
+	if r.code != 0 {
+		t.Fatalf("pull --p2p: exit %d\n%s", r.code, r.stderr)
+	}
+	sameFile(t, out, upd)
+	j := decode[struct {
+		Packs int64 `json:"bytes_from_packs"`
+		Peers int64 `json:"bytes_from_peers"`
+	}](t, r.stdout)
+	if j.Packs == 0 || j.Peers < j.Packs {
+		t.Fatalf("pack over the swarm: %s", r.stdout)
+	}
+	t.Logf("pack %d bytes, %d bytes from peers", j.Packs, j.Peers)
+}

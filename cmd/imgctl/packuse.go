@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -12,6 +14,8 @@ import (
 	"github.com/imgctl/imgctl/chunkstore"
 	"github.com/imgctl/imgctl/delta"
 	"github.com/imgctl/imgctl/manifest"
+	"github.com/imgctl/imgctl/transport"
+	"github.com/zeebo/blake3"
 )
 
 // packSource is a source that also offers delta packs (HTTP origins and
@@ -35,8 +39,12 @@ type heldRelease struct {
 // missing chunks from it, decoded against the held content, and the rest
 // from next — only if the pack is smaller than the share of the chunks it
 // replaces that the plan would fetch. An error means no pack is used.
+//
+// With sw (a --p2p pull's swarm), the pack comes from its own torrent when
+// it has one, into cacheDir/deltas, and over HTTP when the swarm fails.
 func usePack(ctx context.Context, g *globalOptions, src source, trust *manifest.Trust,
-	held []heldRelease, env []byte, m *manifest.Manifest, plan *delta.Plan, next delta.Fetcher) (*packFetcher, error) {
+	held []heldRelease, env []byte, m *manifest.Manifest, plan *delta.Plan, next delta.Fetcher,
+	sw *pullSwarm, p2p *p2pOptions, cacheDir string) (*packFetcher, error) {
 	ps, ok := src.(packSource)
 	if !ok || plan.Report.FetchChunks == 0 {
 		return nil, nil
@@ -79,7 +87,7 @@ func usePack(ctx context.Context, g *globalOptions, src source, trust *manifest.
 			g.logf("pack %d→%d (%s) is not smaller than the chunks it would replace here", rec.From, rec.To, human(rec.Size))
 			continue
 		}
-		return &packFetcher{g: g, ps: ps, rec: rec, held: h, next: next}, nil
+		return &packFetcher{g: g, ps: ps, rec: rec, held: h, next: next, sw: sw, p2p: p2p, cacheDir: cacheDir}, nil
 	}
 	return nil, nil
 }
@@ -104,6 +112,85 @@ type packFetcher struct {
 	// tried: the pack is read once; later calls (chunks whose local copy
 	// failed) go to next.
 	tried atomic.Bool
+	// The swarm of a --p2p pull, and what came from its peers.
+	sw       *pullSwarm
+	p2p      *p2pOptions
+	cacheDir string
+	peers    atomic.Int64
+}
+
+// open returns the pack's bytes: from its torrent when the pull has a
+// swarm (checked against the record's BLAKE3 once complete), else, or
+// when that fails, over HTTP.
+func (f *packFetcher) open(ctx context.Context) (io.ReadCloser, error) {
+	if hc, ok := f.ps.(*transport.Client); ok && f.sw != nil && f.rec.Torrent != nil {
+		rc, err := f.viaSwarm(ctx, hc)
+		if err == nil {
+			return rc, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		f.g.log.Warn("the pack's torrent did not deliver; fetching the pack over HTTP", "err", err)
+	}
+	return f.ps.Pack(ctx, f.rec.Pack, f.rec.Size)
+}
+
+func (f *packFetcher) viaSwarm(ctx context.Context, hc *transport.Client) (io.ReadCloser, error) {
+	r := f.rec
+	info, err := hc.PackInfo(ctx, r.Name, r.Channel, r.To, r.From, int64(r.Torrent.InfoSize))
+	if err != nil {
+		return nil, err
+	}
+	if err := r.Torrent.Check(info); err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(f.cacheDir, "deltas")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	fh, err := f.sw.c.AddFile(info, dir)
+	if err != nil {
+		return nil, err
+	}
+	dctx, cancel := context.WithTimeout(ctx, f.p2p.timeout)
+	err = fh.Download(dctx, f.p2p.stall)
+	cancel()
+	f.peers.Store(fh.FromPeers())
+	if err != nil {
+		fh.Drop()
+		return nil, err
+	}
+	file, err := os.Open(fh.Path())
+	if err != nil {
+		return nil, err
+	}
+	h := blake3.New()
+	if _, err := io.Copy(h, file); err != nil {
+		file.Close()
+		return nil, err
+	}
+	var got chunkstore.ID
+	copy(got[:], h.Sum(nil))
+	if got != r.Pack {
+		file.Close()
+		fh.Drop()
+		os.Remove(fh.Path())
+		return nil, fmt.Errorf("the pack from the swarm does not hash to %s", r.Pack.Short())
+	}
+	if _, err := file.Seek(0, io.SeekStart); err != nil {
+		file.Close()
+		return nil, err
+	}
+	return file, nil
+}
+
+// fromPeers is the pack payload received from peers (0 without a pack).
+func (f *packFetcher) fromPeers() int64 {
+	if f == nil {
+		return 0
+	}
+	return f.peers.Load()
 }
 
 func (f *packFetcher) Fetch(ctx context.Context, refs []manifest.ChunkRef, fn func(chunkstore.Chunk) error) error {
@@ -118,7 +205,7 @@ func (f *packFetcher) Fetch(ctx context.Context, refs []manifest.ChunkRef, fn fu
 	var mu sync.Mutex
 	var outErr error // from fn: the output failed, not the pack
 	err := func() error {
-		body, err := f.ps.Pack(ctx, f.rec.Pack, f.rec.Size)
+		body, err := f.open(ctx)
 		if err != nil {
 			return err
 		}
