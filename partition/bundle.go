@@ -156,7 +156,7 @@ func (r *BundleRoot) Commit(rev uint64, env []byte) error {
 	if err := os.Rename(r.StagingDir(rev), r.ReleaseDir(rev)); err != nil {
 		return err
 	}
-	return syncDir(filepath.Join(r.Dir, releasesDir))
+	return chunkstore.SyncDir(filepath.Join(r.Dir, releasesDir))
 }
 
 // Switch points current at installed revision rev (one rename: the old or
@@ -181,7 +181,7 @@ func (r *BundleRoot) Switch(rev uint64, name, channel string) error {
 	if err := os.Rename(tmp, filepath.Join(r.Dir, currentLink)); err != nil {
 		return err
 	}
-	if err := syncDir(r.Dir); err != nil {
+	if err := chunkstore.SyncDir(r.Dir); err != nil {
 		return err
 	}
 	s, err := r.State()
@@ -242,13 +242,4 @@ func removeTree(dir string) error {
 		return nil
 	})
 	return os.RemoveAll(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

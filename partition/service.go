@@ -76,6 +76,7 @@ var HookNames = []string{"pre-stop", "stop", "start", "post-start", "health"}
 //	instances = ["1", "2", "3"]       # $IMGCTL_INSTANCE of each hook run; default one instance ""
 //	health_timeout  = "30s"           # per instance
 //	health_interval = "1s"
+//	hook_timeout    = "5m"            # any single hook run
 //	[hooks]                           # sh -c commands; each optional
 //	pre-stop   = "curl -fsS -X POST localhost:808$IMGCTL_INSTANCE/drain"
 //	stop       = "systemctl stop svc@$IMGCTL_INSTANCE"
@@ -88,11 +89,14 @@ var HookNames = []string{"pre-stop", "stop", "start", "post-start", "health"}
 // release that is running, the others from the one that starts), so a
 // bundle can ship its own.
 type ServiceConfig struct {
-	Policy         string            `toml:"policy"`
-	Instances      []string          `toml:"instances"`
-	HealthTimeout  duration          `toml:"health_timeout"`
-	HealthInterval duration          `toml:"health_interval"`
-	Hooks          map[string]string `toml:"hooks"`
+	Policy         string   `toml:"policy"`
+	Instances      []string `toml:"instances"`
+	HealthTimeout  duration `toml:"health_timeout"`
+	HealthInterval duration `toml:"health_interval"`
+	// HookTimeout bounds every hook run (default 5m): a hung stop script
+	// must not hold the update forever.
+	HookTimeout duration          `toml:"hook_timeout"`
+	Hooks       map[string]string `toml:"hooks"`
 }
 
 type duration struct{ time.Duration }
@@ -132,6 +136,9 @@ func LoadServiceConfig(path string) (*ServiceConfig, error) {
 	}
 	if c.HealthInterval.Duration <= 0 {
 		c.HealthInterval.Duration = time.Second
+	}
+	if c.HookTimeout.Duration <= 0 {
+		c.HookTimeout.Duration = 5 * time.Minute
 	}
 	known := map[string]bool{}
 	for _, h := range HookNames {
@@ -286,6 +293,8 @@ func (r *Restart) health(ctx context.Context, inst string) error {
 // hook runs one hook for one instance; a hook that is not configured and
 // not shipped in dir succeeds.
 func (r *Restart) hook(ctx context.Context, name, inst, dir string) error {
+	ctx, cancel := context.WithTimeout(ctx, r.Config.HookTimeout.Duration)
+	defer cancel()
 	var cmd *exec.Cmd
 	if s, ok := r.Config.Hooks[name]; ok {
 		cmd = exec.CommandContext(ctx, "/bin/sh", "-c", s)

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/imgctl/imgctl/manifest"
 )
@@ -106,7 +107,7 @@ func TestTreeShortFile(t *testing.T) {
 func TestServiceConfig(t *testing.T) {
 	d := t.TempDir()
 	c, err := LoadServiceConfig(filepath.Join(d, "missing.toml"))
-	if err != nil || c.Policy != PolicyAllAtOnce || len(c.Instances) != 1 {
+	if err != nil || c.Policy != PolicyAllAtOnce || len(c.Instances) != 1 || c.HookTimeout.Duration != 5*time.Minute {
 		t.Fatalf("default config %+v, %v", c, err)
 	}
 	for name, body := range map[string]string{
@@ -154,5 +155,25 @@ func TestBundleRootSwitch(t *testing.T) {
 	}
 	if _, err := r.Stage(1); err == nil {
 		t.Fatal("staged over an installed release")
+	}
+}
+
+// A hook that hangs is stopped at hook_timeout and fails the step.
+func TestHookTimeout(t *testing.T) {
+	d := t.TempDir()
+	p := filepath.Join(d, "s.toml")
+	os.WriteFile(p, []byte("hook_timeout = \"300ms\"\n[hooks]\nstop = \"sleep 30\"\n"), 0o644)
+	c, err := LoadServiceConfig(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	switched := false
+	r := &Restart{Config: c, Root: d, Name: "svc", From: 1, To: 2, SwitchTo: func() error { switched = true; return nil }}
+	start := time.Now()
+	if err := r.Run(context.Background()); err == nil || switched {
+		t.Fatalf("a hung stop hook: err %v, switched %v", err, switched)
+	}
+	if time.Since(start) > 20*time.Second {
+		t.Fatal("the hook was not stopped at its timeout")
 	}
 }

@@ -419,6 +419,9 @@ func (c *Client) getEach(ctx context.Context, refs []manifest.ChunkRef, fn func(
 	return nil, nil
 }
 
+// CountReader returns r counting the bytes read from it into n.
+func CountReader(r io.Reader, n *atomic.Int64) io.Reader { return &countReader{r: r, n: n} }
+
 type countReader struct {
 	r io.Reader
 	n *atomic.Int64

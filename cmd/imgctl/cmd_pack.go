@@ -184,7 +184,7 @@ func buildPack(ctx context.Context, g *globalOptions, o *packBuildOptions, store
 	if err := os.Rename(tmp.Name(), manifest.PackPath(o.store, id)); err != nil {
 		return nil, err
 	}
-	if err := syncDir(dir); err != nil {
+	if err := chunkstore.SyncDir(dir); err != nil {
 		return nil, err
 	}
 	// The pack's own torrent: terminals with --p2p take it from peers.
@@ -223,15 +223,6 @@ func buildPack(ctx context.Context, g *globalOptions, o *packBuildOptions, store
 		r.Ratio = float64(st.Size) / float64(chunkBytes)
 	}
 	return r, nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // zstdCommandEncoder encodes a segment with the zstd command against its

@@ -149,21 +149,36 @@ func TestPackZstdCommandEncoder(t *testing.T) {
 	}
 }
 
-// A branch cache fetches a pack record and the pack from upstream once and
-// serves them to its terminals.
-func TestPackThroughBranchCache(t *testing.T) {
+// packReleases publishes an image and an edit of it with a pack 1→2, and
+// returns the fixture and the edited image.
+func packReleases(t *testing.T) (*fixture, string) {
+	t.Helper()
 	f := newFixture(t, 8<<20)
 	upd := filepath.Join(f.dir, "v3.img")
 	editImage(t, f.img1, upd)
 	f.publish(t, f.img1)
 	f.publish(t, upd, "--packs-from", "1")
-	origin := serve(t, f.store)
-	branch := serve(t, filepath.Join(f.dir, "branch"), "--upstream", origin)
+	return f, upd
+}
+
+// holdRelease1 pulls release 1 from url as a terminal would hold it and
+// returns it as a --seed with its manifest.
+func (f *fixture) holdRelease1(t *testing.T, url string) string {
+	t.Helper()
 	out1 := filepath.Join(f.dir, "out1.img")
-	if _, r := f.pull(t, branch, filepath.Join(f.dir, "c1"), out1, "--revision", "1"); r.code != 0 {
+	if _, r := f.pull(t, url, filepath.Join(f.dir, "c1"), out1, "--revision", "1"); r.code != 0 {
 		t.Fatalf("pull 1: %s", r.stderr)
 	}
-	seed := out1 + ":" + filepath.Join(f.store, "manifests", "os", "stable", "1.imgm")
+	return out1 + ":" + filepath.Join(f.store, "manifests", "os", "stable", "1.imgm")
+}
+
+// A branch cache fetches a pack record and the pack from upstream once and
+// serves them to its terminals.
+func TestPackThroughBranchCache(t *testing.T) {
+	f, upd := packReleases(t)
+	origin := serve(t, f.store)
+	branch := serve(t, filepath.Join(f.dir, "branch"), "--upstream", origin)
+	seed := f.holdRelease1(t, branch)
 	for i, name := range []string{"t1", "t2"} {
 		out := filepath.Join(f.dir, name+".img")
 		j, r := f.pull(t, branch, filepath.Join(f.dir, "cache-"+name), out, "--seed", seed)
@@ -183,17 +198,9 @@ func TestPackThroughBranchCache(t *testing.T) {
 // With --p2p a terminal takes the pack from its own torrent (the origin
 // seeds it), verified against the record's BLAKE3.
 func TestPackOverSwarm(t *testing.T) {
-	f := newFixture(t, 8<<20)
-	upd := filepath.Join(f.dir, "v3.img")
-	editImage(t, f.img1, upd)
-	f.publish(t, f.img1)
-	f.publish(t, upd, "--packs-from", "1")
+	f, upd := packReleases(t)
 	url := serve(t, f.store, "--seed-torrents", "--tracker", "--tracker-interval", "2s")
-	out1 := filepath.Join(f.dir, "out1.img")
-	if _, r := f.pull(t, url, filepath.Join(f.dir, "c1"), out1, "--revision", "1"); r.code != 0 {
-		t.Fatalf("pull 1: %s", r.stderr)
-	}
-	seed := out1 + ":" + filepath.Join(f.store, "manifests", "os", "stable", "1.imgm")
+	seed := f.holdRelease1(t, url)
 	out := filepath.Join(f.dir, "out2.img")
 	r := imgctl(t, nil, "pull", "--from", url, "--trust", f.pub, "--name", "os", "--cache", filepath.Join(f.dir, "c2"), "--out", out,
 		"--seed", seed, "--p2p", "--listen", "127.0.0.40:0", "--p2p-stall", "20s", "--json", "-q")

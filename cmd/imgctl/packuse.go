@@ -210,7 +210,7 @@ func (f *packFetcher) Fetch(ctx context.Context, refs []manifest.ChunkRef, fn fu
 			return err
 		}
 		defer body.Close()
-		counted := &countingReader{r: body, n: &f.bytes}
+		counted := transport.CountReader(body, &f.bytes)
 		return delta.DecodePack(ctx, counted, f.held.content, f.held.m.Size,
 			func(id chunkstore.ID) bool { return true }, // the record's chunk list was checked against both manifests
 			func(c chunkstore.Chunk) error {
@@ -252,17 +252,6 @@ func (f *packFetcher) Fetch(ctx context.Context, refs []manifest.ChunkRef, fn fu
 		return nil
 	}
 	return f.next.Fetch(ctx, rest, fn)
-}
-
-type countingReader struct {
-	r io.Reader
-	n *atomic.Int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n.Add(int64(n))
-	return n, err
 }
 
 // used returns the pack bytes read (0 without a pack).
