@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/zeebo/blake3"
+	"io"
 	"os"
 	"path/filepath"
 
@@ -15,6 +17,8 @@ type fsckReport struct {
 	*chunkstore.CheckReport
 	Releases     int      `json:"releases"`
 	BadReleases  []string `json:"bad_releases,omitempty"`
+	DeltaPacks   int      `json:"delta_packs"`
+	BadPacks     []string `json:"bad_delta_packs,omitempty"`
 	Unreferenced int      `json:"unreferenced_chunks"`
 	Repaired     bool     `json:"repaired"`
 }
@@ -66,7 +70,8 @@ func runFsck(ctx context.Context, g *globalOptions, root string, repair, asJSON 
 		return err
 	}
 	rep := fsckReport{CheckReport: check}
-	rels, err := manifest.OpenReleases(root).List()
+	relStore := manifest.OpenReleases(root)
+	rels, err := relStore.List()
 	if err != nil {
 		return err
 	}
@@ -91,6 +96,12 @@ func runFsck(ctx context.Context, g *globalOptions, root string, repair, asJSON 
 		}
 		if err != nil {
 			rep.BadReleases = append(rep.BadReleases, fmt.Sprintf("%s/%s@%d: %v", r.Name, r.Channel, r.Revision, err))
+		}
+		for _, from := range relStore.PackFroms(r.Name, r.Channel, r.Revision) {
+			rep.DeltaPacks++
+			if err := checkDeltaPack(root, relStore, r, from); err != nil {
+				rep.BadPacks = append(rep.BadPacks, fmt.Sprintf("%s/%s %d→%d: %v", r.Name, r.Channel, from, r.Revision, err))
+			}
 		}
 	}
 	if len(rels) > 0 {
@@ -130,12 +141,46 @@ func runFsck(ctx context.Context, g *globalOptions, root string, repair, asJSON 
 		for _, r := range rep.BadReleases {
 			fmt.Fprintf(g.stdout, "bad      %s\n", r)
 		}
+		if rep.DeltaPacks > 0 {
+			fmt.Fprintf(g.stdout, "%d delta packs checked, %d bad\n", rep.DeltaPacks, len(rep.BadPacks))
+		}
+		for _, p := range rep.BadPacks {
+			fmt.Fprintf(g.stdout, "bad delta pack %s\n", p)
+		}
 	}
-	if !check.OK() || len(rep.BadReleases) > 0 {
+	if !check.OK() || len(rep.BadReleases) > 0 || len(rep.BadPacks) > 0 {
 		if repair {
 			g.logf("fsck: dropped what was broken; publish or pull again to restore it")
 		}
 		return fmt.Errorf("fsck: store %s has problems: %w", root, chunkstore.ErrCorrupt)
+	}
+	return nil
+}
+
+// checkDeltaPack re-hashes the pack a release's record names.
+func checkDeltaPack(root string, rels *manifest.Releases, r manifest.Release, from uint64) error {
+	env, err := rels.ReadSide(r.Name, r.Channel, r.Revision, manifest.SidePack(from))
+	if err != nil {
+		return err
+	}
+	rec, err := manifest.OpenPackRecord(env)
+	if err != nil {
+		return err
+	}
+	f, err := os.Open(manifest.PackPath(root, rec.Pack))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	h := blake3.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return err
+	}
+	var got chunkstore.ID
+	copy(got[:], h.Sum(nil))
+	if got != rec.Pack || n != rec.Size {
+		return fmt.Errorf("pack %s: %d bytes hashing to %s", rec.Pack.Short(), n, got.Short())
 	}
 	return nil
 }

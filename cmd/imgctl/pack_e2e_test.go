@@ -79,6 +79,9 @@ func TestPackPullAndFallback(t *testing.T) {
 	b, _ := os.ReadFile(dp[0])
 	b[len(b)/2] ^= 0xff
 	os.WriteFile(dp[0], b, 0o644)
+	if r := imgctl(t, nil, "fsck", "--store", f.store, "-q"); r.code != 3 || !strings.Contains(r.stdout, "bad delta pack") {
+		t.Fatalf("fsck of a damaged pack: exit %d\n%s", r.code, r.stdout)
+	}
 	damaged := pull2("damaged")
 	if damaged.BytesFetched <= withPack.BytesFetched {
 		t.Fatalf("a damaged pack cost nothing extra: %+v", damaged)
