@@ -14,6 +14,7 @@ test:
 	$(GO) test -count=1 -race -timeout 10m ./chunkstore/... ./manifest/... ./delta/... ./transport/...
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime 15s ./manifest
 	$(GO) test -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime 10s ./manifest
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodePack$$' -fuzztime 10s ./delta
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime 5m ./manifest

@@ -11,6 +11,14 @@ import (
 // sampleBundle is sample() as a bundle whose files hold its content.
 func sampleBundle(t *testing.T) (*Manifest, []File) {
 	t.Helper()
+	m, files, err := sampleBundleManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, files
+}
+
+func sampleBundleManifest() (*Manifest, []File, error) {
 	m := sample()
 	m.Kind = KindBundle
 	files := []File{
@@ -25,10 +33,8 @@ func sampleBundle(t *testing.T) (*Manifest, []File) {
 		{Path: "share", Type: TypeDir, Mode: 0755},
 		{Path: "share/conf", Type: TypeRegular, Mode: 0644, Size: m.Size - 100000},
 	}
-	if _, err := m.SetFileTable(files); err != nil {
-		t.Fatal(err)
-	}
-	return m, files
+	_, err := m.SetFileTable(files)
+	return m, files, err
 }
 
 func TestFileTableRoundTrip(t *testing.T) {

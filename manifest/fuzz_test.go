@@ -17,6 +17,10 @@ func FuzzDecode(f *testing.F) {
 	p2, _ := Encode(m)
 	f.Add(p2)
 	f.Add([]byte{1})
+	if bm, _, err := sampleBundleManifest(); err == nil { // the file table's decoder too
+		p3, _ := Encode(bm)
+		f.Add(p3)
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := Decode(b)
 		if err != nil {
