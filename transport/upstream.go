@@ -168,45 +168,17 @@ func (u *Upstream) Release(ctx context.Context, name, channel string, rev uint64
 	}
 	var got uint64
 	err := u.once(ctx, "release/"+key+"/"+strconv.FormatUint(rev, 10), func() error {
-		env, err := u.c.Manifest(ctx, name, channel, rev)
+		p, err := u.FetchRelease(ctx, name, channel, rev)
 		if err != nil {
 			return err
 		}
-		m, err := manifest.Open(env)
-		if err != nil {
-			return err
-		}
-		if m.Name != name || m.Channel != channel || (rev != 0 && m.Revision != rev) {
-			return fmt.Errorf("%w: upstream answered %s/%s@%d for %s@%d", manifest.ErrVerification, m.Name, m.Channel, m.Revision, key, rev)
-		}
-		got = m.Revision
+		got = p.Revision()
 		if rev == 0 {
 			u.mu.Lock()
 			u.latest[key] = time.Now()
 			u.mu.Unlock()
 		}
-		if _, _, err := u.rels.Read(name, channel, got); err == nil {
-			return nil // had it already
-		}
-		var sides []manifest.Side
-		if refs, _ := m.Torrents(); len(refs) > 0 {
-			info, err1 := u.c.release(ctx, "/v1/torrents/", "/info", name, channel, got, int64(refs[0].InfoSize))
-			env0, err2 := u.c.TorrentManifest(ctx, name, channel, got, manifest.MaxEnvelope)
-			if err := errors.Join(err1, err2); err != nil {
-				u.log.Warn("mirroring a release without its torrent", "release", key, "err", err)
-			} else if err := refs[0].Check(info); err != nil {
-				return err
-			} else {
-				sides = []manifest.Side{{Kind: manifest.SideTorrentInfo, Data: info}, {Kind: manifest.SideTorrentManifest, Data: env0}}
-			}
-		}
-		if err := u.rels.Put(env, m, sides...); err != nil {
-			return err
-		}
-		if u.OnRelease != nil {
-			u.OnRelease(manifest.Release{Name: name, Channel: channel, Revision: got})
-		}
-		return nil
+		return p.Commit()
 	})
 	if err != nil && rev == 0 {
 		// Upstream unreachable: serve the newest we have.
@@ -221,6 +193,69 @@ func (u *Upstream) Release(ctx context.Context, name, channel string, rev uint64
 		_, got, err = u.rels.Read(name, channel, 0)
 	}
 	return got, err
+}
+
+// PendingRelease is a release fetched from upstream and checked, not yet
+// stored: a mirror stores it only after its chunks (FetchRelease).
+type PendingRelease struct {
+	u     *Upstream
+	env   []byte
+	m     *manifest.Manifest
+	sides []manifest.Side
+}
+
+// Manifest is the fetched release's manifest.
+func (p *PendingRelease) Manifest() *manifest.Manifest { return p.m }
+
+// Revision is the fetched release's revision.
+func (p *PendingRelease) Revision() uint64 { return p.m.Revision }
+
+// Commit stores the release (if it is not already) with its side files.
+func (p *PendingRelease) Commit() error {
+	u, m := p.u, p.m
+	if _, _, err := u.rels.Read(m.Name, m.Channel, m.Revision); err == nil {
+		return nil // had it already
+	}
+	if err := u.rels.Put(p.env, m, p.sides...); err != nil {
+		return err
+	}
+	if u.OnRelease != nil {
+		u.OnRelease(manifest.Release{Name: m.Name, Channel: m.Channel, Revision: m.Revision})
+	}
+	return nil
+}
+
+// FetchRelease fetches a release's manifest (rev 0: the latest) and its
+// torrent side files from upstream, checked, without storing them.
+func (u *Upstream) FetchRelease(ctx context.Context, name, channel string, rev uint64) (*PendingRelease, error) {
+	key := name + "/" + channel
+	env, err := u.c.Manifest(ctx, name, channel, rev)
+	if err != nil {
+		return nil, err
+	}
+	m, err := manifest.Open(env)
+	if err != nil {
+		return nil, err
+	}
+	if m.Name != name || m.Channel != channel || (rev != 0 && m.Revision != rev) {
+		return nil, fmt.Errorf("%w: upstream answered %s/%s@%d for %s@%d", manifest.ErrVerification, m.Name, m.Channel, m.Revision, key, rev)
+	}
+	p := &PendingRelease{u: u, env: env, m: m}
+	if _, _, err := u.rels.Read(name, channel, m.Revision); err == nil {
+		return p, nil // held already: Commit does nothing
+	}
+	if refs, _ := m.Torrents(); len(refs) > 0 {
+		info, err1 := u.c.release(ctx, "/v1/torrents/", "/info", name, channel, m.Revision, int64(refs[0].InfoSize))
+		env0, err2 := u.c.TorrentManifest(ctx, name, channel, m.Revision, manifest.MaxEnvelope)
+		if err := errors.Join(err1, err2); err != nil {
+			u.log.Warn("mirroring a release without its torrent", "release", key, "err", err)
+		} else if err := refs[0].Check(info); err != nil {
+			return nil, err
+		} else {
+			p.sides = []manifest.Side{{Kind: manifest.SideTorrentInfo, Data: info}, {Kind: manifest.SideTorrentManifest, Data: env0}}
+		}
+	}
+	return p, nil
 }
 
 // PackRecord makes sure the branch holds the record of the pack from

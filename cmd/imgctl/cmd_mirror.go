@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 
@@ -27,6 +28,7 @@ type mirrorResult struct {
 	Revision      uint64 `json:"revision"`
 	Chunks        int    `json:"chunks"`
 	ChunksFetched int    `json:"chunks_fetched"`
+	Packs         int    `json:"delta_packs"`
 	BytesFetched  int64  `json:"bytes_fetched"`
 }
 
@@ -78,18 +80,14 @@ func runMirror(ctx context.Context, g *globalOptions, o *mirrorOptions) error {
 		return usageError{err}
 	}
 	up.DeferFlush = true
-	rev, err := up.Release(ctx, o.name, o.channel, o.revision)
+	// The release is stored only after its chunks: a mirror cut short
+	// never offers a release it cannot serve.
+	pending, err := up.FetchRelease(ctx, o.name, o.channel, o.revision)
 	if err != nil {
 		return err
 	}
-	env, _, err := manifest.OpenReleases(o.store).Read(o.name, o.channel, rev)
-	if err != nil {
-		return err
-	}
-	m, err := manifest.Open(env)
-	if err != nil {
-		return err
-	}
+	m := pending.Manifest()
+	rev := m.Revision
 	res := mirrorResult{Name: m.Name, Channel: m.Channel, Revision: rev, Chunks: len(m.Chunks)}
 	eg, ectx := errgroup.WithContext(ctx)
 	eg.SetLimit(max(o.concurrency, 1))
@@ -114,11 +112,36 @@ func runMirror(ctx context.Context, g *globalOptions, o *mirrorOptions) error {
 	if err != nil {
 		return err
 	}
+	if err := pending.Commit(); err != nil {
+		return err
+	}
+	// Delta packs to this release from the revisions before it, when
+	// upstream has them.
+	for from := rev - 1; from >= 1 && from+3 >= rev; from-- {
+		if err := up.PackRecord(ctx, m.Name, m.Channel, rev, from); err != nil {
+			if !errors.Is(err, manifest.ErrNoRelease) {
+				g.log.Warn("mirroring a pack", "from", from, "err", err)
+			}
+			continue
+		}
+		renv, err := manifest.OpenReleases(o.store).ReadSide(m.Name, m.Channel, rev, manifest.SidePack(from))
+		if err != nil {
+			return err
+		}
+		rec, err := manifest.OpenPackRecord(renv)
+		if err != nil {
+			return err
+		}
+		if err := up.Pack(ctx, rec.Pack, rec.Size); err != nil {
+			return err
+		}
+		res.Packs++
+	}
 	res.BytesFetched = up.Received()
 	if o.json {
 		return writeJSON(g.stdout, res)
 	}
-	fmt.Fprintf(g.stdout, "mirrored %s/%s@%d: %d chunks, %d fetched, %s received\n", m.Name, m.Channel, rev,
-		res.Chunks, res.ChunksFetched, human(res.BytesFetched))
+	fmt.Fprintf(g.stdout, "mirrored %s/%s@%d: %d chunks, %d fetched, %d delta packs, %s received\n", m.Name, m.Channel, rev,
+		res.Chunks, res.ChunksFetched, res.Packs, human(res.BytesFetched))
 	return nil
 }

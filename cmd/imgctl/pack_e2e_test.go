@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // editImage writes an update of src that edits it everywhere a little: one
@@ -219,4 +220,43 @@ func TestPackOverSwarm(t *testing.T) {
 		t.Fatalf("pack over the swarm: %s", r.stdout)
 	}
 	t.Logf("pack %d bytes, %d bytes from peers", j.Packs, j.Peers)
+}
+
+// mirror copies a release's delta packs with it, and stores the release
+// only once its chunks are there: a mirror cut short offers nothing.
+func TestMirrorPacks(t *testing.T) {
+	f, upd := packReleases(t)
+	hq := serve(t, f.store)
+	branch := filepath.Join(f.dir, "branch")
+	m := decode[struct {
+		Packs int `json:"delta_packs"`
+	}](t, mustRun(t, "mirror", "-q", "--json", "--store", branch, "--from", hq, "--name", "os"))
+	if m.Packs != 1 {
+		t.Fatalf("mirror copied %d packs", m.Packs)
+	}
+	mustRun(t, "fsck", "-q", "--store", branch)
+	// A terminal on release 1 takes the pack from the mirror, served alone.
+	url := serve(t, branch)
+	seed := f.holdRelease1(t, hq)
+	out := filepath.Join(f.dir, "t.img")
+	j, r := f.pull(t, url, filepath.Join(f.dir, "c2"), out, "--seed", seed)
+	if r.code != 0 || j.BytesFromPacks == 0 {
+		t.Fatalf("pull from the mirror: %+v %s", j, r.stderr)
+	}
+	sameFile(t, out, upd)
+
+	// Cut short (kill -9 while chunks trickle in at 10 kB/s): the new
+	// release must not be there.
+	f.publish(t, f.img2) // revision 3, megabytes of new chunks
+	cmd := exec.Command(imgctlBin, "mirror", "-q", "--store", branch, "--from", hq, "--name", "os", "--download-limit", "10kB/s")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	cmd.Process.Kill()
+	cmd.Wait()
+	if _, err := os.Stat(filepath.Join(branch, "manifests", "os", "stable", "3.imgm")); err == nil {
+		t.Fatal("a mirror cut short stored a release whose chunks it does not hold")
+	}
+	mustRun(t, "fsck", "-q", "--store", branch)
 }
