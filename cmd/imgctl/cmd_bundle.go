@@ -329,7 +329,7 @@ func installBundle(ctx context.Context, g *globalOptions, o *bundleApplyOptions,
 			g.log.Warn("not using a delta pack", "err", err)
 		} else if pack != nil {
 			fetch = pack
-			defer func() { fromPacks[0], fromPacks[1] = pack.used(), pack.fromPeers() }()
+			defer func() { fromPacks[0], fromPacks[1] = pack.used(), pack.fromPeers(); pack.remove() }()
 		}
 	}
 	asm := &delta.Assembler{Out: out, Seeds: seeds, Cache: cache, Fetch: fetch, Digest: true, Workers: o.workers,

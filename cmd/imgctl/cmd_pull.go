@@ -493,6 +493,7 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 		if err := sw.seed(ctx, g, &o.p2p); err != nil {
 			g.log.Warn("seeding", "err", err)
 		}
+		pack.remove() // seeded (or not): the release is written, the pack is spent
 	}()
 	if o.json {
 		return res, writeJSON(g.stdout, res)

@@ -219,6 +219,9 @@ func TestPackOverSwarm(t *testing.T) {
 	if j.Packs == 0 || j.Peers < j.Packs {
 		t.Fatalf("pack over the swarm: %s", r.stdout)
 	}
+	if left, _ := filepath.Glob(filepath.Join(f.dir, "c2", "deltas", "*")); len(left) != 0 {
+		t.Fatalf("the pull left its pack in the cache: %v", left)
+	}
 	t.Logf("pack %d bytes, %d bytes from peers", j.Packs, j.Peers)
 }
 

@@ -117,6 +117,17 @@ type packFetcher struct {
 	p2p      *p2pOptions
 	cacheDir string
 	peers    atomic.Int64
+	file     string // the pack as downloaded from the swarm, if it was
+}
+
+// remove deletes the pack a swarm download left in the cache (and its part
+// file), once the pull no longer needs it.
+func (f *packFetcher) remove() {
+	if f == nil || f.file == "" {
+		return
+	}
+	os.Remove(f.file)
+	os.Remove(f.file + ".part")
 }
 
 // open returns the pack's bytes: from its torrent when the pull has a
@@ -153,6 +164,7 @@ func (f *packFetcher) viaSwarm(ctx context.Context, hc *transport.Client) (io.Re
 	if err != nil {
 		return nil, err
 	}
+	f.file = fh.Path()
 	dctx, cancel := context.WithTimeout(ctx, f.p2p.timeout)
 	err = fh.Download(dctx, f.p2p.stall)
 	cancel()
