@@ -95,24 +95,31 @@ func TestFetchRoundTripAndMetrics(t *testing.T) {
 	if err != nil || len(got) != len(refs) {
 		t.Fatalf("fetched %d of %d: %v", len(got), len(refs), err)
 	}
-	resp, err := http.Get(hs.URL + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if !strings.Contains(string(body), "imgctl_served_bytes_total") {
-		t.Fatal("metrics lack imgctl_served_bytes_total")
-	}
-	// Served bytes equal what the client received (before /metrics itself).
+	// Served bytes equal what the client received (before /metrics
+	// itself). The server counts a response when its handler returns, which
+	// can be just after the client has read the body: look again briefly.
 	var served float64
-	for _, l := range strings.Split(string(body), "\n") {
-		if strings.HasPrefix(l, "imgctl_served_bytes_total ") {
-			_, err := fmtSscan(strings.TrimPrefix(l, "imgctl_served_bytes_total "), &served)
-			if err != nil {
-				t.Fatal(err)
+	for try := 0; try < 100; try++ {
+		resp, err := http.Get(hs.URL + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.Contains(string(body), "imgctl_served_bytes_total") {
+			t.Fatal("metrics lack imgctl_served_bytes_total")
+		}
+		for _, l := range strings.Split(string(body), "\n") {
+			if strings.HasPrefix(l, "imgctl_served_bytes_total ") {
+				if _, err := fmtSscan(strings.TrimPrefix(l, "imgctl_served_bytes_total "), &served); err != nil {
+					t.Fatal(err)
+				}
 			}
 		}
+		if int64(served) == c.Received() {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	if int64(served) != c.Received() {
 		t.Fatalf("server counted %v bytes, client received %d", served, c.Received())
