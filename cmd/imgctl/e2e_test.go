@@ -289,8 +289,15 @@ func TestEndToEndPublishServePullDelta(t *testing.T) {
 	sameFile(t, slotB, f.img2)
 
 	// Served bytes are counted.
+	// The server counts a response when its handler returns, which can be
+	// just after the client has the body: read the counter until it agrees.
+	total := r1.BytesFetched + r2.BytesFetched + r3.BytesFetched + r4.BytesFetched
 	served := metric(t, url, "imgctl_served_bytes_total")
-	if total := r1.BytesFetched + r2.BytesFetched + r3.BytesFetched + r4.BytesFetched; int64(served) != total {
+	for try := 0; try < 50 && int64(served) != total; try++ {
+		time.Sleep(20 * time.Millisecond)
+		served = metric(t, url, "imgctl_served_bytes_total")
+	}
+	if int64(served) != total {
 		t.Fatalf("served %v bytes, clients fetched %d", served, total)
 	}
 
