@@ -12,7 +12,6 @@ import (
 
 	"github.com/imgctl/imgctl/chunkstore"
 	"github.com/imgctl/imgctl/manifest"
-	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -223,7 +222,9 @@ func BuildPack(ctx context.Context, w io.Writer, from, to *manifest.Manifest, fr
 			}
 			ref = append(ref, b...)
 		}
-		encode := packEncode
+		encode := func(plain, ref []byte) ([]byte, error) {
+			return chunkstore.EncodeWithDict(plain, ref, chunkstore.LevelBest)
+		}
 		if opts.Encode != nil {
 			encode = opts.Encode
 		}
@@ -286,28 +287,6 @@ func topVotes(v map[int64]int, n int) []int64 {
 	return out
 }
 
-func windowFor(n int) int {
-	w := 1 << 20
-	for w < n {
-		w <<= 1
-	}
-	return w
-}
-
-func packEncode(plain, ref []byte) ([]byte, error) {
-	opts := []zstd.EOption{zstd.WithEncoderLevel(zstd.SpeedBestCompression), zstd.WithEncoderCRC(false),
-		zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(windowFor(len(ref) + len(plain)))}
-	if len(ref) > 0 {
-		opts = append(opts, zstd.WithEncoderDictRaw(0, ref))
-	}
-	enc, err := zstd.NewWriter(nil, opts...)
-	if err != nil {
-		return nil, err
-	}
-	defer enc.Close()
-	return enc.EncodeAll(plain, make([]byte, 0, len(plain)/3)), nil
-}
-
 type countWriter struct {
 	w   io.Writer
 	n   int64
@@ -356,7 +335,7 @@ func packErr(f string, a ...any) error { return fmt.Errorf("%w: "+f, append([]an
 
 // decodeSegment decodes one frame and hands out its verified chunks.
 func decodeSegment(s uint64, frame, ref []byte, crefs []packRef, total int, want func(chunkstore.ID) bool, fn func(chunkstore.Chunk) error) error {
-	plain, err := packDecode(frame, ref, total)
+	plain, err := chunkstore.DecodeWithDict(frame, ref, total)
 	if err != nil {
 		return packErr("segment %d: %v", s, err)
 	}
@@ -473,18 +452,4 @@ func readPack(ctx context.Context, r io.Reader, from io.ReaderAt, fromSize int64
 		return bad("trailing bytes")
 	}
 	return nil
-}
-
-func packDecode(frame, ref []byte, size int) ([]byte, error) {
-	opts := []zstd.DOption{zstd.WithDecoderConcurrency(1), zstd.IgnoreChecksum(true),
-		zstd.WithDecoderMaxWindow(uint64(windowFor(len(ref) + size))), zstd.WithDecoderMaxMemory(uint64(size) + 1)}
-	if len(ref) > 0 {
-		opts = append(opts, zstd.WithDecoderDictRaw(0, ref))
-	}
-	dec, err := zstd.NewReader(nil, opts...)
-	if err != nil {
-		return nil, err
-	}
-	defer dec.Close()
-	return dec.DecodeAll(frame, make([]byte, 0, size))
 }

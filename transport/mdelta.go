@@ -10,7 +10,6 @@ import (
 
 	"github.com/imgctl/imgctl/chunkstore"
 	"github.com/imgctl/imgctl/manifest"
-	"github.com/klauspost/compress/zstd"
 )
 
 // Manifest deltas: a terminal that holds an earlier manifest of the same
@@ -73,7 +72,7 @@ func (s *Server) manifestDelta(name, channel string, env []byte, baseHex string)
 	if baseEnv == nil {
 		return nil, false
 	}
-	d, err := encodeWithBase(env, baseEnv)
+	d, err := chunkstore.EncodeWithDict(env, baseEnv, chunkstore.LevelBetter)
 	if err != nil || len(d) >= len(env) {
 		return nil, false
 	}
@@ -89,34 +88,6 @@ func (s *Server) manifestDelta(name, channel string, env []byte, baseHex string)
 	s.deltas.order = append(s.deltas.order, key)
 	s.deltas.mu.Unlock()
 	return d, true
-}
-
-func window(n int) int {
-	w := 1 << 20
-	for w < n {
-		w <<= 1
-	}
-	return w
-}
-
-func encodeWithBase(env, base []byte) ([]byte, error) {
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBetterCompression), zstd.WithEncoderCRC(false),
-		zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(window(len(env)+len(base))), zstd.WithEncoderDictRaw(0, base))
-	if err != nil {
-		return nil, err
-	}
-	defer enc.Close()
-	return enc.EncodeAll(env, nil), nil
-}
-
-func decodeWithBase(d, base []byte) ([]byte, error) {
-	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderDictRaw(0, base),
-		zstd.WithDecoderMaxWindow(uint64(window(manifest.MaxEnvelope+len(base)))), zstd.WithDecoderMaxMemory(manifest.MaxEnvelope))
-	if err != nil {
-		return nil, err
-	}
-	defer dec.Close()
-	return dec.DecodeAll(d, nil)
 }
 
 // ManifestFrom is Manifest for a client that holds base, an earlier signed
@@ -144,7 +115,7 @@ func (c *Client) ManifestFrom(ctx context.Context, name, channel string, rev uin
 			env = b
 			return nil
 		}
-		full, err := decodeWithBase(b, base)
+		full, err := chunkstore.DecodeWithDict(b, base, manifest.MaxEnvelope)
 		if err != nil {
 			return permanent{&manifest.VerifyError{Err: manifest.ErrMalformed, Detail: "manifest delta: " + err.Error()}}
 		}
