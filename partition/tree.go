@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -18,7 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ScanOptions configure ScanTree.
+// ScanOptions normalise a scanned file table (Apply).
 type ScanOptions struct {
 	// MTime, when set, replaces every timestamp (reproducible publishes,
 	// like SOURCE_DATE_EPOCH). Timestamps live in the file table, not in
@@ -30,12 +29,26 @@ type ScanOptions struct {
 	Owner *[2]uint32
 }
 
+// Apply returns files with the options applied (files is not changed).
+func (o ScanOptions) Apply(files []manifest.File) []manifest.File {
+	out := append([]manifest.File(nil), files...)
+	for i := range out {
+		if o.MTime != nil {
+			out[i].MTime = o.MTime.UnixNano()
+		}
+		if o.Owner != nil {
+			out[i].UID, out[i].GID = o.Owner[0], o.Owner[1]
+		}
+	}
+	return out
+}
+
 // ScanTree walks the directory tree at root and returns its file table in
-// table order. It refuses what a bundle cannot hold or must not hold:
+// table order, as the tree is (ScanOptions.Apply normalises it). It refuses what a bundle cannot hold or must not hold:
 // device nodes, FIFOs, sockets, symlinks that point outside the tree, and
 // hard links to files outside it (a link count the tree does not account
 // for is allowed: the file is then a plain file).
-func ScanTree(root string, opts ScanOptions) ([]manifest.File, error) {
+func ScanTree(root string) ([]manifest.File, error) {
 	st, err := os.Stat(root)
 	if err != nil {
 		return nil, err
@@ -44,7 +57,7 @@ func ScanTree(root string, opts ScanOptions) ([]manifest.File, error) {
 		return nil, fmt.Errorf("%s: not a directory", root)
 	}
 	var files []manifest.File
-	inodes := map[[2]uint64][]int{} // (dev, ino) → indices of regular files with nlink > 1
+	inodes := map[string][2]uint64{} // path → (dev, ino) of regular files with nlink > 1
 	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -74,8 +87,7 @@ func ScanTree(root string, opts ScanOptions) ([]manifest.File, error) {
 		case m.IsRegular():
 			f.Type, f.Size = manifest.TypeRegular, info.Size()
 			if sys.Nlink > 1 {
-				k := [2]uint64{uint64(sys.Dev), sys.Ino}
-				inodes[k] = append(inodes[k], len(files))
+				inodes[rel] = [2]uint64{uint64(sys.Dev), sys.Ino}
 			}
 		case m.IsDir():
 			f.Type = manifest.TypeDir
@@ -87,12 +99,6 @@ func ScanTree(root string, opts ScanOptions) ([]manifest.File, error) {
 		default:
 			return fmt.Errorf("%s: %s files cannot be in a bundle (only files, directories and symlinks)", p, typeName(m))
 		}
-		if opts.MTime != nil {
-			f.MTime = opts.MTime.UnixNano()
-		}
-		if opts.Owner != nil {
-			f.UID, f.GID = opts.Owner[0], opts.Owner[1]
-		}
 		files = append(files, f)
 		return nil
 	})
@@ -101,24 +107,23 @@ func ScanTree(root string, opts ScanOptions) ([]manifest.File, error) {
 	}
 	// Hard links: the first name in table order holds the content, the
 	// others name it.
-	for _, idx := range inodes {
-		if len(idx) < 2 {
+	manifest.SortFiles(files)
+	first := map[[2]uint64]string{}
+	for i := range files {
+		k, ok := inodes[files[i].Path]
+		if !ok {
 			continue
 		}
-		sort.Slice(idx, func(a, b int) bool { return tableLess(files[idx[a]].Path, files[idx[b]].Path) })
-		for _, i := range idx[1:] {
-			files[i].Type, files[i].Link, files[i].Size = manifest.TypeHardlink, files[idx[0]].Path, 0
+		if p, seen := first[k]; seen {
+			files[i].Type, files[i].Link, files[i].Size = manifest.TypeHardlink, p, 0
+		} else {
+			first[k] = files[i].Path
 		}
 	}
-	manifest.SortFiles(files)
 	if _, err := manifest.ValidateFiles(files); err != nil {
 		return nil, fmt.Errorf("%s: %w", root, err)
 	}
 	return files, nil
-}
-
-func tableLess(a, b string) bool {
-	return strings.ReplaceAll(a, "/", "\x00") < strings.ReplaceAll(b, "/", "\x00")
 }
 
 func typeName(m fs.FileMode) string {

@@ -26,7 +26,7 @@ func TestTreeContentAcrossFiles(t *testing.T) {
 	if err := os.Link(filepath.Join(src, "b"), filepath.Join(src, "b2")); err != nil {
 		t.Fatal(err)
 	}
-	table, err := ScanTree(src, ScanOptions{})
+	table, err := ScanTree(src)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +92,7 @@ func TestTreeContentAcrossFiles(t *testing.T) {
 func TestTreeShortFile(t *testing.T) {
 	src := t.TempDir()
 	os.WriteFile(filepath.Join(src, "f"), []byte("0123456789"), 0o644)
-	table, err := ScanTree(src, ScanOptions{})
+	table, err := ScanTree(src)
 	if err != nil {
 		t.Fatal(err)
 	}

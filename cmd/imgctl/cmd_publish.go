@@ -396,21 +396,17 @@ func openPublishInput(o *publishOptions, path string, params chunkstore.Params) 
 		}
 		opts.Owner = &[2]uint32{u, g}
 	}
-	scan := func() ([]manifest.File, error) { return partition.ScanTree(path, opts) }
-	files, err := scan()
+	raw, err := partition.ScanTree(path)
 	if err != nil {
 		return nil, err
 	}
-	raw, err := partition.ScanTree(path, partition.ScanOptions{})
-	if err != nil {
-		return nil, err
-	}
+	files := opts.Apply(raw)
 	t := partition.OpenTree(path, files, false)
 	return &publishInput{
 		r: t, size: t.Size(), files: files, segments: manifest.SegmentStarts(files, params.MinSize),
 		close: func() { t.Close() },
 		unchanged: func() error {
-			now, err := partition.ScanTree(path, partition.ScanOptions{})
+			now, err := partition.ScanTree(path)
 			if err != nil {
 				return err
 			}
