@@ -232,7 +232,7 @@ func TestIndexSeedFindsShiftedChunks(t *testing.T) {
 func TestDiff(t *testing.T) {
 	_, old := content(t, "abc0d")
 	_, new := content(t, "abe0dc")
-	d := delta.Compare(old, new, nil, nil)
+	d := delta.Compare(context.Background(), old, new, nil, nil)
 	if d.NewChunks != 1 || d.SharedChunks != 4 || d.RemovedChunks != 0 || d.FetchBytes != 1000 || d.FetchExact {
 		t.Fatalf("diff %+v", d)
 	}

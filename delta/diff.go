@@ -1,8 +1,10 @@
 package delta
 
 import (
+	"context"
 	"github.com/imgctl/imgctl/chunkstore"
 	"github.com/imgctl/imgctl/manifest"
+	"io"
 )
 
 // RegionKind classifies a byte range of the new content.
@@ -66,9 +68,9 @@ type Diff struct {
 // Compare diffs two manifests. stored, if not nil, returns the stored size
 // of a chunk (ok false if unknown).
 //
-// For bundles, content (nil: none) lets the file view compare the bytes of
+// For bundles, chunks (nil: none) lets the file view compare the bytes of
 // small files that share changed chunks (see CompareFiles).
-func Compare(old, new *manifest.Manifest, stored func(chunkstore.ID) (int64, bool), content Content) *Diff {
+func Compare(ctx context.Context, old, new *manifest.Manifest, stored func(chunkstore.ID) (int64, bool), chunks chunkstore.Getter) *Diff {
 	side := func(m *manifest.Manifest) Side {
 		s := m.Stats()
 		return Side{Name: m.Name, Channel: m.Channel, Revision: m.Revision, Size: m.Size, Digest: m.Digest,
@@ -140,7 +142,11 @@ func Compare(old, new *manifest.Manifest, stored func(chunkstore.ID) (int64, boo
 		return true
 	})
 	if old.Kind == manifest.KindBundle && new.Kind == manifest.KindBundle {
-		d.Files, _ = CompareFiles(old, new, content)
+		var oldR, newR io.ReaderAt
+		if chunks != nil {
+			oldR, newR = StoreReader(ctx, chunks, old), StoreReader(ctx, chunks, new)
+		}
+		d.Files, _ = CompareFiles(old, new, oldR, newR)
 	}
 	return d
 }

@@ -40,50 +40,14 @@ type FileDiff struct {
 	Files        []FileChange `json:"files"` // by new bytes, then path
 }
 
-// Content reads n bytes at off of the content m describes.
-type Content func(m *manifest.Manifest, off, n int64) ([]byte, error)
-
-// StoreContent reads release content from a store's chunks.
-func StoreContent(ctx context.Context, g chunkstore.Getter) Content {
-	type ext struct {
-		off, size int64
-		c         int
-	}
-	cache := map[*manifest.Manifest][]ext{}
-	return func(m *manifest.Manifest, off, n int64) ([]byte, error) {
-		exts, ok := cache[m]
-		if !ok {
-			m.Walk(func(o, size int64, c int) bool {
-				exts = append(exts, ext{o, size, c})
-				return true
-			})
-			cache[m] = exts
-		}
-		out := make([]byte, n)
-		i := sort.Search(len(exts), func(i int) bool { return exts[i].off+exts[i].size > off })
-		for ; i < len(exts) && exts[i].off < off+n; i++ {
-			e := exts[i]
-			if e.c < 0 {
-				continue // zeros
-			}
-			ch, err := g.Get(ctx, m.Chunks[e.c].ID)
-			if err != nil {
-				return nil, err
-			}
-			lo, hi := max(e.off, off), min(e.off+e.size, off+n)
-			copy(out[lo-off:hi-off], ch.Plain()[lo-e.off:hi-e.off])
-		}
-		return out, nil
-	}
-}
-
 // CompareFiles explains what changed between two bundles, file by file. A
 // file's content is unchanged when every chunk covering it in the new
 // release sits in the old release at the same place of the same path. Small
 // files share chunks, so a changed neighbour makes that test fail for an
 // unchanged file: where it cannot decide, CompareFiles compares the bytes
-// through content (nil: it says it could not).
-func CompareFiles(old, new *manifest.Manifest, content Content) (*FileDiff, error) {
+// read from oldR and newR, the two releases' content (nil: it says it could
+// not).
+func CompareFiles(old, new *manifest.Manifest, oldR, newR io.ReaderAt) (*FileDiff, error) {
 	of, err := old.FileTable()
 	if err != nil {
 		return nil, err
@@ -169,12 +133,12 @@ func CompareFiles(old, new *manifest.Manifest, content Content) (*FileDiff, erro
 			fc.Detail = fmt.Sprintf("was a %s", o.Type)
 			d.Changed++
 			d.ChangedBytes += f.Size
-		case f.Type == manifest.TypeRegular && !same && o.Size == f.Size && !ownSegment(f, new) && content == nil:
+		case f.Type == manifest.TypeRegular && !same && o.Size == f.Size && !ownSegment(f, new) && (oldR == nil || newR == nil):
 			fc.Change, fc.OldSize = "changed", o.Size
 			fc.Detail = "maybe: shares a changed chunk with other files; content not compared"
 			d.Changed++
 			d.ChangedBytes += f.Size
-		case f.Type == manifest.TypeRegular && (o.Size != f.Size || !same && (ownSegment(f, new) && fc.NewBytes > 0 || !equalContent(content, old, new, o, &f))):
+		case f.Type == manifest.TypeRegular && (o.Size != f.Size || !same && (ownSegment(f, new) && fc.NewBytes > 0 || !equalContent(oldR, newR, o, &f))):
 			fc.Change, fc.OldSize = "changed", o.Size
 			d.Changed++
 			d.ChangedBytes += f.Size
@@ -213,16 +177,18 @@ func ownSegment(f manifest.File, m *manifest.Manifest) bool {
 }
 
 // equalContent compares a file's bytes in two releases (false on error).
-func equalContent(content Content, old, new *manifest.Manifest, o, n *manifest.File) bool {
-	if content == nil {
+func equalContent(oldR, newR io.ReaderAt, o, n *manifest.File) bool {
+	if oldR == nil || newR == nil || o.Size != n.Size {
 		return false
 	}
-	a, err := content(old, o.Offset, o.Size)
-	if err != nil {
+	a, b := make([]byte, o.Size), make([]byte, n.Size)
+	if _, err := oldR.ReadAt(a, o.Offset); err != nil && err != io.EOF {
 		return false
 	}
-	b, err := content(new, n.Offset, n.Size)
-	return err == nil && bytes.Equal(a, b)
+	if _, err := newR.ReadAt(b, n.Offset); err != nil && err != io.EOF {
+		return false
+	}
+	return bytes.Equal(a, b)
 }
 
 func metaDetail(o, n *manifest.File) string {
@@ -251,24 +217,45 @@ func metaDetail(o, n *manifest.File) string {
 // StoreReader reads the content m describes from a store's chunks, as an
 // io.ReaderAt (zero extents read as zeros).
 func StoreReader(ctx context.Context, g chunkstore.Getter, m *manifest.Manifest) io.ReaderAt {
-	return storeReader{m: m, read: StoreContent(ctx, g)}
+	r := &storeReader{ctx: ctx, g: g, m: m}
+	m.Walk(func(off, size int64, c int) bool {
+		r.exts = append(r.exts, extent{off, size, c})
+		return true
+	})
+	return r
+}
+
+type extent struct {
+	off, size int64
+	chunk     int // -1: zeros
 }
 
 type storeReader struct {
+	ctx  context.Context
+	g    chunkstore.Getter
 	m    *manifest.Manifest
-	read Content
+	exts []extent
 }
 
-func (s storeReader) ReadAt(p []byte, off int64) (int, error) {
+func (s *storeReader) ReadAt(p []byte, off int64) (int, error) {
 	if off >= s.m.Size {
 		return 0, io.EOF
 	}
 	n := min(int64(len(p)), s.m.Size-off)
-	b, err := s.read(s.m, off, n)
-	if err != nil {
-		return 0, err
+	i := sort.Search(len(s.exts), func(i int) bool { return s.exts[i].off+s.exts[i].size > off })
+	for ; i < len(s.exts) && s.exts[i].off < off+n; i++ {
+		e := s.exts[i]
+		lo, hi := max(e.off, off), min(e.off+e.size, off+n)
+		if e.chunk < 0 {
+			clear(p[lo-off : hi-off])
+			continue
+		}
+		ch, err := s.g.Get(s.ctx, s.m.Chunks[e.chunk].ID)
+		if err != nil {
+			return 0, err
+		}
+		copy(p[lo-off:hi-off], ch.Plain()[lo-e.off:hi-e.off])
 	}
-	copy(p, b)
 	if n < int64(len(p)) {
 		return int(n), io.EOF
 	}

@@ -190,7 +190,7 @@ func runDemo(ctx context.Context, g *globalOptions, keep string, sizeMiB int) er
 		return err
 	}
 	defer sdir.Close()
-	d := delta.Compare(om, nm, sdir.StoredSize, nil)
+	d := delta.Compare(ctx, om, nm, sdir.StoredSize, nil)
 	if err := d.WriteText(out, 8); err != nil {
 		return err
 	}

@@ -40,11 +40,7 @@ image. --format html writes one self-contained page with an SVG map.`,
 				defer d.Close()
 				stored, getter = d.StoredSize, d
 			}
-			var content delta.Content
-			if getter != nil {
-				content = delta.StoreContent(cmd.Context(), getter)
-			}
-			d := delta.Compare(om, nm, stored, content)
+			d := delta.Compare(cmd.Context(), om, nm, stored, getter)
 			if store != "" && om.Name == nm.Name && om.Channel == nm.Channel {
 				if env, err := manifest.OpenReleases(store).ReadSide(nm.Name, nm.Channel, nm.Revision, manifest.SidePack(om.Revision)); err == nil {
 					if rec, err := manifest.OpenPackRecord(env); err == nil {

@@ -266,10 +266,10 @@ func runPublish(ctx context.Context, g *globalOptions, o *publishOptions, image 
 	if len(revs) > 0 {
 		if prevEnv, _, err := rels.Read(o.name, o.channel, revs[len(revs)-1]); err == nil {
 			if prev, err := manifest.Open(prevEnv); err == nil {
-				out.Previous = delta.Compare(prev, m, func(id chunkstore.ID) (int64, bool) {
+				out.Previous = delta.Compare(ctx, prev, m, func(id chunkstore.ID) (int64, bool) {
 					i, err := store.Stat(ctx, id)
 					return int64(i.Stored), err == nil
-				}, delta.StoreContent(ctx, store))
+				}, store)
 				out.Previous.Regions = nil
 				if out.Previous.Files != nil {
 					out.Previous.Files.Files = nil // counts only; imgctl diff lists them
