@@ -150,6 +150,9 @@ func (c *Client) do(ctx context.Context, req *http.Request) (*http.Response, err
 	return resp, nil
 }
 
+// maxErrorBody bounds what is read of an error response.
+const maxErrorBody = 64 << 10
+
 // Manifest fetches the signed manifest of name/channel at rev (0: latest).
 // The body is capped; nothing is verified here (manifest.Verify does that).
 func (c *Client) Manifest(ctx context.Context, name, channel string, rev uint64) ([]byte, error) {
@@ -202,6 +205,13 @@ func (c *Client) get(ctx context.Context, req *http.Request, name, channel, r st
 		return nil, nil, err
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		// The explanation in an error's body is received too: count it,
+		// so that what clients received is what servers sent (asking for
+		// a pack or torrent that does not exist is routine).
+		n, _ := io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
+		c.received.Add(n)
+	}
 	if resp.StatusCode == http.StatusNotFound {
 		return nil, nil, permanent{fmt.Errorf("%s/%s@%s: %w", name, channel, r, manifest.ErrNoRelease)}
 	}

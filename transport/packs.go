@@ -36,7 +36,7 @@ func (s *Server) handlePackRecord(w http.ResponseWriter, r *http.Request) {
 			s.log.Warn("upstream pack record", "err", err)
 		}
 	}
-	rec, ok := s.releaseSide(&silent404{ResponseWriter: w}, r, manifest.SidePack(from))
+	rec, ok := s.releaseSide(w, r, manifest.SidePack(from))
 	if !ok {
 		return
 	}
@@ -133,24 +133,4 @@ func (s *DirSource) Pack(_ context.Context, id chunkstore.ID, size int64) (io.Re
 		return nil, err
 	}
 	return readCloser{Reader: &countReader{r: io.LimitReader(f, size), n: &s.received}, Closer: f}, nil
-}
-
-// silent404 drops the body of a 404: asking for a pack that does not exist
-// is routine (every pull from a known release asks), and a body would be
-// bytes sent that no client counts as fetched.
-type silent404 struct {
-	http.ResponseWriter
-	drop bool
-}
-
-func (s *silent404) WriteHeader(code int) {
-	s.drop = code == http.StatusNotFound
-	s.ResponseWriter.WriteHeader(code)
-}
-
-func (s *silent404) Write(p []byte) (int, error) {
-	if s.drop {
-		return len(p), nil
-	}
-	return s.ResponseWriter.Write(p)
 }
