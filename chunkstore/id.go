@@ -3,6 +3,7 @@ package chunkstore
 import (
 	"encoding/hex"
 	"fmt"
+	"io"
 
 	"github.com/zeebo/blake3"
 )
@@ -13,6 +14,15 @@ type ID [32]byte
 
 // Sum returns the ID of plain.
 func Sum(plain []byte) ID { return ID(blake3.Sum256(plain)) }
+
+// SumReader returns the BLAKE3 of everything r yields, and its length.
+func SumReader(r io.Reader) (ID, int64, error) {
+	h := blake3.New()
+	n, err := io.Copy(h, r)
+	var id ID
+	copy(id[:], h.Sum(nil))
+	return id, n, err
+}
 
 // ParseID parses the 64-character lower- or upper-case hex form of an ID.
 func ParseID(s string) (ID, error) {

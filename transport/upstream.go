@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/zeebo/blake3"
 	"io"
 	"log/slog"
 	"net/http"
@@ -319,12 +318,10 @@ func (u *Upstream) Pack(ctx context.Context, id chunkstore.ID, size int64) error
 		}
 		defer os.Remove(tmp.Name())
 		defer tmp.Close()
-		h := blake3.New()
-		if _, err := io.Copy(io.MultiWriter(tmp, h), body); err != nil {
+		got, _, err := chunkstore.SumReader(io.TeeReader(body, tmp))
+		if err != nil {
 			return fmt.Errorf("%w: pack %s: %v", ErrPeerUnavailable, id.Short(), err)
 		}
-		var got chunkstore.ID
-		copy(got[:], h.Sum(nil))
 		if got != id {
 			return &chunkstore.IntegrityError{ID: id, Reason: "upstream pack does not hash to its ID"}
 		}

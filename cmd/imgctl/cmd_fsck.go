@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"github.com/zeebo/blake3"
-	"io"
 	"os"
 	"path/filepath"
 
@@ -172,13 +170,10 @@ func checkDeltaPack(root string, rels *manifest.Releases, r manifest.Release, fr
 		return err
 	}
 	defer f.Close()
-	h := blake3.New()
-	n, err := io.Copy(h, f)
+	got, n, err := chunkstore.SumReader(f)
 	if err != nil {
 		return err
 	}
-	var got chunkstore.ID
-	copy(got[:], h.Sum(nil))
 	if got != rec.Pack || n != rec.Size {
 		return fmt.Errorf("pack %s: %d bytes hashing to %s", rec.Pack.Short(), n, got.Short())
 	}

@@ -15,7 +15,6 @@ import (
 	"github.com/imgctl/imgctl/delta"
 	"github.com/imgctl/imgctl/manifest"
 	"github.com/imgctl/imgctl/transport"
-	"github.com/zeebo/blake3"
 )
 
 // packSource is a source that also offers delta packs (HTTP origins and
@@ -177,13 +176,11 @@ func (f *packFetcher) viaSwarm(ctx context.Context, hc *transport.Client) (io.Re
 	if err != nil {
 		return nil, err
 	}
-	h := blake3.New()
-	if _, err := io.Copy(h, file); err != nil {
+	got, _, err := chunkstore.SumReader(file)
+	if err != nil {
 		file.Close()
 		return nil, err
 	}
-	var got chunkstore.ID
-	copy(got[:], h.Sum(nil))
 	if got != r.Pack {
 		file.Close()
 		fh.Drop()
