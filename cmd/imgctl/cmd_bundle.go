@@ -212,20 +212,16 @@ func runBundleApply(ctx context.Context, g *globalOptions, o *bundleApplyOptions
 	if iid, err := manifest.ID(installedEnv); err == nil && iid == id {
 		res.Action = "switched" // installed before (a rollback away from it): verified then
 	} else {
-		var packs [2]int64 // pack bytes read, of which from peers
-		st, sw, err := installBundle(ctx, g, o, root, cache, client, m, env, files, policy, phase, &packs)
+		in, err := installBundle(ctx, g, o, root, cache, client, m, env, files, policy, phase)
 		if err != nil {
 			return nil, err
 		}
-		res.BytesFromPacks = packs[0]
-		res.BytesFetched += packs[1]
+		st := in.stats
 		res.BytesFromSeed, res.BytesFromCache, res.ChunksFetched, res.Fallbacks = st.SeedBytes, st.CacheBytes, st.FetchChunks, st.Fallbacks
-		if sw != nil {
-			s := sw.h.Stats()
-			s.FromPeers += packs[1]
-			res.BytesFromPeers, res.BytesFromWebSeeds = &s.FromPeers, &s.FromWebSeeds
-			res.BytesFetched += s.FromPeers - packs[1] + s.FromWebSeeds
-			sw.close()
+		res.BytesFromPacks = in.packBytes
+		if in.peers != nil {
+			res.BytesFromPeers, res.BytesFromWebSeeds = in.peers, in.webSeeds
+			res.BytesFetched += *in.peers + *in.webSeeds
 		}
 		res.Action = "installed"
 	}
@@ -257,26 +253,44 @@ func runBundleApply(ctx context.Context, g *globalOptions, o *bundleApplyOptions
 	return finish()
 }
 
+// bundleInstall is what installing a release fetched and reused.
+type bundleInstall struct {
+	stats     delta.Stats
+	packBytes int64 // of a delta pack read
+	// With --p2p: payload from peers (release torrent and pack) and from
+	// webseeds.
+	peers, webSeeds *int64
+}
+
 // installBundle writes release m into its staging tree with the installed
 // releases as seeds, verifies it, completes it and commits it under its
 // final name. Nothing points at it yet.
 func installBundle(ctx context.Context, g *globalOptions, o *bundleApplyOptions, root *partition.BundleRoot, cache *chunkstore.Local,
-	client source, m *manifest.Manifest, env []byte, files []manifest.File, policy manifest.Policy, phase func(string), fromPacks *[2]int64) (delta.Stats, *pullSwarm, error) {
-	var st delta.Stats
+	client source, m *manifest.Manifest, env []byte, files []manifest.File, policy manifest.Policy, phase func(string)) (in bundleInstall, err error) {
 	var sw *pullSwarm
+	var pack *packFetcher
 	if o.p2p.enabled {
-		var err error
 		if sw, err = joinRelease(ctx, g, &o.p2p, m, policy, client, cache); err != nil {
 			if errors.Is(err, manifest.ErrVerification) {
-				return st, nil, err
+				return in, err
 			}
 			g.log.Warn("not using the swarm", "err", err)
 		}
 	}
+	defer func() {
+		in.packBytes = pack.used()
+		pack.remove()
+		if sw != nil {
+			s := sw.h.Stats()
+			peers := s.FromPeers + pack.fromPeers()
+			in.peers, in.webSeeds = &peers, &s.FromWebSeeds
+			sw.close()
+		}
+	}()
 	// Seeds: every installed release, by its recorded (signed) manifest.
 	installed, err := root.Installed()
 	if err != nil {
-		return st, sw, err
+		return in, err
 	}
 	var seedIdx []delta.SeedIndex
 	var seeds []io.ReaderAt
@@ -304,10 +318,10 @@ func installBundle(ctx context.Context, g *globalOptions, o *bundleApplyOptions,
 	}
 	stage, err := root.Stage(m.Revision)
 	if err != nil {
-		return st, sw, err
+		return in, err
 	}
 	if err := partition.CreateTree(ctx, stage, files); err != nil {
-		return st, sw, err
+		return in, err
 	}
 	out := partition.OpenTree(stage, files, true)
 	defer out.Close()
@@ -324,44 +338,43 @@ func installBundle(ctx context.Context, g *globalOptions, o *bundleApplyOptions,
 		fetch = swarmFetcher{s: sw, o: &o.p2p, g: g, cache: cache, http: fetch}
 	}
 	if !o.noPacks {
-		pack, err := usePack(ctx, g, client, policy.Trust, held, env, m, plan, fetch, sw, &o.p2p, o.cache)
-		if err != nil {
-			g.log.Warn("not using a delta pack", "err", err)
+		var perr error
+		if pack, perr = usePack(ctx, g, client, policy.Trust, held, env, m, plan, fetch, sw, &o.p2p, o.cache); perr != nil {
+			g.log.Warn("not using a delta pack", "err", perr)
 		} else if pack != nil {
 			fetch = pack
-			defer func() { fromPacks[0], fromPacks[1] = pack.used(), pack.fromPeers(); pack.remove() }()
 		}
 	}
 	asm := &delta.Assembler{Out: out, Seeds: seeds, Cache: cache, Fetch: fetch, Digest: true, Workers: o.workers,
 		Progress: newProgress(g, "apply "+m.Name), Logger: g.log}
-	st, err = asm.Run(ctx, plan)
+	in.stats, err = asm.Run(ctx, plan)
 	if ferr := cache.Flush(context.Background()); err == nil {
 		err = ferr
 	}
 	if err != nil {
-		return st, sw, err
+		return in, err
 	}
 	phase("assemble")
 	if err := partition.SyncFS(stage); err != nil {
-		return st, sw, err
+		return in, err
 	}
-	if err := delta.CheckDigest(out, m, st.Digest); err != nil {
-		return st, sw, err
+	if err := delta.CheckDigest(out, m, in.stats.Digest); err != nil {
+		return in, err
 	}
 	if err := out.Close(); err != nil {
-		return st, sw, err
+		return in, err
 	}
 	if err := partition.FinishTree(ctx, stage, files); err != nil {
-		return st, sw, err
+		return in, err
 	}
 	if err := partition.SyncFS(stage); err != nil {
-		return st, sw, err
+		return in, err
 	}
 	if err := root.Commit(m.Revision, env); err != nil {
-		return st, sw, err
+		return in, err
 	}
 	phase("commit")
-	return st, sw, nil
+	return in, nil
 }
 
 // pruneBundle keeps the current release and the keep-1 installed before it.
