@@ -303,8 +303,9 @@ func newPackLsCommand(g *globalOptions) *cobra.Command {
 	return cmd
 }
 
-// packFroms parses --packs-from: how many earlier revisions get a pack.
-func packFroms(revs []uint64, n int) []uint64 {
+// lastRevisions returns the newest n of revs, newest first (publish
+// --packs-from: the revisions a new release gets packs from).
+func lastRevisions(revs []uint64, n int) []uint64 {
 	var out []uint64
 	for i := len(revs) - 1; i >= 0 && len(out) < n; i-- {
 		out = append(out, revs[i])

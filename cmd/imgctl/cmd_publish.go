@@ -277,7 +277,7 @@ func runPublish(ctx context.Context, g *globalOptions, o *publishOptions, image 
 			}
 		}
 	}
-	for _, from := range packFroms(revs, o.packsFrom) {
+	for _, from := range lastRevisions(revs, o.packsFrom) {
 		fromEnv, _, err := rels.Read(o.name, o.channel, from)
 		if err != nil {
 			return nil, err
