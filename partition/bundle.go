@@ -38,8 +38,6 @@ type BundleState struct {
 	Current  uint64    `json:"current"`
 	Previous uint64    `json:"previous,omitempty"`
 	Switched time.Time `json:"switched"`
-	// History lists the revisions switched to, oldest first (bounded).
-	History []uint64 `json:"history,omitempty"`
 }
 
 const (
@@ -47,7 +45,6 @@ const (
 	releasesDir     = "releases"
 	currentLink     = "current"
 	stagingPrefix   = ".new-"
-	maxHistory      = 32
 )
 
 // OpenBundleRoot opens (creating if needed) the bundle root at dir.
@@ -67,8 +64,8 @@ func (r *BundleRoot) ReleaseDir(rev uint64) string {
 	return filepath.Join(r.Dir, releasesDir, strconv.FormatUint(rev, 10))
 }
 
-// StagingDir is where revision rev is written before it is complete.
-func (r *BundleRoot) StagingDir(rev uint64) string {
+// stagingDir is where revision rev is written before it is complete.
+func (r *BundleRoot) stagingDir(rev uint64) string {
 	return filepath.Join(r.Dir, releasesDir, stagingPrefix+strconv.FormatUint(rev, 10))
 }
 
@@ -139,7 +136,7 @@ func (r *BundleRoot) Stage(rev uint64) (string, error) {
 	if _, err := os.Stat(r.ReleaseDir(rev)); err == nil {
 		return "", fmt.Errorf("release %d is already installed in %s", rev, r.ReleaseDir(rev))
 	}
-	dir := r.StagingDir(rev)
+	dir := r.stagingDir(rev)
 	if err := removeTree(dir); err != nil {
 		return "", err
 	}
@@ -153,7 +150,7 @@ func (r *BundleRoot) Commit(rev uint64, env []byte) error {
 	if err := chunkstore.WriteFileAtomic(r.manifestPath(rev), env, 0644); err != nil {
 		return err
 	}
-	if err := os.Rename(r.StagingDir(rev), r.ReleaseDir(rev)); err != nil {
+	if err := os.Rename(r.stagingDir(rev), r.ReleaseDir(rev)); err != nil {
 		return err
 	}
 	return chunkstore.SyncDir(filepath.Join(r.Dir, releasesDir))
@@ -192,10 +189,6 @@ func (r *BundleRoot) Switch(rev uint64, name, channel string) error {
 		s.Previous = old
 	}
 	s.Name, s.Channel, s.Current, s.Switched = name, channel, rev, time.Now().UTC().Truncate(time.Second)
-	s.History = append(s.History, rev)
-	if len(s.History) > maxHistory {
-		s.History = s.History[len(s.History)-maxHistory:]
-	}
 	b, _ := json.MarshalIndent(s, "", "  ")
 	return chunkstore.WriteFileAtomic(filepath.Join(r.Dir, bundleStateFile), append(b, '\n'), 0644)
 }

@@ -219,23 +219,27 @@ func (c *Client) AddMagnet(ctx context.Context, uri string) (*Handle, error) {
 	return h, nil
 }
 
-// sources adds the configured trackers, peers and webseeds, and extra.
-func (h *Handle) sources(extraPeers []string) {
-	cfg := h.c.cfg
-	if len(cfg.Trackers) > 0 {
-		h.t.AddTrackers([][]string{cfg.Trackers})
+// sources adds the configured trackers and peers, and extra.
+func (h *Handle) sources(extraPeers []string) { h.c.addSources(h.t, extraPeers) }
+
+// addSources gives t the client's trackers and peers, and extraPeers.
+func (c *Client) addSources(t *torrent.Torrent, extraPeers []string) {
+	if len(c.cfg.Trackers) > 0 {
+		t.AddTrackers([][]string{c.cfg.Trackers})
 	}
-	h.AddPeers(append(append([]string(nil), cfg.Peers...), extraPeers...))
+	addPeers(t, append(append([]string(nil), c.cfg.Peers...), extraPeers...))
 }
 
 // AddPeers dials peers directly (host:port).
-func (h *Handle) AddPeers(addrs []string) {
+func (h *Handle) AddPeers(addrs []string) { addPeers(h.t, addrs) }
+
+func addPeers(t *torrent.Torrent, addrs []string) {
 	var ps []torrent.PeerInfo
 	for _, a := range addrs {
 		ps = append(ps, torrent.PeerInfo{Addr: torrent.StringAddr(a), Source: torrent.PeerSourceDirect})
 	}
 	if len(ps) > 0 {
-		h.t.AddPeers(ps)
+		t.AddPeers(ps)
 	}
 }
 

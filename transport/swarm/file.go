@@ -55,28 +55,12 @@ func (c *Client) AddFile(infoBytes []byte, dir string) (*FileHandle, error) {
 	}
 	st := storage.NewFileOpts(storage.NewFileClientOpts{ClientBaseDir: dir, PieceCompletion: storage.NewMapPieceCompletion(), Logger: c.log})
 	t, _ := c.cl.AddTorrentOpt(torrent.AddTorrentOpts{InfoHash: mi.HashInfoBytes(), InfoBytes: infoBytes, Storage: st})
-	h := &FileHandle{t: t, path: filepath.Join(dir, info.Name)}
-	cfg := c.cfg
-	if len(cfg.Trackers) > 0 {
-		t.AddTrackers([][]string{cfg.Trackers})
-	}
-	var ps []torrent.PeerInfo
-	for _, a := range cfg.Peers {
-		ps = append(ps, torrent.PeerInfo{Addr: torrent.StringAddr(a), Source: torrent.PeerSourceDirect})
-	}
-	t.AddPeers(ps)
-	return h, nil
+	c.addSources(t, nil)
+	return &FileHandle{t: t, path: filepath.Join(dir, info.Name)}, nil
 }
 
 // Path is where the file is (complete after Download).
 func (h *FileHandle) Path() string { return h.path }
-
-// AddTrackers announces the torrent to more trackers.
-func (h *FileHandle) AddTrackers(urls []string) {
-	if len(urls) > 0 {
-		h.t.AddTrackers([][]string{urls})
-	}
-}
 
 // Download fetches the whole file, waiting until it is complete, ctx ends,
 // or no byte arrived for stall (0: no limit).
