@@ -24,38 +24,29 @@ import (
 //	GET /v1/packs/{name}/{channel}/{rev}/from/{from}/info   its torrent's info bytes
 //	GET /v1/packs/{id}                                 the pack (Range supported)
 
-func (s *Server) handlePackRecord(w http.ResponseWriter, r *http.Request) {
-	from, err := strconv.ParseUint(r.PathValue("from"), 10, 64)
-	if err != nil || from == 0 {
-		http.Error(w, "bad revision", http.StatusBadRequest)
-		return
-	}
-	if s.up != nil {
-		rev, _ := strconv.ParseUint(r.PathValue("rev"), 10, 64)
-		if err := s.up.PackRecord(r.Context(), r.PathValue("name"), r.PathValue("channel"), rev, from); err != nil && !errors.Is(err, manifest.ErrNoRelease) {
-			s.log.Warn("upstream pack record", "err", err)
+// packSide serves a side file of the pack from revision {from} to the
+// release in the path: its record, or its torrent's info bytes. A branch
+// cache fetches both from upstream first (Upstream.PackRecord).
+func (s *Server) packSide(kind func(from uint64) string, contentType string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		from, err := strconv.ParseUint(r.PathValue("from"), 10, 64)
+		if err != nil || from == 0 {
+			http.Error(w, "bad revision", http.StatusBadRequest)
+			return
 		}
+		if s.up != nil {
+			rev, _ := strconv.ParseUint(r.PathValue("rev"), 10, 64)
+			if err := s.up.PackRecord(r.Context(), r.PathValue("name"), r.PathValue("channel"), rev, from); err != nil && !errors.Is(err, manifest.ErrNoRelease) {
+				s.log.Warn("upstream pack record", "err", err)
+			}
+		}
+		b, ok := s.releaseSide(w, r, kind(from))
+		if !ok {
+			return
+		}
+		w.Header().Set("Content-Type", contentType)
+		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(b))
 	}
-	rec, ok := s.releaseSide(w, r, manifest.SidePack(from))
-	if !ok {
-		return
-	}
-	w.Header().Set("Content-Type", "application/octet-stream")
-	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(rec))
-}
-
-func (s *Server) handlePackInfo(w http.ResponseWriter, r *http.Request) {
-	from, err := strconv.ParseUint(r.PathValue("from"), 10, 64)
-	if err != nil || from == 0 {
-		http.Error(w, "bad revision", http.StatusBadRequest)
-		return
-	}
-	info, ok := s.releaseSide(w, r, manifest.SidePackInfo(from))
-	if !ok {
-		return
-	}
-	w.Header().Set("Content-Type", "application/x-bittorrent-info")
-	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(info))
 }
 
 func (s *Server) handlePack(w http.ResponseWriter, r *http.Request) {
