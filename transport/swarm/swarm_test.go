@@ -264,3 +264,83 @@ func TestLyingPeerBanned(t *testing.T) {
 	}
 	t.Logf("bad pieces %d, received %d bytes for %d", st.BadPieces, st.FromPeers, rel.layout.Total())
 }
+
+// A terminal that holds chunks only as plain bytes (decoded from a delta
+// pack, or copied from a seed) reproduces their stored form; those whose
+// pieces pass enter its store and a second terminal downloads them from
+// it. A chunk it holds wrongly stays out (the chunks sharing a piece with
+// it may too: only a piece's hash vouches for bytes).
+func TestReproduce(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	rel := makeRelease(t, 40, 3, 16<<10) // stored at LevelFastest: the default is tried first and missed
+	term := openStore(t)
+	put(t, term, rel.chunks[:5])
+	plain := map[chunkstore.ID][]byte{}
+	for _, c := range rel.chunks[5:] {
+		plain[c.ID()] = c.Plain()
+	}
+	// Chunk 17 is held wrongly, with bytes whose compression has the right
+	// length: only the piece hash can tell.
+	const bad = 17
+	orig := rel.chunks[bad]
+	for i := 0; ; i++ {
+		if i == 1000 {
+			t.Fatal("no same-length tampering found")
+		}
+		p := bytes.Clone(orig.Plain())
+		p[i*7%len(p)] ^= 0x0f
+		c, err := chunkstore.Encode(p, chunkstore.LevelFastest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(c.Stored()) == len(orig.Stored()) {
+			plain[orig.ID()] = p
+			break
+		}
+	}
+	seeder := newClient(t, Config{Listen: "127.0.0.1:0"}, term, true)
+	h, err := seeder.Add(ctx, rel.info, rel.env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := h.Reproduce(ctx, func(id chunkstore.ID) ([]byte, error) { return plain[id], nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, z := rel.layout.PiecesOf(bad + 1)
+	var want []chunkstore.ID
+	for i, c := range rel.chunks {
+		x, y := rel.layout.PiecesOf(i + 1)
+		spoiled := x <= z && y >= a
+		ok, err := term.Has(ctx, c.ID())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == bad && ok || !spoiled && !ok {
+			t.Fatalf("chunk %d (pieces %d..%d, bad chunk's %d..%d): in the store %v", i, x, y, a, z, ok)
+		}
+		if ok {
+			want = append(want, c.ID())
+		}
+	}
+	if n != len(want)-5 {
+		t.Fatalf("Reproduce reported %d chunks, %d entered the store", n, len(want)-5)
+	}
+	// What entered is seeded: a second terminal downloads it.
+	other := openStore(t)
+	leech := newClient(t, Config{Listen: "127.0.0.2:0", Peers: []string{seeder.Addr()}}, other, true)
+	lh, err := leech.Add(ctx, rel.info, rel.env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lh.FetchChunks(ctx, want, 0); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range want {
+		if _, err := other.Get(ctx, id); err != nil {
+			t.Fatalf("chunk %s: %v", id.Short(), err)
+		}
+	}
+	t.Logf("%d of %d chunks reproduced, %d downloaded from the reproducing terminal", n, len(rel.chunks)-5, len(want))
+}
