@@ -480,6 +480,7 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 		Slot: o.slot, Booted: o.booted,
 	}
 	if sw != nil {
+		sw.written, sw.m = outPath, m
 		st := sw.h.Stats()
 		// Webseeds are the HTTP origin and branch caches: imgctl fetches
 		// from them itself (transport/swarm: DisableWebseeds).

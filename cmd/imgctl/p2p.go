@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -60,6 +61,11 @@ type pullSwarm struct {
 	// torrentManifest fetches and verifies the torrent's first file, for
 	// seeding it (nil: held already, or not to be had).
 	torrentManifest func(ctx context.Context) ([]byte, error)
+	// written is the verified content the pull wrote (file or slot) and m
+	// its manifest: chunks the pull took from a delta pack or a seed are
+	// reproduced from it for seeding.
+	written string
+	m       *manifest.Manifest
 }
 
 func (s *pullSwarm) close() {
@@ -236,6 +242,13 @@ func (s *pullSwarm) seed(ctx context.Context, g *globalOptions, o *p2pOptions) e
 		}
 	}
 	s.h.Refresh(ctx, env)
+	if s.written != "" {
+		if n, err := s.reproduce(ctx); err != nil {
+			g.log.Warn("seeding only the chunks that came as chunks", "err", err)
+		} else if n > 0 {
+			g.logf("seeding %d chunks taken from a delta pack or a seed too", n)
+		}
+	}
 	g.logf("seeding for %s on %s", o.seedFor, s.c.Addr())
 	t := time.NewTimer(o.seedFor)
 	defer t.Stop()
@@ -244,6 +257,42 @@ func (s *pullSwarm) seed(ctx context.Context, g *globalOptions, o *p2pOptions) e
 	case <-ctx.Done():
 	}
 	return nil
+}
+
+// reproduce offers the chunks of the release that the pull wrote but did
+// not receive as chunks (decoded from a delta pack, copied from a seed):
+// their stored form is reproduced and vouched for by the torrent's piece
+// hashes before anything is seeded (swarm.Handle.Reproduce).
+func (s *pullSwarm) reproduce(ctx context.Context) (int, error) {
+	f, err := os.Open(s.written)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	type at struct {
+		off  int64
+		size int
+	}
+	where := make(map[chunkstore.ID]at, len(s.m.Chunks))
+	s.m.Walk(func(off, size int64, c int) bool {
+		if c >= 0 {
+			if _, ok := where[s.m.Chunks[c].ID]; !ok {
+				where[s.m.Chunks[c].ID] = at{off, int(size)}
+			}
+		}
+		return true
+	})
+	return s.h.Reproduce(ctx, func(id chunkstore.ID) ([]byte, error) {
+		w, ok := where[id]
+		if !ok {
+			return nil, nil
+		}
+		b := make([]byte, w.size)
+		if _, err := f.ReadAt(b, w.off); err != nil {
+			return nil, err
+		}
+		return b, nil
+	})
 }
 
 // torrentUploadedMetric exports a client's BitTorrent payload upload.

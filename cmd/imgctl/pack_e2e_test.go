@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -262,4 +264,75 @@ func TestMirrorPacks(t *testing.T) {
 		t.Fatal("a mirror cut short stored a release whose chunks it does not hold")
 	}
 	mustRun(t, "fsck", "-q", "--store", branch)
+}
+
+// A terminal that took a release from a delta pack and its running slot
+// seeds the whole release afterwards (chunks reproduced from the slot it
+// wrote, vouched for by the torrent's piece hashes): a neighbour holding
+// nothing gets the release from it, not from the origin, which only
+// serves HTTP and a tracker here.
+func TestPackTerminalSeedsRelease(t *testing.T) {
+	f, upd := packReleases(t)
+	url := serve(t, f.store, "--tracker", "--tracker-interval", "1s")
+	seed := f.holdRelease1(t, url)
+	pull := func(dir, listen string, extra ...string) *exec.Cmd {
+		return exec.Command(imgctlBin, append([]string{"pull", "--json", "--from", url, "--trust", f.pub, "--name", "os",
+			"--cache", filepath.Join(f.dir, dir, "cache"), "--out", filepath.Join(f.dir, dir, "os.img"),
+			"--p2p", "--listen", listen, "--announce", url + "/announce"}, extra...)...)
+	}
+	a := pull("a", "127.0.0.42:0", "--seed", seed, "--seed-for", "90s")
+	var ao bytes.Buffer
+	a.Stdout = &ao
+	ae, err := a.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer stopProcess(a, os.Kill, 0)
+	seeding := make(chan string, 1)
+	go func() {
+		var log strings.Builder
+		sc := bufio.NewScanner(ae)
+		for sc.Scan() {
+			log.WriteString(sc.Text() + "\n")
+			if strings.HasPrefix(sc.Text(), "seeding for") {
+				seeding <- log.String()
+			}
+		}
+		seeding <- log.String()
+	}()
+	var alog string
+	select {
+	case alog = <-seeding:
+	case <-time.After(90 * time.Second):
+		t.Fatal("terminal A did not start seeding")
+	}
+	if !strings.Contains(alog, "seeding for") {
+		t.Fatalf("terminal A ended before seeding:\n%s", alog)
+	}
+	if !strings.Contains(alog, "taken from a delta pack or a seed") {
+		t.Fatalf("terminal A reproduced nothing to seed:\n%s", alog)
+	}
+	r := imgctl(t, nil, pull("b", "127.0.0.43:0", "-q", "--p2p-stall", "20s").Args[1:]...)
+	if r.code != 0 {
+		t.Fatalf("pull B: exit %d\n%s", r.code, r.stderr)
+	}
+	sameFile(t, filepath.Join(f.dir, "b", "os.img"), upd)
+	j := decode[struct {
+		Peers int64 `json:"bytes_from_peers"`
+		Web   int64 `json:"bytes_from_webseeds"`
+	}](t, r.stdout)
+	if j.Peers == 0 || j.Web*10 > j.Peers {
+		t.Fatalf("B took %d bytes from peers and %d over HTTP: the pack terminal did not seed the release", j.Peers, j.Web)
+	}
+	stopProcess(a, os.Kill, 0)
+	ja := decode[struct {
+		Packs int64 `json:"bytes_from_packs"`
+	}](t, ao.String())
+	if ja.Packs == 0 {
+		t.Fatalf("terminal A did not use the pack: %s", ao.String())
+	}
+	t.Logf("A: %d pack bytes; B: %d bytes from peers, %d over HTTP", ja.Packs, j.Peers, j.Web)
 }
