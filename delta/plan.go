@@ -148,3 +148,16 @@ func (p *Plan) Missing() []manifest.ChunkRef {
 	}
 	return out
 }
+
+// InPlaceOnly returns the chunks whose only candidate is the output itself:
+// an interrupted pull's output is believed to hold them, and each one that
+// does not after all is fetched.
+func (p *Plan) InPlaceOnly() []manifest.ChunkRef {
+	var out []manifest.ChunkRef
+	for i, c := range p.Sources {
+		if len(c) > 0 && c[len(c)-1].Kind == SourceInPlace {
+			out = append(out, p.Target.Chunks[i])
+		}
+	}
+	return out
+}

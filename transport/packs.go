@@ -87,19 +87,37 @@ func (c *Client) PackRecord(ctx context.Context, name, channel string, rev, from
 	return c.release(ctx, "/v1/packs/", "/from/"+strconv.FormatUint(from, 10), name, channel, rev, manifest.MaxPackRecord)
 }
 
-// Pack opens the pack id for reading; at most size bytes are read from it
-// (the record's size). Bytes read count as received.
-func (c *Client) Pack(ctx context.Context, id chunkstore.ID, size int64) (io.ReadCloser, error) {
+// Pack opens the pack id for reading from byte off (a Range request when
+// off > 0); at most size-off bytes are read from it (size is the record's
+// size). Bytes read count as received.
+func (c *Client) Pack(ctx context.Context, id chunkstore.ID, off, size int64) (io.ReadCloser, error) {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, c.url("/v1/packs/"+url.PathEscape(id.String())), nil)
+	if off > 0 {
+		req.Header.Set("Range", fmt.Sprintf("bytes=%d-", off))
+	}
 	resp, err := c.do(ctx, req)
 	if err != nil {
 		return nil, err
 	}
-	if resp.StatusCode != http.StatusOK {
+	switch {
+	case off > 0 && resp.StatusCode == http.StatusPartialContent:
+		var start int64
+		if _, err := fmt.Sscanf(resp.Header.Get("Content-Range"), "bytes %d-", &start); err != nil || start != off {
+			resp.Body.Close()
+			return nil, fmt.Errorf("%w: GET pack %s from %d: Content-Range %q", ErrPeerUnavailable, id.Short(), off, resp.Header.Get("Content-Range"))
+		}
+	case resp.StatusCode == http.StatusOK:
+		if off > 0 { // no ranges here: skip what the caller holds
+			if _, err := io.CopyN(io.Discard, &countReader{r: resp.Body, n: &c.received}, off); err != nil {
+				resp.Body.Close()
+				return nil, fmt.Errorf("%w: GET pack %s: %v", ErrPeerUnavailable, id.Short(), err)
+			}
+		}
+	default:
 		resp.Body.Close()
 		return nil, fmt.Errorf("%w: GET pack %s: %s", ErrPeerUnavailable, id.Short(), resp.Status)
 	}
-	return readCloser{Reader: &countReader{r: io.LimitReader(resp.Body, size), n: &c.received}, Closer: resp.Body}, nil
+	return readCloser{Reader: &countReader{r: io.LimitReader(resp.Body, size-off), n: &c.received}, Closer: resp.Body}, nil
 }
 
 type readCloser struct {
@@ -117,11 +135,15 @@ func (s *DirSource) PackRecord(_ context.Context, name, channel string, rev, fro
 	return b, nil
 }
 
-// Pack opens the pack id.
-func (s *DirSource) Pack(_ context.Context, id chunkstore.ID, size int64) (io.ReadCloser, error) {
+// Pack opens the pack id from byte off.
+func (s *DirSource) Pack(_ context.Context, id chunkstore.ID, off, size int64) (io.ReadCloser, error) {
 	f, err := os.Open(manifest.PackPath(s.root, id))
 	if err != nil {
 		return nil, err
 	}
-	return readCloser{Reader: &countReader{r: io.LimitReader(f, size), n: &s.received}, Closer: f}, nil
+	if _, err := f.Seek(off, io.SeekStart); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return readCloser{Reader: &countReader{r: io.LimitReader(f, size-off), n: &s.received}, Closer: f}, nil
 }

@@ -307,7 +307,7 @@ func (u *Upstream) Pack(ctx context.Context, id chunkstore.ID, size int64) error
 		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 			return err
 		}
-		body, err := u.c.Pack(ctx, id, size)
+		body, err := u.c.Pack(ctx, id, 0, size)
 		if err != nil {
 			return err
 		}

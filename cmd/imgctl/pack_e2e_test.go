@@ -3,10 +3,20 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	neturl "net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -14,13 +24,16 @@ import (
 // editImage writes an update of src that edits it everywhere a little: one
 // byte in every 40 KiB changes, so nearly every chunk is new, but each is
 // close to an old one (what a delta pack is for).
-func editImage(t *testing.T, src, dst string) {
+func editImage(t *testing.T, src, dst string) { editImageEvery(t, src, dst, 40<<10) }
+
+// editImageEvery changes one byte in every step bytes of src.
+func editImageEvery(t *testing.T, src, dst string, step int) {
 	t.Helper()
 	b, err := os.ReadFile(src)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i := 1000; i < len(b); i += 40 << 10 {
+	for i := 1000; i < len(b); i += step {
 		b[i] ^= 0x5a
 	}
 	if err := os.WriteFile(dst, b, 0o644); err != nil {
@@ -335,4 +348,167 @@ func TestPackTerminalSeedsRelease(t *testing.T) {
 		t.Fatalf("terminal A did not use the pack: %s", ao.String())
 	}
 	t.Logf("A: %d pack bytes; B: %d bytes from peers, %d over HTTP", ja.Packs, j.Peers, j.Web)
+}
+
+// packProxy stands between a terminal and an origin. The first request for
+// a pack gets cut bytes of it, then the connection breaks (or, with hang,
+// stalls until the terminal goes away, after closing sent). It records the
+// Range header of every pack request.
+type packProxy struct {
+	url    string
+	cut    int64
+	hang   bool
+	sent   chan struct{}
+	mu     sync.Mutex
+	ranges []string
+}
+
+func newPackProxy(t *testing.T, origin string, cut int64, hang bool) *packProxy {
+	t.Helper()
+	u, err := neturl.Parse(origin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &packProxy{cut: cut, hang: hang, sent: make(chan struct{})}
+	rp := httputil.NewSingleHostReverseProxy(u)
+	rp.ErrorLog = log.New(io.Discard, "", 0)
+	rp.ModifyResponse = func(resp *http.Response) error {
+		path := resp.Request.URL.Path
+		if !strings.HasPrefix(path, "/v1/packs/") || strings.Count(path, "/") != 3 {
+			return nil // not a pack (a record, an info)
+		}
+		p.mu.Lock()
+		p.ranges = append(p.ranges, resp.Request.Header.Get("Range"))
+		first := len(p.ranges) == 1
+		p.mu.Unlock()
+		if first {
+			resp.Body = &cutBody{ReadCloser: resp.Body, left: cut, p: p, ctx: resp.Request.Context()}
+		}
+		return nil
+	}
+	srv := httptest.NewServer(rp)
+	t.Cleanup(srv.Close)
+	p.url = srv.URL
+	return p
+}
+
+func (p *packProxy) Ranges() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.ranges...)
+}
+
+type cutBody struct {
+	io.ReadCloser
+	left int64
+	p    *packProxy
+	ctx  context.Context
+}
+
+func (c *cutBody) Read(b []byte) (int, error) {
+	if c.left <= 0 {
+		if c.p.hang {
+			close(c.p.sent)
+			<-c.ctx.Done()
+		}
+		return 0, errors.New("cut off")
+	}
+	n, err := c.ReadCloser.Read(b[:min(int64(len(b)), c.left)])
+	c.left -= int64(n)
+	return n, err
+}
+
+// packFixture: release 2 differs from release 1 in one byte of every 256,
+// so its pack (returned size) is large enough to cut in the middle.
+func packFixture(t *testing.T) (*fixture, string, int64) {
+	t.Helper()
+	f := newFixture(t, 8<<20)
+	upd := filepath.Join(f.dir, "v3.img")
+	editImageEvery(t, f.img1, upd, 256)
+	f.publish(t, f.img1)
+	j := f.publish(t, upd, "--packs-from", "1")
+	packs, _ := j["packs"].([]any)
+	if len(packs) != 1 {
+		t.Fatalf("publish built no pack: %v", j)
+	}
+	size := int64(packs[0].(map[string]any)["size"].(float64))
+	if size < 32<<10 {
+		t.Fatalf("pack of %d bytes: too small to cut", size)
+	}
+	return f, upd, size
+}
+
+// A pack download that breaks off is resumed from where it broke (Range),
+// not abandoned for the chunks.
+func TestPackResumesBrokenDownload(t *testing.T) {
+	f, upd, size := packFixture(t)
+	url := serve(t, f.store)
+	seed := f.holdRelease1(t, url)
+	cut := size / 2
+	px := newPackProxy(t, url, cut, false)
+	j, r := f.pull(t, px.url, filepath.Join(f.dir, "c2"), filepath.Join(f.dir, "out2.img"), "--seed", seed)
+	if r.code != 0 {
+		t.Fatalf("pull: exit %d\n%s", r.code, r.stderr)
+	}
+	sameFile(t, filepath.Join(f.dir, "out2.img"), upd)
+	if got := px.Ranges(); len(got) != 2 || got[0] != "" || got[1] != fmt.Sprintf("bytes=%d-", cut) {
+		t.Fatalf("pack requests: %q (cut at %d of %d)", got, cut, size)
+	}
+	// Chunks fell back to would be megabytes; the manifest and the record
+	// are a few KB.
+	if j.BytesFromPacks != size || j.BytesFetched > size+size/4 {
+		t.Fatalf("after the break: fetched %d bytes, %d of the %d-byte pack used\n%s", j.BytesFetched, j.BytesFromPacks, size, r.stderr)
+	}
+}
+
+// A pull killed while its pack downloads leaves what it received in its
+// cache; the next one asks only for the rest.
+func TestPackResumesAfterKill(t *testing.T) {
+	f, upd, size := packFixture(t)
+	url := serve(t, f.store)
+	seed := f.holdRelease1(t, url)
+	px := newPackProxy(t, url, size/2, true)
+	cache := filepath.Join(f.dir, "c2")
+	out := filepath.Join(f.dir, "out2.img")
+	cmd := exec.Command(imgctlBin, "pull", "--from", px.url, "--trust", f.pub, "--name", "os", "--cache", cache, "--out", out,
+		"--seed", seed, "-q")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer stopProcess(cmd, os.Kill, 0)
+	select {
+	case <-px.sent:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the proxy never sent half the pack")
+	}
+	// Let the terminal take in what was sent, then kill it.
+	var part string
+	var kept int64
+	for i := 0; i < 200 && kept < size/2; i++ {
+		time.Sleep(50 * time.Millisecond)
+		if m, _ := filepath.Glob(filepath.Join(cache, "deltas", "*.dpack.http")); len(m) == 1 {
+			part = m[0]
+			if st, err := os.Stat(part); err == nil {
+				kept = st.Size()
+			}
+		}
+	}
+	stopProcess(cmd, os.Kill, 0)
+	if kept == 0 {
+		t.Fatal("the killed pull kept nothing of the pack")
+	}
+	j, r := f.pull(t, px.url, cache, out, "--seed", seed)
+	if r.code != 0 {
+		t.Fatalf("rerun: exit %d\n%s", r.code, r.stderr)
+	}
+	sameFile(t, out, upd)
+	if got := px.Ranges(); len(got) != 2 || got[1] != fmt.Sprintf("bytes=%d-", kept) {
+		t.Fatalf("pack requests: %q (%d bytes kept of %d)", got, kept, size)
+	}
+	if j.BytesFromPacks != size || j.BytesFetched > size-kept+size/4 {
+		t.Fatalf("rerun fetched %d bytes, %d from the pack; %d of the %d-byte pack were kept", j.BytesFetched, j.BytesFromPacks, kept, size)
+	}
+	if _, err := os.Stat(part); !os.IsNotExist(err) {
+		t.Fatalf("the finished pull left %s", part)
+	}
 }

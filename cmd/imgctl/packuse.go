@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/imgctl/imgctl/chunkstore"
 	"github.com/imgctl/imgctl/delta"
@@ -21,7 +22,7 @@ import (
 // branch caches, store directories).
 type packSource interface {
 	PackRecord(ctx context.Context, name, channel string, rev, from uint64) ([]byte, error)
-	Pack(ctx context.Context, id chunkstore.ID, size int64) (io.ReadCloser, error)
+	Pack(ctx context.Context, id chunkstore.ID, off, size int64) (io.ReadCloser, error)
 }
 
 // heldRelease is content a terminal holds exactly: a running slot or an
@@ -45,12 +46,18 @@ func usePack(ctx context.Context, g *globalOptions, src source, trust *manifest.
 	held []heldRelease, env []byte, m *manifest.Manifest, plan *delta.Plan, next delta.Fetcher,
 	sw *pullSwarm, p2p *p2pOptions, cacheDir string) (*packFetcher, error) {
 	ps, ok := src.(packSource)
-	if !ok || plan.Report.FetchChunks == 0 {
+	if !ok {
 		return nil, nil
 	}
+	// What the plan fetches, and what it fetches if an interrupted pull's
+	// output does not hold it after all (a pull killed while its pack came
+	// in wrote little: the rerun takes the rest of the pack).
 	missing := map[chunkstore.ID]bool{}
-	for _, c := range plan.Missing() {
+	for _, c := range append(plan.Missing(), plan.InPlaceOnly()...) {
 		missing[c.ID] = true
+	}
+	if len(missing) == 0 {
+		return nil, nil
 	}
 	for _, h := range held {
 		if h.m.Name != m.Name || h.m.Channel != m.Channel || h.m.Revision >= m.Revision {
@@ -143,7 +150,148 @@ func (f *packFetcher) open(ctx context.Context) (io.ReadCloser, error) {
 		}
 		f.g.log.Warn("the pack's torrent did not deliver; fetching the pack over HTTP", "err", err)
 	}
-	return f.ps.Pack(ctx, f.rec.Pack, f.rec.Size)
+	if _, ok := f.ps.(*transport.Client); ok {
+		return f.viaHTTP(ctx)
+	}
+	return f.ps.Pack(ctx, f.rec.Pack, 0, f.rec.Size)
+}
+
+// viaHTTP streams the pack to the decoder and into cacheDir/deltas as it
+// comes: a pull killed midway leaves <id>.dpack.http there, and the next
+// one reads that back and asks only for the rest (Range); a connection that
+// drops is resumed from where it broke, a few times. The bytes kept are
+// trusted no more than the network's: every chunk is verified, and a pack
+// that fails is removed.
+func (f *packFetcher) viaHTTP(ctx context.Context) (io.ReadCloser, error) {
+	dir := filepath.Join(f.cacheDir, "deltas")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	path := f.httpPart()
+	// Parts of other packs belong to pulls that will not resume.
+	if old, _ := filepath.Glob(filepath.Join(dir, "*.dpack.http")); len(old) > 0 {
+		for _, o := range old {
+			if o != path {
+				os.Remove(o)
+			}
+		}
+	}
+	file, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	st, err := file.Stat()
+	if err != nil {
+		file.Close()
+		return nil, err
+	}
+	f.file = path
+	have := min(st.Size(), f.rec.Size)
+	if have > 0 {
+		f.g.logf("pack %d→%d: resuming after the %s an earlier pull received", f.rec.From, f.rec.To, human(have))
+	}
+	return &resumeReader{ctx: ctx, g: f.g, ps: f.ps, id: f.rec.Pack, size: f.rec.Size, file: file, have: have}, nil
+}
+
+// resumeReader reads a pack from the bytes an earlier pull kept (file, up
+// to have), then from the source from there on, keeping what it reads;
+// a body that breaks off is asked for again from the same offset.
+type resumeReader struct {
+	ctx   context.Context
+	g     *globalOptions
+	ps    packSource
+	id    chunkstore.ID
+	size  int64
+	file  *os.File
+	have  int64 // bytes of the pack in file
+	off   int64 // bytes delivered
+	body  io.ReadCloser
+	tries int
+}
+
+const packRetries = 4
+
+func (r *resumeReader) Read(p []byte) (int, error) {
+	if r.off >= r.size {
+		return 0, io.EOF
+	}
+	p = p[:min(int64(len(p)), r.size-r.off)]
+	if r.off < r.have {
+		n, err := r.file.ReadAt(p[:min(int64(len(p)), r.have-r.off)], r.off)
+		r.off += int64(n)
+		if n > 0 {
+			return n, nil
+		}
+		return 0, err
+	}
+	for {
+		if r.body == nil {
+			body, err := r.ps.Pack(r.ctx, r.id, r.off, r.size)
+			if err != nil {
+				if err := r.retry(err); err != nil {
+					return 0, err
+				}
+				continue
+			}
+			r.body = body
+		}
+		n, err := r.body.Read(p)
+		if n > 0 {
+			if r.file != nil {
+				if _, werr := r.file.WriteAt(p[:n], r.off); werr != nil {
+					// A full cache costs the resume, not the pull.
+					r.g.log.Warn("not keeping the pack for a resume", "err", werr)
+					r.file.Close()
+					r.file = nil
+				} else {
+					r.have = r.off + int64(n)
+				}
+			}
+			r.off += int64(n)
+			return n, nil
+		}
+		if err == nil {
+			continue
+		}
+		r.body.Close()
+		r.body = nil
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF // short of the record's size
+		}
+		if err := r.retry(err); err != nil {
+			return 0, err
+		}
+	}
+}
+
+// retry waits before asking again, or gives up with err.
+func (r *resumeReader) retry(err error) error {
+	if r.ctx.Err() != nil {
+		return r.ctx.Err()
+	}
+	if r.tries >= packRetries {
+		return fmt.Errorf("pack %s at byte %d: %w", r.id.Short(), r.off, err)
+	}
+	r.tries++
+	r.g.log.Warn("the pack's download broke off; resuming", "at", r.off, "err", err)
+	t := time.NewTimer(time.Duration(100<<r.tries) * time.Millisecond)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-r.ctx.Done():
+		return r.ctx.Err()
+	}
+}
+
+func (r *resumeReader) Close() error {
+	if r.body != nil {
+		r.body.Close()
+	}
+	if r.file != nil {
+		return r.file.Close()
+	}
+	return nil
 }
 
 func (f *packFetcher) viaSwarm(ctx context.Context, hc *transport.Client) (io.ReadCloser, error) {
@@ -206,6 +354,10 @@ func (f *packFetcher) Fetch(ctx context.Context, refs []manifest.ChunkRef, fn fu
 	if f.tried.Swap(true) {
 		return f.next.Fetch(ctx, refs, fn)
 	}
+	if !f.pays(refs) {
+		f.g.logf("pack %d→%d: not worth it for the %d chunks asked for", f.rec.From, f.rec.To, len(refs))
+		return f.next.Fetch(ctx, refs, fn)
+	}
 	want := make(map[chunkstore.ID]bool, len(refs))
 	for _, r := range refs {
 		want[r.ID] = true
@@ -247,6 +399,7 @@ func (f *packFetcher) Fetch(ctx context.Context, refs []manifest.ChunkRef, fn fu
 			return ctx.Err()
 		}
 		f.failed.Store(true)
+		f.remove() // damaged, or the source is gone: not worth resuming
 		f.g.log.Warn("the delta pack failed; fetching the chunks it did not yield", "from", f.rec.From, "to", f.rec.To, "err", err)
 	} else {
 		f.g.logf("pack %d→%d: %s read, %d chunks from it", f.rec.From, f.rec.To, human(f.bytes.Load()), len(done))
@@ -261,6 +414,29 @@ func (f *packFetcher) Fetch(ctx context.Context, refs []manifest.ChunkRef, fn fu
 		return nil
 	}
 	return f.next.Fetch(ctx, rest, fn)
+}
+
+// pays reports whether what is left to download of the pack costs less
+// than fetching refs as chunks (estimated from the record: the pack's
+// chunks' stored bytes per plain byte).
+func (f *packFetcher) pays(refs []manifest.ChunkRef) bool {
+	if f.rec.PlainBytes <= 0 {
+		return false
+	}
+	var plain int64
+	for _, r := range refs {
+		plain += int64(r.Size)
+	}
+	left := f.rec.Size
+	if st, err := os.Stat(f.httpPart()); err == nil {
+		left -= min(st.Size(), f.rec.Size)
+	}
+	return float64(left) < float64(plain)*float64(f.rec.ChunkBytes)/float64(f.rec.PlainBytes)
+}
+
+// httpPart is where an HTTP download of the pack is kept for a resume.
+func (f *packFetcher) httpPart() string {
+	return filepath.Join(f.cacheDir, "deltas", f.rec.Pack.String()+".dpack.http")
 }
 
 // used returns the pack bytes read (0 without a pack).
