@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"fmt"
 	"io/fs"
@@ -594,4 +595,62 @@ func TestBundleSharesChunksWithImages(t *testing.T) {
 		t.Fatalf("apply with the image's chunks in the cache: %+v; without: %+v", j, jFull)
 	}
 	t.Logf("image %v chunks; bundle apply fetched %d chunks with them in the cache, %d without", pi["chunks"], j.ChunksFetched, jFull.ChunksFetched)
+}
+
+// bundle apply --p2p --seed-for keeps seeding the release it installed,
+// the chunks it took from the installed release reproduced from the new
+// tree: a terminal with nothing installed gets the release from it.
+func TestBundleApplySeeds(t *testing.T) {
+	f := newBundleFixture(t)
+	f.publish(t, f.tree1)
+	f.publish(t, f.tree2)
+	url := serve(t, f.store, "--tracker", "--tracker-interval", "1s") // the origin does not seed
+	apply := func(who string, extra ...string) []string {
+		d := filepath.Join(f.dir, who)
+		return append([]string{"bundle", "apply", "--from", url, "--trust", f.pub, "--name", "svc", "--root", filepath.Join(d, "root"),
+			"--cache", filepath.Join(d, "cache"), "--state-dir", filepath.Join(d, "state"), "--json"}, extra...)
+	}
+	mustRun(t, apply("a", "--revision", "1", "-q")...)
+	a := exec.Command(imgctlBin, apply("a", "--p2p", "--listen", "127.0.0.31:0", "--announce", url+"/announce", "--seed-for", "90s")...)
+	ae, err := a.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer stopProcess(a, os.Kill, 0)
+	seeding := make(chan string, 1)
+	go func() {
+		var log strings.Builder
+		sc := bufio.NewScanner(ae)
+		for sc.Scan() {
+			log.WriteString(sc.Text() + "\n")
+			if strings.HasPrefix(sc.Text(), "seeding for") {
+				seeding <- log.String()
+			}
+		}
+		seeding <- log.String()
+	}()
+	select {
+	case l := <-seeding:
+		if !strings.Contains(l, "seeding for") {
+			t.Fatalf("terminal A ended without seeding:\n%s", l)
+		}
+	case <-time.After(90 * time.Second):
+		t.Fatal("terminal A did not start seeding")
+	}
+	r := imgctl(t, nil, apply("b", "-q", "--p2p", "--listen", "127.0.0.32:0", "--announce", url+"/announce", "--p2p-stall", "20s")...)
+	if r.code != 0 {
+		t.Fatalf("apply B: exit %d\n%s", r.code, r.stderr)
+	}
+	sameTree(t, f.tree2, filepath.Join(f.dir, "b", "root", "current"))
+	j := decode[struct {
+		Peers int64 `json:"bytes_from_peers"`
+		Web   int64 `json:"bytes_from_webseeds"`
+	}](t, r.stdout)
+	if j.Peers == 0 || j.Web*10 > j.Peers {
+		t.Fatalf("B took %d bytes from peers and %d over HTTP", j.Peers, j.Web)
+	}
+	t.Logf("B: %d bytes from terminal A, %d over HTTP", j.Peers, j.Web)
 }

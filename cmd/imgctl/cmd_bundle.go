@@ -110,7 +110,7 @@ type bundleResult struct {
 	BytesFromWebSeeds *int64 `json:"bytes_from_webseeds,omitempty"`
 }
 
-func runBundleApply(ctx context.Context, g *globalOptions, o *bundleApplyOptions) (*bundleResult, error) {
+func runBundleApply(ctx context.Context, g *globalOptions, o *bundleApplyOptions) (_ *bundleResult, retErr error) {
 	start := g.now()
 	timer := newPhases(g.now)
 	phase := timer.done
@@ -216,6 +216,24 @@ func runBundleApply(ctx context.Context, g *globalOptions, o *bundleApplyOptions
 		if err != nil {
 			return nil, err
 		}
+		if sw := in.sw; sw != nil {
+			// After the switch and the output: seed the release, the
+			// chunks taken from a pack or installed releases reproduced
+			// from the installed tree.
+			sw.m = m
+			sw.written = func() (io.ReaderAt, io.Closer, error) {
+				t := partition.OpenTree(root.ReleaseDir(m.Revision), files, false)
+				return t, t, nil
+			}
+			defer func() {
+				if retErr == nil {
+					if err := sw.seed(ctx, g, &o.p2p); err != nil {
+						g.log.Warn("seeding", "err", err)
+					}
+				}
+				sw.close()
+			}()
+		}
 		st := in.stats
 		res.BytesFromSeed, res.BytesFromCache, res.ChunksFetched, res.Fallbacks = st.SeedBytes, st.CacheBytes, st.FetchChunks, st.Fallbacks
 		res.BytesFromPacks = in.packBytes
@@ -260,6 +278,9 @@ type bundleInstall struct {
 	// With --p2p: payload from peers (release torrent and pack) and from
 	// webseeds.
 	peers, webSeeds *int64
+	// sw is the release's swarm, still open, when the terminal is to keep
+	// seeding (--seed-for); the caller closes it.
+	sw *pullSwarm
 }
 
 // installBundle writes release m into its staging tree with the installed
@@ -284,7 +305,11 @@ func installBundle(ctx context.Context, g *globalOptions, o *bundleApplyOptions,
 			s := sw.h.Stats()
 			peers := s.FromPeers + pack.fromPeers()
 			in.peers, in.webSeeds = &peers, &s.FromWebSeeds
-			sw.close()
+			if err == nil && o.p2p.seedFor > 0 {
+				in.sw = sw
+			} else {
+				sw.close()
+			}
 		}
 	}()
 	// Seeds: every installed release, by its recorded (signed) manifest.

@@ -324,7 +324,7 @@ func demoP2P(ctx context.Context, g *globalOptions, out io.Writer, p func(string
 	if err != nil {
 		return err
 	}
-	n, err := (&pullSwarm{h: h, written: p("slotB.img"), m: m}).reproduce(ctx)
+	n, err := (&pullSwarm{h: h, written: writtenFile(p("slotB.img")), m: m}).reproduce(ctx)
 	if err != nil {
 		return err
 	}

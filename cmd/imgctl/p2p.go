@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -61,11 +62,19 @@ type pullSwarm struct {
 	// torrentManifest fetches and verifies the torrent's first file, for
 	// seeding it (nil: held already, or not to be had).
 	torrentManifest func(ctx context.Context) ([]byte, error)
-	// written is the verified content the pull wrote (file or slot) and m
-	// its manifest: chunks the pull took from a delta pack or a seed are
-	// reproduced from it for seeding.
-	written string
+	// written opens the verified content the pull wrote (file, slot,
+	// bundle tree) and m is its manifest: chunks the pull took from a delta
+	// pack or a seed are reproduced from it for seeding (nil: not done).
+	written func() (io.ReaderAt, io.Closer, error)
 	m       *manifest.Manifest
+}
+
+// writtenFile opens a written image file or slot device.
+func writtenFile(path string) func() (io.ReaderAt, io.Closer, error) {
+	return func() (io.ReaderAt, io.Closer, error) {
+		f, err := os.Open(path)
+		return f, f, err
+	}
 }
 
 func (s *pullSwarm) close() {
@@ -242,7 +251,7 @@ func (s *pullSwarm) seed(ctx context.Context, g *globalOptions, o *p2pOptions) e
 		}
 	}
 	s.h.Refresh(ctx, env)
-	if s.written != "" {
+	if s.written != nil {
 		if n, err := s.reproduce(ctx); err != nil {
 			g.log.Warn("seeding only the chunks that came as chunks", "err", err)
 		} else if n > 0 {
@@ -264,11 +273,11 @@ func (s *pullSwarm) seed(ctx context.Context, g *globalOptions, o *p2pOptions) e
 // their stored form is reproduced and vouched for by the torrent's piece
 // hashes before anything is seeded (swarm.Handle.Reproduce).
 func (s *pullSwarm) reproduce(ctx context.Context) (int, error) {
-	f, err := os.Open(s.written)
+	f, c, err := s.written()
 	if err != nil {
 		return 0, err
 	}
-	defer f.Close()
+	defer c.Close()
 	type at struct {
 		off  int64
 		size int
