@@ -62,7 +62,6 @@ terminal() { # terminal DIR IP EXTRA...: a terminal running v1 pulls v2
 	# record gives it: chunks are found by offset and re-hashed, not cut)
 	local d=$1 ip=$2
 	shift 2
-	rm -rf "$d" && mkdir -p "$d" && cp "$W/v1.img" "$d/running.img"
 	"$I" pull -q --json --from "$URL" --trust "$W/k.pub" --name os --cache "$d/cache" \
 		--seed "$d/running.img:$W/s/manifests/os/stable/1.imgm" --out "$d/new.img" "$@" >"$d/out.json" 2>"$d/err.log"
 	cmp -s "$d/new.img" "$W/v2.img" || echo "MISMATCH $d" >&2
@@ -70,7 +69,9 @@ terminal() { # terminal DIR IP EXTRA...: a terminal running v1 pulls v2
 run() { # run MODE COUNT: prints seconds and origin egress
 	local mode=$1 n=$2 e0 s e pids=()
 	[ "${BRANCH:-0}" = 1 ] && branch
-	for i in $(seq "$n"); do rm -rf "$W/t$i"; done
+	# Each terminal already runs v1 (copying it is not part of the update).
+	for i in $(seq "$n"); do rm -rf "$W/t$i" && mkdir -p "$W/t$i" && cp "$W/v1.img" "$W/t$i/running.img"; done
+	sync
 	e0=$(egress)
 	s=$(date +%s.%N)
 	for i in $(seq "$n"); do
