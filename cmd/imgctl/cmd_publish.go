@@ -287,7 +287,7 @@ func runPublish(ctx context.Context, g *globalOptions, o *publishOptions, image 
 			return nil, err
 		}
 		po := &packBuildOptions{store: o.store, channel: o.channel, encoder: o.packEncoder, refMiB: 16}
-		pr, err := buildPack(ctx, g, po, store, key, fromEnv, fm, env, m)
+		pr, err := buildPack(ctx, g, po, key, fromEnv, fm, env, m)
 		if err != nil {
 			return nil, fmt.Errorf("published %s/%s@%d, but the pack from %d failed: %w", m.Name, m.Channel, rev, from, err)
 		}

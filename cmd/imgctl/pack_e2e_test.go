@@ -19,6 +19,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/imgctl/imgctl/chunkstore"
 )
 
 // editImage writes an update of src that edits it everywhere a little: one
@@ -510,5 +512,33 @@ func TestPackResumesAfterKill(t *testing.T) {
 	}
 	if _, err := os.Stat(part); !os.IsNotExist(err) {
 		t.Fatalf("the finished pull left %s", part)
+	}
+}
+
+// pack build takes no lock on the store: it runs while another process
+// (here: this test) holds it, as it would beside a publish.
+func TestPackBuildWithoutStoreLock(t *testing.T) {
+	f := newFixture(t, 8<<20)
+	upd := filepath.Join(f.dir, "v3.img")
+	editImage(t, f.img1, upd)
+	f.publish(t, f.img1)
+	f.publish(t, upd)
+	held, err := chunkstore.Open(f.store, chunkstore.Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if r := imgctl(t, nil, "publish", "--store", f.store, "--key", f.key, "--name", "os", f.img2, "--lock-timeout", "1s", "-q"); r.code == 0 {
+		t.Fatal("a publish ran while the store was locked: the test holds no lock")
+	}
+	out := mustRun(t, "pack", "build", "--store", f.store, "--key", f.key, "os@1", "os@2", "--json")
+	j := decode[map[string]any](t, out)
+	if j["chunks"].(float64) == 0 || j["size"].(float64) == 0 {
+		t.Fatalf("pack build: %s", out)
+	}
+	ls := decode[[]map[string]any](t, mustRun(t, "pack", "ls", "--store", f.store, "os", "--json"))
+	if len(ls) != 1 || ls[0]["from"] != float64(1) || ls[0]["to"] != float64(2) || ls[0]["pack"] != j["pack"] ||
+		ls[0]["chunk_bytes"] != j["chunk_bytes"] || ls[0]["ratio"].(float64) <= 0 || ls[0]["ratio"].(float64) >= 1 {
+		t.Fatalf("pack ls after the build: %v (built: %v)", ls, j)
 	}
 }
