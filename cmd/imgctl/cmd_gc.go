@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/imgctl/imgctl/chunkstore"
 	"github.com/imgctl/imgctl/manifest"
@@ -30,6 +31,7 @@ func newGCCommand(g *globalOptions) *cobra.Command {
 	var store string
 	var keep int
 	var dryRun, asJSON bool
+	var packGrace time.Duration
 	cmd := &cobra.Command{
 		Use:   "gc --store S [--keep N]",
 		Short: "Remove old releases and the chunks no kept release needs",
@@ -37,7 +39,10 @@ func newGCCommand(g *globalOptions) *cobra.Command {
 file record of a pull cache names (the slot images on this machine), removes
 the other manifests, then removes every chunk that no kept release names and
 compacts the packs (a pack with nothing live is deleted, one less than half
-live is rewritten). Chunks of kept releases are never removed.`,
+live is rewritten). Chunks of kept releases are never removed. Delta packs go
+with the last release that has a record of them; packs younger than
+--pack-grace are left alone (pack build runs without the store lock and writes
+its record just after its pack).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if store == "" {
@@ -46,17 +51,18 @@ live is rewritten). Chunks of kept releases are never removed.`,
 			if keep < 1 {
 				return usagef("gc: --keep must be at least 1")
 			}
-			return runGC(cmd.Context(), g, store, keep, dryRun, asJSON)
+			return runGC(cmd.Context(), g, store, keep, dryRun, asJSON, packGrace)
 		},
 	}
 	cmd.Flags().StringVar(&store, "store", "", "chunk store directory")
 	cmd.Flags().IntVar(&keep, "keep", 3, "revisions to keep per name and channel")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "report what would be removed")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
+	cmd.Flags().DurationVar(&packGrace, "pack-grace", time.Hour, "leave delta packs (and unfinished pack builds) younger than this")
 	return cmd
 }
 
-func runGC(ctx context.Context, g *globalOptions, root string, keep int, dryRun, asJSON bool) error {
+func runGC(ctx context.Context, g *globalOptions, root string, keep int, dryRun, asJSON bool, packGrace time.Duration) error {
 	if _, err := os.Stat(filepath.Join(root, "index.db")); err != nil {
 		return fmt.Errorf("%s is not a store: %w", root, err)
 	}
@@ -120,11 +126,19 @@ func runGC(ctx context.Context, g *globalOptions, root string, keep int, dryRun,
 			}
 		}
 	}
-	// Delta packs no kept release names (their TO was removed).
-	dpacks, _ := filepath.Glob(filepath.Join(filepath.Dir(manifest.PackPath(root, chunkstore.ID{})), "*.dpack"))
-	for _, p := range dpacks {
+	// Delta packs no kept release names (their TO was removed), and what
+	// builds that died left behind. pack build runs without the lock and
+	// writes its record just after the pack: anything younger than
+	// packGrace may be a build in progress.
+	ddir := filepath.Dir(manifest.PackPath(root, chunkstore.ID{}))
+	dpacks, _ := filepath.Glob(filepath.Join(ddir, "*.dpack"))
+	temps, _ := filepath.Glob(filepath.Join(ddir, ".tmp-*"))
+	for _, p := range append(dpacks, temps...) {
+		if st, err := os.Stat(p); err != nil || time.Since(st.ModTime()) < packGrace {
+			continue
+		}
 		id, err := chunkstore.ParseID(strings.TrimSuffix(filepath.Base(p), ".dpack"))
-		if err != nil || keptPacks[id] {
+		if strings.HasSuffix(p, ".dpack") && (err != nil || keptPacks[id]) {
 			continue
 		}
 		rep.DeltaPacksRemoved++

@@ -111,9 +111,16 @@ func TestPackPullAndFallback(t *testing.T) {
 		t.Fatalf("gc removed the pack of a kept release: %v", left)
 	}
 	f.publish(t, f.img2) // revision 3: release 2 and its pack go
+	// A pack younger than --pack-grace may be a build whose record is not
+	// written yet: kept.
 	mustRun(t, "gc", "--store", f.store, "--keep", "1")
-	if left, _ := filepath.Glob(filepath.Join(f.store, "deltas", "*.dpack")); len(left) != 0 {
-		t.Fatalf("gc kept the pack of a removed release: %v", left)
+	if left, _ := filepath.Glob(filepath.Join(f.store, "deltas", "*.dpack")); len(left) != 1 {
+		t.Fatalf("gc removed a pack younger than its grace: %v", left)
+	}
+	os.WriteFile(filepath.Join(f.store, "deltas", ".tmp-123"), []byte("a build that died"), 0o644)
+	mustRun(t, "gc", "--store", f.store, "--keep", "1", "--pack-grace", "0s")
+	if left, _ := filepath.Glob(filepath.Join(f.store, "deltas", "*")); len(left) != 0 {
+		t.Fatalf("gc kept the pack of a removed release, or a dead build's file: %v", left)
 	}
 }
 
