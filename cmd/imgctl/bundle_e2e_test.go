@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"fmt"
 	"io/fs"
@@ -612,34 +611,7 @@ func TestBundleApplySeeds(t *testing.T) {
 	}
 	mustRun(t, apply("a", "--revision", "1", "-q")...)
 	a := exec.Command(imgctlBin, apply("a", "--p2p", "--listen", "127.0.0.31:0", "--announce", url+"/announce", "--seed-for", "90s")...)
-	ae, err := a.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer stopProcess(a, os.Kill, 0)
-	seeding := make(chan string, 1)
-	go func() {
-		var log strings.Builder
-		sc := bufio.NewScanner(ae)
-		for sc.Scan() {
-			log.WriteString(sc.Text() + "\n")
-			if strings.HasPrefix(sc.Text(), "seeding for") {
-				seeding <- log.String()
-			}
-		}
-		seeding <- log.String()
-	}()
-	select {
-	case l := <-seeding:
-		if !strings.Contains(l, "seeding for") {
-			t.Fatalf("terminal A ended without seeding:\n%s", l)
-		}
-	case <-time.After(90 * time.Second):
-		t.Fatal("terminal A did not start seeding")
-	}
+	startSeeding(t, a)
 	r := imgctl(t, nil, apply("b", "-q", "--p2p", "--listen", "127.0.0.32:0", "--announce", url+"/announce", "--p2p-stall", "20s")...)
 	if r.code != 0 {
 		t.Fatalf("apply B: exit %d\n%s", r.code, r.stderr)

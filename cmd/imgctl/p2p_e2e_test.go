@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -333,4 +334,41 @@ func TestMirror(t *testing.T) {
 		t.Fatalf("pull from the mirror: %s", r.stderr)
 	}
 	sameFile(t, out, f.img1)
+}
+
+// startSeeding starts a pull or apply that is to keep seeding (--seed-for)
+// and returns its log once it says it is seeding; it is killed when the
+// test ends, if not before.
+func startSeeding(t *testing.T, cmd *exec.Cmd) string {
+	t.Helper()
+	se, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stopProcess(cmd, os.Kill, 0) })
+	seeding := make(chan string, 2)
+	go func() {
+		var log strings.Builder
+		sc := bufio.NewScanner(se)
+		for sc.Scan() {
+			log.WriteString(sc.Text() + "\n")
+			if strings.HasPrefix(sc.Text(), "seeding for") {
+				seeding <- log.String()
+			}
+		}
+		seeding <- log.String()
+	}()
+	select {
+	case l := <-seeding:
+		if !strings.Contains(l, "seeding for") {
+			t.Fatalf("%s ended without seeding:\n%s", cmd.Args[1], l)
+		}
+		return l
+	case <-time.After(90 * time.Second):
+		t.Fatalf("%s did not start seeding", cmd.Args[1])
+	}
+	return ""
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -305,35 +304,7 @@ func TestPackTerminalSeedsRelease(t *testing.T) {
 	a := pull("a", "127.0.0.42:0", "--seed", seed, "--seed-for", "90s")
 	var ao bytes.Buffer
 	a.Stdout = &ao
-	ae, err := a.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer stopProcess(a, os.Kill, 0)
-	seeding := make(chan string, 1)
-	go func() {
-		var log strings.Builder
-		sc := bufio.NewScanner(ae)
-		for sc.Scan() {
-			log.WriteString(sc.Text() + "\n")
-			if strings.HasPrefix(sc.Text(), "seeding for") {
-				seeding <- log.String()
-			}
-		}
-		seeding <- log.String()
-	}()
-	var alog string
-	select {
-	case alog = <-seeding:
-	case <-time.After(90 * time.Second):
-		t.Fatal("terminal A did not start seeding")
-	}
-	if !strings.Contains(alog, "seeding for") {
-		t.Fatalf("terminal A ended before seeding:\n%s", alog)
-	}
+	alog := startSeeding(t, a)
 	if !strings.Contains(alog, "taken from a delta pack or a seed") {
 		t.Fatalf("terminal A reproduced nothing to seed:\n%s", alog)
 	}
