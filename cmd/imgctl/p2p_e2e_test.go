@@ -372,3 +372,17 @@ func startSeeding(t *testing.T, cmd *exec.Cmd) string {
 	}
 	return ""
 }
+
+// mostlyFromPeers checks a --p2p result: something came from peers and
+// less than a tenth of that over HTTP. It returns both byte counts.
+func mostlyFromPeers(t *testing.T, stdout, what string) (peers, web int64) {
+	t.Helper()
+	j := decode[struct {
+		Peers int64 `json:"bytes_from_peers"`
+		Web   int64 `json:"bytes_from_webseeds"`
+	}](t, stdout)
+	if j.Peers == 0 || j.Web*10 > j.Peers {
+		t.Fatalf("%s: %d bytes from peers and %d over HTTP", what, j.Peers, j.Web)
+	}
+	return j.Peers, j.Web
+}
