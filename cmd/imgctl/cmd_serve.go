@@ -170,8 +170,19 @@ func seedTorrents(ctx context.Context, g *globalOptions, o *serveOptions, srv *t
 	if err != nil {
 		return nil, err
 	}
-	c, err := swarm.New(swarm.Config{Listen: listen, Staging: filepath.Join(o.store, "tmp", "torrent-staging"), Trackers: announce,
-		UploadLimiter: srv.Limiter(), MaxConns: o.maxPeers, Logger: g.log}, dir, nil)
+	cfg := swarm.Config{Listen: listen, Staging: filepath.Join(o.store, "tmp", "torrent-staging"), Trackers: announce,
+		UploadLimiter: srv.Limiter(), MaxConns: o.maxPeers, Logger: g.log}
+	if up != nil {
+		// A branch offers every piece of the releases it knows and fetches
+		// a chunk from upstream (once, verified) when a peer first asks.
+		cfg.Fill = func(ctx context.Context, id chunkstore.ID) error {
+			if err := up.Chunk(ctx, id); err != nil {
+				return err
+			}
+			return dir.Refresh()
+		}
+	}
+	c, err := swarm.New(cfg, dir, nil)
 	if err != nil {
 		dir.Close()
 		return nil, err
@@ -185,17 +196,10 @@ func seedTorrents(ctx context.Context, g *globalOptions, o *serveOptions, srv *t
 	rels := manifest.OpenReleases(o.store)
 	seeded := map[manifest.Release]bool{}
 	seededPacks := map[string]bool{}
-	var handles []*swarm.Handle
 	var mu sync.Mutex // scan runs from the ticker and from the upstream hook
 	scan := func() {
 		mu.Lock()
 		defer mu.Unlock()
-		if up != nil {
-			// A branch's store grows as terminals ask: offer what arrived.
-			for _, h := range handles {
-				h.Refresh(ctx, nil)
-			}
-		}
 		list, err := rels.List()
 		if err != nil {
 			g.log.Warn("list releases", "err", err)
@@ -218,7 +222,6 @@ func seedTorrents(ctx context.Context, g *globalOptions, o *serveOptions, srv *t
 				continue
 			}
 			seeded[rel] = true
-			handles = append(handles, h)
 			g.log.Info("seeding", "release", fmt.Sprintf("%s/%s@%d", rel.Name, rel.Channel, rel.Revision), "infohash", h.InfoHash().HexString())
 		}
 		// Delta packs, each its own torrent, once the pack is here (a

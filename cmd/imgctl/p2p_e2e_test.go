@@ -308,6 +308,31 @@ func TestBranchCache(t *testing.T) {
 	}
 }
 
+// A branch cache offers the whole release to the swarm and fetches each
+// chunk from HQ when a peer first asks: a terminal behind a cold branch
+// gets everything from the swarm (it would otherwise stall, the branch
+// holding nothing yet, and fall back to HTTP after --p2p-stall).
+func TestBranchSwarmFillsFromUpstream(t *testing.T) {
+	f := deltaReleases(t, "hq", 8<<20, 2<<20, 2<<20, 44)
+	hq := serve(t, f.store) // HTTP only
+	branch := serve(t, filepath.Join(f.d, "branch"), "--upstream", hq, "--seed-torrents", "--tracker", "--tracker-interval", "1s")
+	td := filepath.Join(f.d, "t")
+	os.MkdirAll(td, 0o755)
+	exec.Command("cp", f.v1, filepath.Join(td, "running.img")).Run()
+	r := imgctl(t, nil, "pull", "-q", "--json", "--from", branch, "--trust", f.pub, "--name", "os",
+		"--cache", filepath.Join(td, "cache"), "--seed", filepath.Join(td, "running.img"), "--out", filepath.Join(td, "new.img"),
+		"--p2p", "--listen", "127.0.0.90:0", "--p2p-stall", "60s")
+	if r.code != 0 {
+		t.Fatalf("pull: exit %d\n%s", r.code, r.stderr)
+	}
+	sameFile(t, filepath.Join(td, "new.img"), f.v2)
+	peers, web := mostlyFromPeers(t, r.stdout, "a terminal behind a cold branch")
+	if hqSent := metric(t, hq, "imgctl_served_bytes_total"); hqSent > 1.3*f.delta {
+		t.Fatalf("HQ sent %.0f bytes for a %.0f-byte delta", hqSent, f.delta)
+	}
+	t.Logf("%d bytes from the branch over BitTorrent, %d over HTTP; delta %.0f", peers, web, f.delta)
+}
+
 // mirror copies a whole release into a store (a branch cache's before a
 // rollout): every chunk checked, nothing fetched twice, and the copy
 // serves a terminal and passes fsck.

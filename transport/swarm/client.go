@@ -40,6 +40,13 @@ type Config struct {
 	MaxConns      int   // established connections per torrent, 0: library default (50)
 	PEX           bool
 	Logger        *slog.Logger
+	// Fill, for a node that only seeds (a branch cache), makes its store
+	// hold a chunk it lacks (fetched from upstream, verified). With it the
+	// node offers every piece of its torrents and fills a chunk when a peer
+	// first asks for it, as it does for HTTP requests: terminals behind a
+	// branch get the release from the swarm at once instead of waiting
+	// until the branch happens to hold it.
+	Fill func(ctx context.Context, id chunkstore.ID) error
 }
 
 // Client is one BitTorrent node over a chunk store.
@@ -124,6 +131,9 @@ func New(cfg Config, src Source, put chunkstore.Putter) (*Client, error) {
 		}
 	}
 	st := NewStorage(src, put, cfg.Staging, log)
+	if put == nil {
+		st.fill = cfg.Fill
+	}
 	tc.DefaultStorage = st
 	cl, err := torrent.NewClient(tc)
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	g "github.com/anacrolix/generics"
 	"github.com/anacrolix/torrent/metainfo"
@@ -33,8 +34,11 @@ type Source interface {
 // their SHA-1 check is decoded, checked against its BLAKE3 ID and only
 // then put into the store. Torrent data never reaches the store unchecked.
 type Storage struct {
-	src     Source
-	put     chunkstore.Putter // nil: a seeder that never downloads
+	src Source
+	put chunkstore.Putter // nil: a seeder that never downloads
+	// fill makes src hold a chunk (a branch cache's upstream); with it,
+	// every piece is offered (Config.Fill).
+	fill    func(ctx context.Context, id chunkstore.ID) error
 	staging string
 	log     *slog.Logger
 
@@ -271,6 +275,11 @@ func (p piece) ReadAt(b []byte, off int64) (int, error) {
 		f := t.L.fileAt(abs + int64(n))
 		fo, fl := t.L.FileRange(f)
 		seg := b[n:min(len(b), n+int(fo+fl-(abs+int64(n))))]
+		if !t.Have(f) && t.s.fill != nil && f > 0 {
+			if err := t.fillFile(f); err != nil {
+				return n, err
+			}
+		}
 		if t.Have(f) {
 			data, err := t.readFile(f)
 			if err != nil {
@@ -408,13 +417,36 @@ func (p piece) MarkNotComplete() error {
 	return nil
 }
 
+// fillTimeout bounds how long a peer's read waits for a branch's upstream.
+const fillTimeout = 2 * time.Minute
+
+// fillFile has the store fetch file f's chunk (a branch cache) and marks
+// it held.
+func (t *Torrent) fillFile(f int) error {
+	ctx, cancel := context.WithTimeout(context.Background(), fillTimeout)
+	defer cancel()
+	if err := t.s.fill(ctx, t.L.Chunks[f-1].ID); err != nil {
+		return fmt.Errorf("filling chunk %s: %w", t.L.Chunks[f-1].ID.Short(), err)
+	}
+	if ok, err := t.s.src.Has(ctx, t.L.Chunks[f-1].ID); err != nil || !ok {
+		return fmt.Errorf("chunk %s: filled, but the store does not have it", t.L.Chunks[f-1].ID.Short())
+	}
+	t.mu.Lock()
+	if !t.have[f] {
+		t.arrivedLocked(f)
+	}
+	t.mu.Unlock()
+	return nil
+}
+
 // Completion: a piece is complete when every file it touches is held, or
-// when it passed its check in this process.
+// when it passed its check in this process, or always on a node that
+// fills chunks on demand (a branch cache).
 func (p piece) Completion() storage.Completion {
 	t := p.t
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.done[p.i] {
+	if t.done[p.i] || t.s.fill != nil {
 		return storage.Completion{Ok: true, Complete: true}
 	}
 	first, last := t.L.FilesOf(p.i)

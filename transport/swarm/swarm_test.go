@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"math/rand/v2"
+	"sync"
 	"testing"
 	"time"
 
@@ -343,4 +344,63 @@ func TestReproduce(t *testing.T) {
 		}
 	}
 	t.Logf("%d of %d chunks reproduced, %d downloaded from the reproducing terminal", n, len(rel.chunks)-5, len(want))
+}
+
+// A node with Fill (a branch cache) offers every piece while its store is
+// empty and fills each chunk once, when a peer first asks for it.
+func TestFillOnDemand(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	rel := makeRelease(t, 30, 4, 16<<10)
+	upstream := map[chunkstore.ID]chunkstore.Chunk{}
+	for _, c := range rel.chunks {
+		upstream[c.ID()] = c
+	}
+	branch := openStore(t)
+	var mu sync.Mutex
+	fills := map[chunkstore.ID]int{}
+	seeder := newClient(t, Config{Listen: "127.0.0.1:0", Fill: func(ctx context.Context, id chunkstore.ID) error {
+		mu.Lock()
+		fills[id]++
+		mu.Unlock()
+		c, ok := upstream[id]
+		if !ok {
+			return chunkstore.ErrNotFound
+		}
+		_, err := branch.Put(ctx, c)
+		return err
+	}}, branch, false)
+	if _, err := seeder.Add(ctx, rel.info, rel.env); err != nil {
+		t.Fatal(err)
+	}
+	term := openStore(t)
+	leech := newClient(t, Config{Listen: "127.0.0.2:0", Peers: []string{seeder.Addr()}}, term, true)
+	h, err := leech.Add(ctx, rel.info, rel.env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := make([]chunkstore.ID, 0, 10)
+	for _, c := range rel.chunks[:10] {
+		want = append(want, c.ID())
+	}
+	if err := h.FetchChunks(ctx, want, 0); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range want {
+		if _, err := term.Get(ctx, id); err != nil {
+			t.Fatalf("chunk %s: %v", id.Short(), err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for id, n := range fills {
+		if n != 1 {
+			t.Fatalf("chunk %s filled %d times", id.Short(), n)
+		}
+	}
+	// Ten chunks asked for, plus at most the neighbours sharing their last
+	// piece: the rest of the release was not fetched upstream.
+	if len(fills) < 10 || len(fills) > 12 {
+		t.Fatalf("%d chunks filled for 10 asked for", len(fills))
+	}
 }
