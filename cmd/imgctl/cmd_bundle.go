@@ -218,9 +218,8 @@ func runBundleApply(ctx context.Context, g *globalOptions, o *bundleApplyOptions
 		}
 		if sw := in.sw; sw != nil {
 			// After the switch and the output: seed the release, the
-			// chunks taken from a pack or installed releases reproduced
-			// from the installed tree.
-			sw.m = m
+			// chunks taken from a pack reproduced from the installed tree.
+			sw.m, sw.seeds = m, in.seeds
 			sw.written = func() (io.ReaderAt, io.Closer, error) {
 				t := partition.OpenTree(root.ReleaseDir(m.Revision), files, false)
 				return t, t, nil
@@ -281,6 +280,8 @@ type bundleInstall struct {
 	// sw is the release's swarm, still open, when the terminal is to keep
 	// seeding (--seed-for); the caller closes it.
 	sw *pullSwarm
+	// seeds are what the installed releases were believed to hold.
+	seeds []delta.SeedIndex
 }
 
 // installBundle writes release m into its staging tree with the installed
@@ -352,6 +353,7 @@ func installBundle(ctx context.Context, g *globalOptions, o *bundleApplyOptions,
 	defer out.Close()
 	phase("seeds")
 
+	in.seeds = seedIdx
 	plan := delta.NewPlan(delta.Inputs{Target: m, Seeds: seedIdx, Have: func(id chunkstore.ID) bool {
 		ok, _ := cache.Has(ctx, id)
 		return ok

@@ -292,9 +292,9 @@ func demoTree(root string, rel int) error {
 	return nil
 }
 
-// demoP2P: terminal 1 seeds release 2 — the chunks it fetched, and those
-// it took from the delta pack and its running slot, reproduced from slot
-// B and vouched for by the torrent's piece hashes; terminal 2, with
+// demoP2P: terminal 1 seeds release 2 — the chunks it fetched (release 1's
+// in its cache), and those it took from the delta pack, reproduced from
+// slot B and vouched for by the torrent's piece hashes; terminal 2, with
 // nothing, pulls it with --p2p and terminal 1 as its peer.
 func demoP2P(ctx context.Context, g *globalOptions, out io.Writer, p func(string) string, url string) error {
 	cache, err := chunkstore.Open(p("terminal-cache"), chunkstore.Options{Timeout: 10 * time.Second})
@@ -324,11 +324,15 @@ func demoP2P(ctx context.Context, g *globalOptions, out io.Writer, p func(string
 	if err != nil {
 		return err
 	}
-	n, err := (&pullSwarm{h: h, written: writtenFile(p("slotB.img")), m: m}).reproduce(ctx)
+	_, m1, err := loadRelease(p("origin-store"), "stable", "terminal-os@1")
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "terminal 1 seeds release 2: the chunks it fetched, and %d more reproduced from slot B (pack and seed chunks, checked against the torrent's piece hashes)\n", n)
+	n, err := (&pullSwarm{h: h, written: writtenFile(p("slotB.img")), m: m, seeds: []delta.SeedIndex{delta.IndexManifest(m1)}}).reproduce(ctx)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "terminal 1 seeds release 2: the chunks it fetched, and the %d it took from the delta pack, reproduced from slot B and checked against the torrent's piece hashes\n", n)
 	o := &pullOptions{from: url, trust: []string{p("keys/release.pub")}, name: "terminal-os", channel: "stable",
 		revision: 2, cache: p("terminal2-cache"), out: p("terminal2.img"), concurrency: 4, lockTimeout: 10 * time.Second,
 		p2p: p2pOptions{enabled: true, peers: []string{seeder.Addr()}, listen: "127.0.0.1:0", stall: time.Second,

@@ -480,7 +480,7 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 		Slot: o.slot, Booted: o.booted,
 	}
 	if sw != nil {
-		sw.written, sw.m = writtenFile(outPath), m
+		sw.written, sw.m, sw.seeds = writtenFile(outPath), m, seedIdx
 		st := sw.h.Stats()
 		// Webseeds are the HTTP origin and branch caches: imgctl fetches
 		// from them itself (transport/swarm: DisableWebseeds).

@@ -519,7 +519,7 @@ func TestDemo(t *testing.T) {
 	out := mustRun(t, "demo", "--size", "64")
 	if strings.Count(out, "digest verified") != 3 || !strings.Contains(out, "diff terminal-os/stable@1") ||
 		!strings.Contains(out, "over BitTorrent with terminal 1 as its peer") || strings.Contains(out, " 0 B from the peer") ||
-		!strings.Contains(out, "more reproduced from slot B") || strings.Contains(out, "and 0 more reproduced") ||
+		!strings.Contains(out, "it took from the delta pack, reproduced from slot B") || strings.Contains(out, "the 0 it took") ||
 		!strings.Contains(out, "current -> releases/2") || strings.Contains(out, "B reused from the installed release") && strings.Contains(out, " 0 B reused from the installed") {
 		t.Fatalf("demo output:\n%s", out)
 	}

@@ -64,9 +64,14 @@ type pullSwarm struct {
 	torrentManifest func(ctx context.Context) ([]byte, error)
 	// written opens the verified content the pull wrote (file, slot,
 	// bundle tree) and m is its manifest: chunks the pull took from a delta
-	// pack or a seed are reproduced from it for seeding (nil: not done).
+	// pack are reproduced from it for seeding (nil: not done). Chunks its
+	// seeds hold (seeds: the running slot, installed releases) are left
+	// out: neighbours on that release hold them too, and recompressing a
+	// whole release costs every seeding terminal a CPU-second at the time
+	// its neighbours are still pulling.
 	written func() (io.ReaderAt, io.Closer, error)
 	m       *manifest.Manifest
+	seeds   []delta.SeedIndex
 }
 
 // writtenFile opens a written image file or slot device.
@@ -255,7 +260,7 @@ func (s *pullSwarm) seed(ctx context.Context, g *globalOptions, o *p2pOptions) e
 		if n, err := s.reproduce(ctx); err != nil {
 			g.log.Warn("seeding only the chunks that came as chunks", "err", err)
 		} else if n > 0 {
-			g.logf("seeding %d chunks taken from a delta pack or a seed too", n)
+			g.logf("seeding %d chunks taken from a delta pack too", n)
 		}
 	}
 	g.logf("seeding for %s on %s", o.seedFor, s.c.Addr())
@@ -269,7 +274,7 @@ func (s *pullSwarm) seed(ctx context.Context, g *globalOptions, o *p2pOptions) e
 }
 
 // reproduce offers the chunks of the release that the pull wrote but did
-// not receive as chunks (decoded from a delta pack, copied from a seed):
+// not receive as chunks and its seeds do not hold (decoded from a pack):
 // their stored form is reproduced and vouched for by the torrent's piece
 // hashes before anything is seeded (swarm.Handle.Reproduce).
 func (s *pullSwarm) reproduce(ctx context.Context) (int, error) {
@@ -295,6 +300,11 @@ func (s *pullSwarm) reproduce(ctx context.Context) (int, error) {
 		w, ok := where[id]
 		if !ok {
 			return nil, nil
+		}
+		for _, idx := range s.seeds {
+			if _, held := idx[id]; held {
+				return nil, nil
+			}
 		}
 		b := make([]byte, w.size)
 		if _, err := f.ReadAt(b, w.off); err != nil {

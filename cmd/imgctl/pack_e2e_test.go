@@ -287,11 +287,11 @@ func TestMirrorPacks(t *testing.T) {
 	mustRun(t, "fsck", "-q", "--store", branch)
 }
 
-// A terminal that took a release from a delta pack and its running slot
-// seeds the whole release afterwards (chunks reproduced from the slot it
-// wrote, vouched for by the torrent's piece hashes): a neighbour holding
-// nothing gets the release from it, not from the origin, which only
-// serves HTTP and a tracker here.
+// A terminal that took a release from a delta pack seeds the whole release
+// afterwards: the pack's chunks reproduced from the slot it wrote (vouched
+// for by the torrent's piece hashes), the older ones from its cache. A
+// neighbour holding nothing gets the release from it, not from the origin,
+// which only serves HTTP and a tracker here.
 func TestPackTerminalSeedsRelease(t *testing.T) {
 	f, upd := packReleases(t)
 	url := serve(t, f.store, "--tracker", "--tracker-interval", "1s")
@@ -301,11 +301,17 @@ func TestPackTerminalSeedsRelease(t *testing.T) {
 			"--cache", filepath.Join(f.dir, dir, "cache"), "--out", filepath.Join(f.dir, dir, "os.img"),
 			"--p2p", "--listen", listen, "--announce", url + "/announce"}, extra...)...)
 	}
+	// Terminal A pulls with the cache it pulled release 1 with (which holds
+	// release 1's chunks); the pack gives it the new ones.
+	os.MkdirAll(filepath.Join(f.dir, "a"), 0o755)
+	if err := os.Rename(filepath.Join(f.dir, "c1"), filepath.Join(f.dir, "a", "cache")); err != nil {
+		t.Fatal(err)
+	}
 	a := pull("a", "127.0.0.42:0", "--seed", seed, "--seed-for", "90s")
 	var ao bytes.Buffer
 	a.Stdout = &ao
 	alog := startSeeding(t, a)
-	if !strings.Contains(alog, "taken from a delta pack or a seed") {
+	if !strings.Contains(alog, "taken from a delta pack too") {
 		t.Fatalf("terminal A reproduced nothing to seed:\n%s", alog)
 	}
 	r := imgctl(t, nil, pull("b", "127.0.0.43:0", "-q", "--p2p-stall", "20s").Args[1:]...)
