@@ -30,8 +30,8 @@ off = size // 3
 b[off:off + change] = r.randbytes(change)
 open(f"{w}/v2.img", "wb").write(b)
 PY
-"$I" publish -q --store "$W/s" --key "$W/k.key" --name os "$W/v1.img"
-delta=$("$I" publish -q --json --store "$W/s" --key "$W/k.key" --name os "$W/v2.img" |
+"$I" publish -q --store "$W/s" --key "$W/k.key" --name os "$W/v1.img" ${PUBLISH_FLAGS:-}
+delta=$("$I" publish -q --json --store "$W/s" --key "$W/k.key" --name os "$W/v2.img" ${PUBLISH_FLAGS:-} |
 	python3 -c 'import json,sys; print(json.load(sys.stdin)["previous"]["fetch_bytes"])')
 
 "$I" serve -q --store "$W/s" --listen 127.0.0.1:0 --addr-file "$W/addr" --seed-torrents --tracker \

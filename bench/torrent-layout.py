@@ -35,6 +35,6 @@ def spanning(order, pl):
 def padded(pl):
     return sum(((n + pl - 1)//pl)*pl for p, n in files if p not in held)
 print("chunks", len(files), "missing stored bytes", missing, "avg stored", sum(n for _,n in files)//len(files))
-for pl in (16384, 65536, 262144):
+for pl in (16384, 32768, 65536):
     byid = sorted(files)
     print(f"pl {pl//1024:4d} KiB: prefix order {spanning(files, pl)/missing-1:+.2%}  by-ID order {spanning(byid, pl)/missing-1:+.2%}  BEP47 padded {padded(pl)/missing-1:+.2%}")
