@@ -90,7 +90,7 @@ func New(cfg Config, src Source, put chunkstore.Putter) (*Client, error) {
 	// itself (docs/decisions/0004).
 	tc.DisableWebseeds = true
 	tc.Seed = true
-	tc.Slogger = log.With("component", "torrent")
+	tc.Slogger = slog.New(quietHandler{log.Handler()}).With("component", "torrent")
 	tc.Logger = alog.Default.WithFilterLevel(alog.Critical)
 	tc.DefaultStorage = nil
 	if cfg.MaxConns > 0 {
@@ -439,3 +439,25 @@ func (d limitedDialer) Dial(ctx context.Context, addr string) (net.Conn, error) 
 }
 
 func (d limitedDialer) DialerNetwork() string { return "tcp4" }
+
+// quietHandler demotes anacrolix's scheduling diagnostic ("client unlock
+// handlers took a long time": a busy machine, nothing a user can act on,
+// printed many times a second by a loaded terminal) to debug.
+type quietHandler struct{ slog.Handler }
+
+const unlockDiagnostic = "client unlock handlers took a long time"
+
+func (h quietHandler) Handle(ctx context.Context, r slog.Record) error {
+	if r.Level == slog.LevelWarn && r.Message == unlockDiagnostic {
+		if !h.Handler.Enabled(ctx, slog.LevelDebug) {
+			return nil
+		}
+		r.Level = slog.LevelDebug
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h quietHandler) WithAttrs(a []slog.Attr) slog.Handler {
+	return quietHandler{h.Handler.WithAttrs(a)}
+}
+func (h quietHandler) WithGroup(n string) slog.Handler { return quietHandler{h.Handler.WithGroup(n)} }

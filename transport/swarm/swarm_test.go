@@ -3,7 +3,9 @@ package swarm
 import (
 	"bytes"
 	"context"
+	"log/slog"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -402,5 +404,22 @@ func TestFillOnDemand(t *testing.T) {
 	// piece: the rest of the release was not fetched upstream.
 	if len(fills) < 10 || len(fills) > 12 {
 		t.Fatalf("%d chunks filled for 10 asked for", len(fills))
+	}
+}
+
+// anacrolix's scheduling diagnostic is debug output; other warnings pass.
+func TestQuietHandler(t *testing.T) {
+	var buf bytes.Buffer
+	log := slog.New(quietHandler{slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo})}).With("component", "torrent")
+	log.Warn(unlockDiagnostic, "duration", time.Second)
+	log.Warn("piece failed", "piece", 3)
+	if out := buf.String(); strings.Contains(out, unlockDiagnostic) || !strings.Contains(out, "piece failed") || !strings.Contains(out, "component=torrent") {
+		t.Fatalf("log at info:\n%s", out)
+	}
+	buf.Reset()
+	log = slog.New(quietHandler{slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug})})
+	log.Warn(unlockDiagnostic)
+	if out := buf.String(); !strings.Contains(out, "level=DEBUG") {
+		t.Fatalf("log at debug:\n%s", out)
 	}
 }
