@@ -444,14 +444,22 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 	phase("plan")
 	st, err := asm.Run(ctx, plan)
 	phase("assemble")
-	if ferr := cache.Flush(context.Background()); err == nil {
+	// The cache's new chunks and the output reach the disk together (two
+	// fsyncs at once instead of one after the other).
+	flushed := make(chan error, 1)
+	go func() { flushed <- cache.Flush(context.Background()) }()
+	var syncErr error
+	if err == nil {
+		syncErr = out.Sync()
+	}
+	if ferr := <-flushed; err == nil {
 		err = ferr
 	}
 	if err != nil {
 		return nil, err
 	}
-	if err := out.Sync(); err != nil {
-		return nil, fmt.Errorf("sync %s: %w", outPath, err)
+	if syncErr != nil {
+		return nil, fmt.Errorf("sync %s: %w", outPath, syncErr)
 	}
 	phase("sync")
 	// The digest was computed from what was read back while writing; it is
