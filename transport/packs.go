@@ -88,9 +88,82 @@ func (c *Client) PackRecord(ctx context.Context, name, channel string, rev, from
 }
 
 // Pack opens the pack id for reading from byte off (a Range request when
-// off > 0); at most size-off bytes are read from it (size is the record's
-// size). Bytes read count as received.
+// off > 0); at most size bytes of the pack are read (the record's size). A
+// body that breaks off is asked for again from where it broke, under the
+// client's retry policy (Retries breaks, Backoff doubling). Bytes read
+// count as received.
 func (c *Client) Pack(ctx context.Context, id chunkstore.ID, off, size int64) (io.ReadCloser, error) {
+	r := &packReader{c: c, ctx: ctx, id: id, off: off, size: size}
+	if err := r.open(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// packReader is a pack body that resumes (Range) where it broke off.
+type packReader struct {
+	c         *Client
+	ctx       context.Context
+	id        chunkstore.ID
+	off, size int64
+	body      io.ReadCloser
+	breaks    int
+}
+
+// open requests the pack from r.off, retrying as the client does.
+func (r *packReader) open() error {
+	return r.c.retry(r.ctx, "pack "+r.id.Short(), func() error {
+		body, err := r.c.packBody(r.ctx, r.id, r.off)
+		if err == nil {
+			r.body = body
+		}
+		return err
+	})
+}
+
+func (r *packReader) Read(p []byte) (int, error) {
+	if r.off >= r.size {
+		return 0, io.EOF
+	}
+	p = p[:min(int64(len(p)), r.size-r.off)]
+	for {
+		n, err := r.body.Read(p)
+		r.off += int64(n)
+		r.c.received.Add(int64(n))
+		if n > 0 || err == nil {
+			return n, nil
+		}
+		if err == io.EOF {
+			// All the server declared (net/http reports a body cut short
+			// of its Content-Length as io.ErrUnexpectedEOF): size is a cap.
+			return 0, io.EOF
+		}
+		// Broken off: ask again from r.off.
+		r.body.Close()
+		r.body = nil
+		if r.ctx.Err() != nil {
+			return 0, r.ctx.Err()
+		}
+		if r.breaks >= r.c.opts.Retries {
+			return 0, fmt.Errorf("%w: pack %s at byte %d: %v", ErrPeerUnavailable, r.id.Short(), r.off, err)
+		}
+		r.breaks++
+		r.c.opts.Logger.Warn("the pack's download broke off; resuming", "pack", r.id.Short(), "at", r.off, "err", err)
+		if err := r.open(); err != nil {
+			return 0, err
+		}
+	}
+}
+
+func (r *packReader) Close() error {
+	if r.body == nil {
+		return nil
+	}
+	return r.body.Close()
+}
+
+// packBody is one GET of the pack from byte off.
+func (c *Client) packBody(ctx context.Context, id chunkstore.ID, off int64) (io.ReadCloser, error) {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, c.url("/v1/packs/"+url.PathEscape(id.String())), nil)
 	if off > 0 {
 		req.Header.Set("Range", fmt.Sprintf("bytes=%d-", off))
@@ -104,7 +177,7 @@ func (c *Client) Pack(ctx context.Context, id chunkstore.ID, off, size int64) (i
 		var start int64
 		if _, err := fmt.Sscanf(resp.Header.Get("Content-Range"), "bytes %d-", &start); err != nil || start != off {
 			resp.Body.Close()
-			return nil, fmt.Errorf("%w: GET pack %s from %d: Content-Range %q", ErrPeerUnavailable, id.Short(), off, resp.Header.Get("Content-Range"))
+			return nil, permanent{fmt.Errorf("%w: GET pack %s from %d: Content-Range %q", ErrPeerUnavailable, id.Short(), off, resp.Header.Get("Content-Range"))}
 		}
 	case resp.StatusCode == http.StatusOK:
 		if off > 0 { // no ranges here: skip what the caller holds
@@ -113,11 +186,14 @@ func (c *Client) Pack(ctx context.Context, id chunkstore.ID, off, size int64) (i
 				return nil, fmt.Errorf("%w: GET pack %s: %v", ErrPeerUnavailable, id.Short(), err)
 			}
 		}
+	case resp.StatusCode == http.StatusNotFound:
+		resp.Body.Close()
+		return nil, permanent{fmt.Errorf("%w: GET pack %s: %s", ErrPeerUnavailable, id.Short(), resp.Status)}
 	default:
 		resp.Body.Close()
 		return nil, fmt.Errorf("%w: GET pack %s: %s", ErrPeerUnavailable, id.Short(), resp.Status)
 	}
-	return readCloser{Reader: &countReader{r: io.LimitReader(resp.Body, size-off), n: &c.received}, Closer: resp.Body}, nil
+	return resp.Body, nil
 }
 
 type readCloser struct {

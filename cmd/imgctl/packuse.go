@@ -10,7 +10,6 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/imgctl/imgctl/chunkstore"
 	"github.com/imgctl/imgctl/delta"
@@ -158,10 +157,10 @@ func (f *packFetcher) open(ctx context.Context) (io.ReadCloser, error) {
 
 // viaHTTP streams the pack to the decoder and into cacheDir/deltas as it
 // comes: a pull killed midway leaves <id>.dpack.http there, and the next
-// one reads that back and asks only for the rest (Range); a connection that
-// drops is resumed from where it broke, a few times. The bytes kept are
-// trusted no more than the network's: every chunk is verified, and a pack
-// that fails is removed.
+// one reads that back and asks only for the rest (the client resumes a
+// connection that breaks off itself). The bytes kept are trusted no more
+// than the network's: every chunk is verified, and a pack that fails is
+// removed.
 func (f *packFetcher) viaHTTP(ctx context.Context) (io.ReadCloser, error) {
 	dir := filepath.Join(f.cacheDir, "deltas")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -169,11 +168,10 @@ func (f *packFetcher) viaHTTP(ctx context.Context) (io.ReadCloser, error) {
 	}
 	path := f.httpPart()
 	// Parts of other packs belong to pulls that will not resume.
-	if old, _ := filepath.Glob(filepath.Join(dir, "*.dpack.http")); len(old) > 0 {
-		for _, o := range old {
-			if o != path {
-				os.Remove(o)
-			}
+	old, _ := filepath.Glob(filepath.Join(dir, "*.dpack.http"))
+	for _, o := range old {
+		if o != path {
+			os.Remove(o)
 		}
 	}
 	file, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
@@ -190,32 +188,21 @@ func (f *packFetcher) viaHTTP(ctx context.Context) (io.ReadCloser, error) {
 	if have > 0 {
 		f.g.logf("pack %d→%d: resuming after the %s an earlier pull received", f.rec.From, f.rec.To, human(have))
 	}
-	return &resumeReader{ctx: ctx, g: f.g, ps: f.ps, id: f.rec.Pack, size: f.rec.Size, file: file, have: have}, nil
+	return &keptReader{ctx: ctx, f: f, file: file, have: have}, nil
 }
 
-// resumeReader reads a pack from the bytes an earlier pull kept (file, up
-// to have), then from the source from there on, keeping what it reads;
-// a body that breaks off is asked for again from the same offset.
-type resumeReader struct {
-	ctx   context.Context
-	g     *globalOptions
-	ps    packSource
-	id    chunkstore.ID
-	size  int64
-	file  *os.File
-	have  int64 // bytes of the pack in file
-	off   int64 // bytes delivered
-	body  io.ReadCloser
-	tries int
+// keptReader reads a pack from the bytes an earlier pull kept (file, up to
+// have), then from the source from there on, keeping what it reads.
+type keptReader struct {
+	ctx  context.Context
+	f    *packFetcher
+	file *os.File // nil once a write failed: the pull goes on, unkept
+	have int64    // bytes of the pack in file
+	off  int64    // bytes delivered
+	body io.ReadCloser
 }
 
-const packRetries = 4
-
-func (r *resumeReader) Read(p []byte) (int, error) {
-	if r.off >= r.size {
-		return 0, io.EOF
-	}
-	p = p[:min(int64(len(p)), r.size-r.off)]
+func (r *keptReader) Read(p []byte) (int, error) {
 	if r.off < r.have {
 		n, err := r.file.ReadAt(p[:min(int64(len(p)), r.have-r.off)], r.off)
 		r.off += int64(n)
@@ -224,67 +211,27 @@ func (r *resumeReader) Read(p []byte) (int, error) {
 		}
 		return 0, err
 	}
-	for {
-		if r.body == nil {
-			body, err := r.ps.Pack(r.ctx, r.id, r.off, r.size)
-			if err != nil {
-				if err := r.retry(err); err != nil {
-					return 0, err
-				}
-				continue
-			}
-			r.body = body
-		}
-		n, err := r.body.Read(p)
-		if n > 0 {
-			if r.file != nil {
-				if _, werr := r.file.WriteAt(p[:n], r.off); werr != nil {
-					// A full cache costs the resume, not the pull.
-					r.g.log.Warn("not keeping the pack for a resume", "err", werr)
-					r.file.Close()
-					r.file = nil
-				} else {
-					r.have = r.off + int64(n)
-				}
-			}
-			r.off += int64(n)
-			return n, nil
-		}
-		if err == nil {
-			continue
-		}
-		r.body.Close()
-		r.body = nil
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF // short of the record's size
-		}
-		if err := r.retry(err); err != nil {
+	if r.body == nil {
+		body, err := r.f.ps.Pack(r.ctx, r.f.rec.Pack, r.off, r.f.rec.Size)
+		if err != nil {
 			return 0, err
 		}
+		r.body = body
 	}
+	n, err := r.body.Read(p)
+	if n > 0 && r.file != nil {
+		if _, werr := r.file.WriteAt(p[:n], r.off); werr != nil {
+			// A full cache costs the resume, not the pull.
+			r.f.g.log.Warn("not keeping the pack for a resume", "err", werr)
+			r.file.Close()
+			r.file = nil
+		}
+	}
+	r.off += int64(n)
+	return n, err
 }
 
-// retry waits before asking again, or gives up with err.
-func (r *resumeReader) retry(err error) error {
-	if r.ctx.Err() != nil {
-		return r.ctx.Err()
-	}
-	if r.tries >= packRetries {
-		return fmt.Errorf("pack %s at byte %d: %w", r.id.Short(), r.off, err)
-	}
-	r.tries++
-	r.g.log.Warn("the pack's download broke off; resuming", "at", r.off, "err", err)
-	t := time.NewTimer(time.Duration(100<<r.tries) * time.Millisecond)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-r.ctx.Done():
-		return r.ctx.Err()
-	}
-}
-
-func (r *resumeReader) Close() error {
+func (r *keptReader) Close() error {
 	if r.body != nil {
 		r.body.Close()
 	}
