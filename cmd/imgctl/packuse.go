@@ -81,18 +81,18 @@ func usePack(ctx context.Context, g *globalOptions, src source, trust *manifest.
 			return nil, fmt.Errorf("pack %d→%d: its chunk list is not the one of these releases", rec.From, rec.To)
 		}
 		// Worth it? Compare with what fetching those chunks would cost.
-		var need, all int64
+		var needed []manifest.ChunkRef
 		for _, c := range refs {
-			all += int64(c.Size)
 			if missing[c.ID] {
-				need += int64(c.Size)
+				needed = append(needed, c)
 			}
 		}
-		if all == 0 || need == 0 || float64(rec.Size) >= float64(rec.ChunkBytes)*float64(need)/float64(all) {
+		f := &packFetcher{g: g, ps: ps, rec: rec, held: h, next: next, sw: sw, p2p: p2p, cacheDir: cacheDir}
+		if len(needed) == 0 || !f.pays(needed) {
 			g.logf("pack %d→%d (%s) is not smaller than the chunks it would replace here", rec.From, rec.To, human(rec.Size))
 			continue
 		}
-		return &packFetcher{g: g, ps: ps, rec: rec, held: h, next: next, sw: sw, p2p: p2p, cacheDir: cacheDir}, nil
+		return f, nil
 	}
 	return nil, nil
 }
@@ -363,9 +363,10 @@ func (f *packFetcher) Fetch(ctx context.Context, refs []manifest.ChunkRef, fn fu
 	return f.next.Fetch(ctx, rest, fn)
 }
 
-// pays reports whether what is left to download of the pack costs less
-// than fetching refs as chunks (estimated from the record: the pack's
-// chunks' stored bytes per plain byte).
+// pays reports whether what is left to download of the pack (less what an
+// earlier pull kept) costs less than fetching refs as chunks, estimated
+// from the record: the pack's chunks' stored bytes per plain byte. Both the
+// choice of a pack and each fetch from it go by this one rule.
 func (f *packFetcher) pays(refs []manifest.ChunkRef) bool {
 	if f.rec.PlainBytes <= 0 {
 		return false
