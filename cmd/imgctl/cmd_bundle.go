@@ -217,13 +217,7 @@ func runBundleApply(ctx context.Context, g *globalOptions, o *bundleApplyOptions
 			return nil, err
 		}
 		if sw := in.sw; sw != nil {
-			// After the switch and the output: seed the release, the
-			// chunks taken from a pack reproduced from the installed tree.
-			sw.m, sw.seeds = m, in.seeds
-			sw.written = func() (io.ReaderAt, io.Closer, error) {
-				t := partition.OpenTree(root.ReleaseDir(m.Revision), files, false)
-				return t, t, nil
-			}
+			// After the switch and the output: seed the release.
 			defer func() {
 				if retErr == nil {
 					if err := sw.seed(ctx, g, &o.p2p); err != nil {
@@ -277,11 +271,10 @@ type bundleInstall struct {
 	// With --p2p: payload from peers (release torrent and pack) and from
 	// webseeds.
 	peers, webSeeds *int64
-	// sw is the release's swarm, still open, when the terminal is to keep
-	// seeding (--seed-for); the caller closes it.
+	// sw is the release's swarm, still open and ready to seed the
+	// committed release, when the terminal is to keep seeding (--seed-for);
+	// the caller seeds and closes it.
 	sw *pullSwarm
-	// seeds are what the installed releases were believed to hold.
-	seeds []delta.SeedIndex
 }
 
 // installBundle writes release m into its staging tree with the installed
@@ -299,6 +292,7 @@ func installBundle(ctx context.Context, g *globalOptions, o *bundleApplyOptions,
 			g.log.Warn("not using the swarm", "err", err)
 		}
 	}
+	var seedIdx []delta.SeedIndex
 	defer func() {
 		in.packBytes = pack.used()
 		pack.remove()
@@ -307,6 +301,13 @@ func installBundle(ctx context.Context, g *globalOptions, o *bundleApplyOptions,
 			peers := s.FromPeers + pack.fromPeers()
 			in.peers, in.webSeeds = &peers, &s.FromWebSeeds
 			if err == nil && o.p2p.seedFor > 0 {
+				// Kept for seeding the committed release; chunks taken
+				// from a pack are reproduced from its tree.
+				sw.m, sw.seeds = m, seedIdx
+				sw.written = func() (io.ReaderAt, io.Closer, error) {
+					t := partition.OpenTree(root.ReleaseDir(m.Revision), files, false)
+					return t, t, nil
+				}
 				in.sw = sw
 			} else {
 				sw.close()
@@ -318,7 +319,6 @@ func installBundle(ctx context.Context, g *globalOptions, o *bundleApplyOptions,
 	if err != nil {
 		return in, err
 	}
-	var seedIdx []delta.SeedIndex
 	var seeds []io.ReaderAt
 	var held []heldRelease
 	for i := len(installed) - 1; i >= 0; i-- {
@@ -353,7 +353,6 @@ func installBundle(ctx context.Context, g *globalOptions, o *bundleApplyOptions,
 	defer out.Close()
 	phase("seeds")
 
-	in.seeds = seedIdx
 	plan := delta.NewPlan(delta.Inputs{Target: m, Seeds: seedIdx, Have: func(id chunkstore.ID) bool {
 		ok, _ := cache.Has(ctx, id)
 		return ok
