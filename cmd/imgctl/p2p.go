@@ -283,21 +283,9 @@ func (s *pullSwarm) reproduce(ctx context.Context) (int, error) {
 		return 0, err
 	}
 	defer c.Close()
-	type at struct {
-		off  int64
-		size int
-	}
-	where := make(map[chunkstore.ID]at, len(s.m.Chunks))
-	s.m.Walk(func(off, size int64, c int) bool {
-		if c >= 0 {
-			if _, ok := where[s.m.Chunks[c].ID]; !ok {
-				where[s.m.Chunks[c].ID] = at{off, int(size)}
-			}
-		}
-		return true
-	})
+	where, index := delta.IndexManifest(s.m), s.m.ChunkIndex()
 	return s.h.Reproduce(ctx, func(id chunkstore.ID) ([]byte, error) {
-		w, ok := where[id]
+		off, ok := where[id]
 		if !ok {
 			return nil, nil
 		}
@@ -306,8 +294,8 @@ func (s *pullSwarm) reproduce(ctx context.Context) (int, error) {
 				return nil, nil
 			}
 		}
-		b := make([]byte, w.size)
-		if _, err := f.ReadAt(b, w.off); err != nil {
+		b := make([]byte, s.m.Chunks[index[id]].Size)
+		if _, err := f.ReadAt(b, off); err != nil {
 			return nil, err
 		}
 		return b, nil

@@ -23,8 +23,7 @@ var levels = [...]chunkstore.Level{chunkstore.LevelDefault, chunkstore.LevelFast
 const giveUpAfter = 32
 
 // Reproduce lets the client seed chunks this terminal holds only as plain
-// bytes — decoded from a delta pack, or copied from a seed into its slot —
-// and not in its store. plain(id) returns a chunk's verified content (nil:
+// bytes (decoded from a delta pack) and not in its store. plain(id) returns a chunk's verified content (nil:
 // not held). Each is compressed the way origins store chunks and staged as
 // if a peer had sent it; the pieces those complete are hashed against the
 // torrent's info, and only chunks whose pieces all pass enter the store
@@ -146,12 +145,6 @@ func (t *Torrent) stageFile(f int, b []byte) error {
 	if int64(len(b)) != n {
 		return fmt.Errorf("file %d: %d bytes, the torrent says %d", f, len(b), n)
 	}
-	t.mu.Lock()
-	st, err := t.staged()
-	t.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	_, err = st.WriteAt(b, off)
+	_, err := t.writeStaged(b, off)
 	return err
 }

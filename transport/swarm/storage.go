@@ -312,13 +312,18 @@ func (p piece) WriteAt(b []byte, off int64) (int, error) {
 	if off+int64(len(b)) > pn {
 		return 0, fmt.Errorf("write past piece %d", p.i)
 	}
+	return t.writeStaged(b, po+off)
+}
+
+// writeStaged writes bytes of the torrent at off into the staging file.
+func (t *Torrent) writeStaged(b []byte, off int64) (int, error) {
 	t.mu.Lock()
 	st, err := t.staged()
 	t.mu.Unlock()
 	if err != nil {
 		return 0, err
 	}
-	return st.WriteAt(b, po+off)
+	return st.WriteAt(b, off)
 }
 
 // MarkComplete records a piece that passed its hash check and admits every
