@@ -403,7 +403,13 @@ func (t *Torrent) admit(f int) error {
 	// The store serves it from now on: give the staged bytes back (only
 	// whole 4 KiB pages inside the chunk; neighbours may still be staged).
 	if a, z := (off+4095)&^4095, (off+n)&^4095; z > a {
-		_ = unix.Fallocate(int(st.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, a, z-a)
+		// Through SyscallConn: it holds the descriptor against a torrent
+		// closing meanwhile (Fd() does not, and the race detector saw it).
+		if rc, err := st.SyscallConn(); err == nil {
+			_ = rc.Control(func(fd uintptr) {
+				_ = unix.Fallocate(int(fd), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, a, z-a)
+			})
+		}
 	}
 	return nil
 }
