@@ -57,23 +57,30 @@ func (s *DirSource) Fetch(ctx context.Context, refs []manifest.ChunkRef, fn func
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
 	}
+	// A fixed pool: a goroutine per chunk grew a stack per chunk.
+	var next atomic.Int64
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(workers)
-	for _, r := range refs {
-		if gctx.Err() != nil {
-			break
-		}
+	for range min(workers, max(len(refs), 1)) {
 		g.Go(func() error {
-			b, _, err := s.dir.ReadStored(r.ID)
-			if err != nil {
-				return fmt.Errorf("chunk %s: %w", r.ID.Short(), err)
+			for {
+				k := int(next.Add(1)) - 1
+				if k >= len(refs) || gctx.Err() != nil {
+					return nil
+				}
+				r := refs[k]
+				b, _, err := s.dir.ReadStored(r.ID)
+				if err != nil {
+					return fmt.Errorf("chunk %s: %w", r.ID.Short(), err)
+				}
+				s.received.Add(int64(len(b)))
+				c, err := chunkstore.Verify(r.ID, b, int(r.Size))
+				if err != nil {
+					return err
+				}
+				if err := fn(c); err != nil {
+					return err
+				}
 			}
-			s.received.Add(int64(len(b)))
-			c, err := chunkstore.Verify(r.ID, b, int(r.Size))
-			if err != nil {
-				return err
-			}
-			return fn(c)
 		})
 	}
 	if err := g.Wait(); err != nil {
