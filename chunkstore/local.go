@@ -259,6 +259,33 @@ func (s *Local) Has(_ context.Context, id ID) (bool, error) {
 	return ok, err
 }
 
+// Holds returns the subset of ids the store holds (flushed or not), looked
+// up in one read transaction: a pull's plan asks for every chunk of a
+// release, and a transaction per chunk cost ~15 ms for 12,000.
+func (s *Local) Holds(ids []ID) (map[ID]bool, error) {
+	held := make(map[ID]bool)
+	s.mu.Lock()
+	for _, id := range ids {
+		if _, ok := s.pend[id]; ok {
+			held[id] = true
+		}
+	}
+	s.mu.Unlock()
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketChunks)
+		if b == nil {
+			return nil
+		}
+		for _, id := range ids {
+			if !held[id] && b.Get(id[:]) != nil {
+				held[id] = true
+			}
+		}
+		return nil
+	})
+	return held, err
+}
+
 func (s *Local) file(seq uint32) (*os.File, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -311,3 +311,42 @@ func TestLocalReconcilesInterruptedSeal(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Holds answers for flushed and pending chunks alike, as Has does.
+func TestLocalHolds(t *testing.T) {
+	ctx := context.Background()
+	s, err := chunkstore.Open(t.TempDir(), chunkstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var ids []chunkstore.ID
+	for i := range 30 {
+		c := storetest.Chunk(t, uint64(i), 1000)
+		ids = append(ids, c.ID())
+		if i%3 == 2 {
+			continue // never stored
+		}
+		if _, err := s.Put(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+		if i == 14 {
+			if err := s.Flush(ctx); err != nil { // 0..14 flushed, 15.. pending
+				t.Fatal(err)
+			}
+		}
+	}
+	held, err := s.Holds(ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, id := range ids {
+		has, _ := s.Has(ctx, id)
+		if held[id] != (i%3 != 2) || held[id] != has {
+			t.Fatalf("chunk %d: Holds %v, Has %v", i, held[id], has)
+		}
+	}
+	if len(held) != 20 {
+		t.Fatalf("Holds returned %d chunks, want 20", len(held))
+	}
+}

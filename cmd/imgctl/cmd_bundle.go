@@ -353,10 +353,7 @@ func installBundle(ctx context.Context, g *globalOptions, o *bundleApplyOptions,
 	defer out.Close()
 	phase("seeds")
 
-	plan := delta.NewPlan(delta.Inputs{Target: m, Seeds: seedIdx, Have: func(id chunkstore.ID) bool {
-		ok, _ := cache.Has(ctx, id)
-		return ok
-	}})
+	plan := delta.NewPlan(delta.Inputs{Target: m, Seeds: seedIdx, Have: inCache(cache, m)})
 	g.logf("plan: %s from installed releases, %s from cache, %s to fetch (%d chunks)",
 		human(plan.Report.SeedBytes), human(plan.Report.CacheBytes), human(plan.Report.FetchBytes), plan.Report.FetchChunks)
 	var fetch delta.Fetcher = storingFetcher{client: client, cache: cache}

@@ -290,6 +290,17 @@ func (f storingFetcher) Fetch(ctx context.Context, refs []manifest.ChunkRef, fn 
 	})
 }
 
+// inCache returns the plan's Have for m's chunks in cache. A failed lookup
+// only means "fetch it".
+func inCache(cache *chunkstore.Local, m *manifest.Manifest) func(chunkstore.ID) bool {
+	ids := make([]chunkstore.ID, len(m.Chunks))
+	for i, c := range m.Chunks {
+		ids[i] = c.ID
+	}
+	h, _ := cache.Holds(ids)
+	return func(id chunkstore.ID) bool { return h[id] }
+}
+
 // parseSeed splits FILE[:MANIFEST].
 func parseSeed(arg string) (file, man string) {
 	if _, err := os.Stat(arg); err == nil {
@@ -413,10 +424,7 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 
 	phase("seeds")
 	// 4: plan.
-	plan := delta.NewPlan(delta.Inputs{Target: m, InPlace: inPlace, Seeds: seedIdx, Have: func(id chunkstore.ID) bool {
-		ok, _ := cache.Has(ctx, id)
-		return ok
-	}})
+	plan := delta.NewPlan(delta.Inputs{Target: m, InPlace: inPlace, Seeds: seedIdx, Have: inCache(cache, m)})
 	g.logf("plan: %s in place, %s from seeds, %s from cache, %s to fetch (%d chunks), %s zero",
 		human(plan.Report.InPlaceBytes), human(plan.Report.SeedBytes), human(plan.Report.CacheBytes),
 		human(plan.Report.FetchBytes), plan.Report.FetchChunks, human(plan.Report.ZeroBytes))
