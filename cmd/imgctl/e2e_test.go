@@ -190,6 +190,7 @@ type pullJSON struct {
 	Chunks         int    `json:"chunks"`
 	ManifestBytes  int    `json:"manifest_bytes"`
 	BytesFromPacks int64  `json:"bytes_from_packs"`
+	Fallbacks      int    `json:"fallbacks"`
 }
 
 type fixture struct {
@@ -280,6 +281,24 @@ func TestEndToEndPublishServePullDelta(t *testing.T) {
 		t.Fatalf("pull from a store directory: %+v %s", r5, res.stderr)
 	}
 	sameFile(t, filepath.Join(f.dir, "slotE"), f.img2)
+
+	// A seed whose layout is given by its manifest but whose bytes drifted
+	// since (a root file system mounted read-write changes its superblock
+	// at every mount): each drifted chunk fails its hash and is fetched.
+	drifted := filepath.Join(f.dir, "drifted")
+	d1 := append([]byte(nil), b...)
+	for off := 4096; off < len(d1); off += 1 << 20 {
+		if k := bytes.IndexFunc(d1[off:min(off+65536, len(d1))], func(r rune) bool { return r != 0 }); k >= 0 {
+			d1[off+k] ^= 0x55
+		}
+	}
+	os.WriteFile(drifted, d1, 0o644)
+	m1 := filepath.Join(f.store, "manifests", "os", "stable", "1.imgm")
+	r6, res := f.pull(t, f.store, filepath.Join(f.dir, "cache6"), filepath.Join(f.dir, "slotF"), "--seed", drifted+":"+m1)
+	if res.code != 0 || r6.Fallbacks == 0 || r6.BytesFromSeed >= r5.BytesFromSeed || r6.BytesFromSeed == 0 {
+		t.Fatalf("pull with a drifted seed: %+v (undrifted: %+v) %s", r6, r5, res.stderr)
+	}
+	sameFile(t, filepath.Join(f.dir, "slotF"), f.img2)
 
 	// Pulling again into a complete slot fetches only the manifest.
 	r4, res := f.pull(t, url, cache, slotB)
