@@ -24,15 +24,25 @@ import (
 // and verifies every chunk by its ID. Memory is bounded by one segment plus
 // its reference, whatever the size of the release.
 //
-// Format (version 1):
+// Format (version 2):
 //
-//	"IMGPACK\x01"
+//	"IMGPACK\x02"
 //	uvarint segments
 //	per segment:
 //	  uvarint refs;   refs × (uvarint offset delta, uvarint length)   ranges of FROM, ascending, disjoint
-//	  uvarint chunks; chunks × ([32] ID, uvarint size)             what the frame yields, in order
+//	  uvarint chunks                                               how many of the pack's chunks the frame yields
 //	  uvarint frame length; the zstd frame
-var packMagic = []byte("IMGPACK\x01")
+//
+// The chunks themselves are not in the pack: they are PackChunks(FROM, TO),
+// which a terminal computes from the two manifests it holds and the signed
+// pack record commits to (ChunksDigest), and the segments yield them in
+// that order. Version 1 listed every chunk's ID and size in its segment
+// (34 bytes a chunk, 0.9 % of the image pack); it is still read, and its
+// list must be the same.
+var (
+	packMagic   = []byte("IMGPACK\x02")
+	packMagicV1 = []byte("IMGPACK\x01")
+)
 
 // PackOptions tune BuildPack. The zero value is the default.
 type PackOptions struct {
@@ -241,10 +251,6 @@ func BuildPack(ctx context.Context, w io.Writer, from, to *manifest.Manifest, fr
 			prev = s.end
 		}
 		h = binary.AppendUvarint(h, uint64(len(seg)))
-		for _, c := range seg {
-			h = append(h, c.ID[:]...)
-			h = binary.AppendUvarint(h, uint64(c.Size))
-		}
 		h = binary.AppendUvarint(h, uint64(len(frame)))
 		cw.Write(h)
 		cw.Write(frame)
@@ -309,16 +315,18 @@ var ErrPack = errors.New("delta pack unusable")
 
 // DecodePack reads a pack from r, taking its references from FROM's content
 // (from, size fromSize), and calls fn with every chunk it yields, verified
-// by its ID and wanted by want (chunks a pack names that the release does
-// not want are an error). Memory: one segment and its reference.
+// by its ID. chunks is what the pack must yield, in order: PackChunks(FROM,
+// TO), the list the pack record's ChunksDigest commits to; a pack that
+// yields anything else, or not all of it, is an error (ErrPack). Memory: one
+// segment and its reference.
 //
 // Up to workers segments (0: one) are decoded at once, each holding its
 // segment and reference: fn may be called from several goroutines.
-func DecodePack(ctx context.Context, r io.Reader, from io.ReaderAt, fromSize int64, want func(chunkstore.ID) bool, fn func(chunkstore.Chunk) error, workers int) error {
+func DecodePack(ctx context.Context, r io.Reader, from io.ReaderAt, fromSize int64, chunks []manifest.ChunkRef, fn func(chunkstore.Chunk) error, workers int) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.SetLimit(max(workers, 1))
-	err := readPack(ctx, r, from, fromSize, func(s uint64, frame, ref []byte, crefs []packRef, total int) {
-		g.Go(func() error { return decodeSegment(s, frame, ref, crefs, total, want, fn) })
+	err := readPack(ctx, r, from, fromSize, chunks, func(s uint64, frame, ref []byte, crefs []manifest.ChunkRef, total int) {
+		g.Go(func() error { return decodeSegment(s, frame, ref, crefs, total, fn) })
 	})
 	if werr := g.Wait(); werr != nil {
 		return werr
@@ -326,15 +334,10 @@ func DecodePack(ctx context.Context, r io.Reader, from io.ReaderAt, fromSize int
 	return err
 }
 
-type packRef struct {
-	id   chunkstore.ID
-	size int
-}
-
 func packErr(f string, a ...any) error { return fmt.Errorf("%w: "+f, append([]any{ErrPack}, a...)...) }
 
 // decodeSegment decodes one frame and hands out its verified chunks.
-func decodeSegment(s uint64, frame, ref []byte, crefs []packRef, total int, want func(chunkstore.ID) bool, fn func(chunkstore.Chunk) error) error {
+func decodeSegment(s uint64, frame, ref []byte, crefs []manifest.ChunkRef, total int, fn func(chunkstore.Chunk) error) error {
 	plain, err := chunkstore.DecodeWithDict(frame, ref, total)
 	if err != nil {
 		return packErr("segment %d: %v", s, err)
@@ -344,30 +347,30 @@ func decodeSegment(s uint64, frame, ref []byte, crefs []packRef, total int, want
 	}
 	off := 0
 	for _, c := range crefs {
-		if !want(c.id) {
-			return packErr("chunk %s is not one the release needs", c.id.Short())
-		}
-		ch, err := chunkstore.VerifyPlain(c.id, plain[off:off+c.size:off+c.size])
+		n := int(c.Size)
+		ch, err := chunkstore.VerifyPlain(c.ID, plain[off:off+n:off+n])
 		if err != nil {
 			return packErr("%v", err)
 		}
 		if err := fn(ch); err != nil {
 			return err
 		}
-		off += c.size
+		off += n
 	}
 	return nil
 }
 
 // readPack parses a pack and calls seg with each segment's frame, reference
 // (read from FROM) and chunk list, in order.
-func readPack(ctx context.Context, r io.Reader, from io.ReaderAt, fromSize int64, seg func(s uint64, frame, ref []byte, crefs []packRef, total int)) error {
+func readPack(ctx context.Context, r io.Reader, from io.ReaderAt, fromSize int64, chunks []manifest.ChunkRef, seg func(s uint64, frame, ref []byte, crefs []manifest.ChunkRef, total int)) error {
 	br := bufio.NewReaderSize(r, 1<<20)
 	bad := packErr
 	magic := make([]byte, len(packMagic))
-	if _, err := io.ReadFull(br, magic); err != nil || string(magic) != string(packMagic) {
-		return bad("not a pack (version 1)")
+	if _, err := io.ReadFull(br, magic); err != nil || (string(magic) != string(packMagic) && string(magic) != string(packMagicV1)) {
+		return bad("not a pack (version 1 or 2)")
 	}
+	v1 := string(magic) == string(packMagicV1)
+	next := 0 // chunks handed to segments so far
 	uv := func(max uint64, what string) (uint64, error) {
 		v, err := binary.ReadUvarint(br)
 		if err != nil {
@@ -422,18 +425,27 @@ func readPack(ctx context.Context, r io.Reader, from io.ReaderAt, fromSize int64
 		if err != nil {
 			return err
 		}
-		crefs := make([]packRef, nch)
+		if nch > uint64(len(chunks)-next) {
+			return bad("segment %d yields %d chunks, %d are left to yield", s, nch, len(chunks)-next)
+		}
+		crefs := chunks[next : next+int(nch)]
+		next += int(nch)
 		total := 0
-		for i := range crefs {
-			if _, err := io.ReadFull(br, crefs[i].id[:]); err != nil {
-				return bad("chunk list: %v", err)
+		for _, c := range crefs {
+			if v1 {
+				var id chunkstore.ID
+				if _, err := io.ReadFull(br, id[:]); err != nil {
+					return bad("chunk list: %v", err)
+				}
+				n, err := uv(chunkstore.MaxChunkSize, "chunk size")
+				if err != nil {
+					return err
+				}
+				if id != c.ID || uint32(n) != c.Size {
+					return bad("chunk list differs from the releases' (chunk %s)", id.Short())
+				}
 			}
-			n, err := uv(chunkstore.MaxChunkSize, "chunk size")
-			if err != nil {
-				return err
-			}
-			crefs[i].size = int(n)
-			total += int(n)
+			total += int(c.Size)
 			if total > maxPackSegment {
 				return bad("segment of more than %d bytes", maxPackSegment)
 			}
@@ -450,6 +462,9 @@ func readPack(ctx context.Context, r io.Reader, from io.ReaderAt, fromSize int64
 	}
 	if _, err := br.ReadByte(); err != io.EOF {
 		return bad("trailing bytes")
+	}
+	if next != len(chunks) {
+		return bad("the pack yields %d of its %d chunks", next, len(chunks))
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"os"
 	"sync"
 	"testing"
 
@@ -106,11 +107,11 @@ func TestPackRoundTrip(t *testing.T) {
 	for _, c := range missing {
 		want[c.ID] = true
 	}
+	list := missing
 	decode := func(p []byte, ref []byte) (map[chunkstore.ID]bool, error) {
 		got := map[chunkstore.ID]bool{}
 		var mu sync.Mutex
-		err := delta.DecodePack(context.Background(), bytes.NewReader(p), bytes.NewReader(ref), int64(len(ref)),
-			func(id chunkstore.ID) bool { return want[id] },
+		err := delta.DecodePack(context.Background(), bytes.NewReader(p), bytes.NewReader(ref), int64(len(ref)), list,
 			func(c chunkstore.Chunk) error {
 				if chunkstore.Sum(c.Plain()) != c.ID() {
 					t.Fatal("unverified chunk delivered")
@@ -148,10 +149,48 @@ func TestPackRoundTrip(t *testing.T) {
 			t.Errorf("%s: %v, want ErrPack", name, err)
 		}
 	}
-	// A pack naming chunks the release does not need is refused.
-	want = map[chunkstore.ID]bool{}
-	if _, err := decode(pack.Bytes(), old); !errors.Is(err, delta.ErrPack) {
-		t.Errorf("unwanted chunks: %v", err)
+	// A pack for another pair of releases (other chunks, or not all of
+	// them) is refused.
+	other := append([]manifest.ChunkRef{from.Chunks[0]}, missing[1:]...) // a chunk FROM has: not in the pack
+	for name, l := range map[string][]manifest.ChunkRef{
+		"fewer chunks": missing[:len(missing)-1],
+		"more chunks":  append(append([]manifest.ChunkRef{}, missing...), missing[0]),
+		"other chunks": other,
+	} {
+		list = l
+		if _, err := decode(pack.Bytes(), old); !errors.Is(err, delta.ErrPack) {
+			t.Errorf("%s: %v, want ErrPack", name, err)
+		}
+	}
+}
+
+// Packs written by version 1 (every chunk's ID in the pack) still decode,
+// and only for the chunk list they were built for.
+func TestPackVersion1Decodes(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 7))
+	old := textish(r, 200<<10)
+	upd := append([]byte{}, old...)
+	for i := 1000; i < len(upd); i += 30 << 10 {
+		copy(upd[i:], "CHANGED")
+	}
+	store := memChunks{}
+	from, to := release(t, old, 1, store), release(t, upd, 2, store)
+	p, err := os.ReadFile("testdata/v1.dpack")
+	if err != nil {
+		t.Fatal(err)
+	}
+	missing := delta.PackChunks(from, to)
+	n := 0
+	err = delta.DecodePack(context.Background(), bytes.NewReader(p), bytes.NewReader(old), int64(len(old)), missing,
+		func(chunkstore.Chunk) error { n++; return nil }, 1)
+	if err != nil || n != len(missing) || n == 0 {
+		t.Fatalf("version 1 pack: %d of %d chunks, %v", n, len(missing), err)
+	}
+	other := append([]manifest.ChunkRef{from.Chunks[0]}, missing[1:]...)
+	err = delta.DecodePack(context.Background(), bytes.NewReader(p), bytes.NewReader(old), int64(len(old)), other,
+		func(chunkstore.Chunk) error { return nil }, 1)
+	if !errors.Is(err, delta.ErrPack) {
+		t.Fatalf("version 1 pack decoded for another chunk list: %v", err)
 	}
 }
 
@@ -188,8 +227,7 @@ func FuzzDecodePack(f *testing.F) {
 	f.Add(pack.Bytes()[:40])
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var mu sync.Mutex
-		delta.DecodePack(context.Background(), bytes.NewReader(b), bytes.NewReader(old), int64(len(old)),
-			func(chunkstore.ID) bool { return true },
+		delta.DecodePack(context.Background(), bytes.NewReader(b), bytes.NewReader(old), int64(len(old)), delta.PackChunks(from, to),
 			func(c chunkstore.Chunk) error {
 				mu.Lock()
 				defer mu.Unlock()

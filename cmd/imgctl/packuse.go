@@ -87,7 +87,7 @@ func usePack(ctx context.Context, g *globalOptions, src source, trust *manifest.
 				needed = append(needed, c)
 			}
 		}
-		f := &packFetcher{g: g, ps: ps, rec: rec, held: h, next: next, sw: sw, p2p: p2p, cacheDir: cacheDir}
+		f := &packFetcher{g: g, ps: ps, rec: rec, chunks: refs, held: h, next: next, sw: sw, p2p: p2p, cacheDir: cacheDir}
 		if len(needed) == 0 || !f.pays(needed) {
 			g.logf("pack %d→%d (%s) is not smaller than the chunks it would replace here", rec.From, rec.To, human(rec.Size))
 			continue
@@ -108,7 +108,10 @@ type packFetcher struct {
 	g    *globalOptions
 	ps   packSource
 	rec  *manifest.PackRecord
-	held heldRelease
+	// chunks is what the pack yields, in order (PackChunks of the two
+	// manifests; the record's ChunksDigest was checked against it).
+	chunks []manifest.ChunkRef
+	held   heldRelease
 	next delta.Fetcher
 	// bytes is how much of the pack was read.
 	bytes atomic.Int64
@@ -319,8 +322,7 @@ func (f *packFetcher) Fetch(ctx context.Context, refs []manifest.ChunkRef, fn fu
 		}
 		defer body.Close()
 		counted := transport.CountReader(body, &f.bytes)
-		return delta.DecodePack(ctx, counted, f.held.content, f.held.m.Size,
-			func(id chunkstore.ID) bool { return true }, // the record's chunk list was checked against both manifests
+		return delta.DecodePack(ctx, counted, f.held.content, f.held.m.Size, f.chunks,
 			func(c chunkstore.Chunk) error {
 				mu.Lock()
 				if !want[c.ID()] || done[c.ID()] {
