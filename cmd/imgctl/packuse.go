@@ -105,14 +105,14 @@ var packWorkers = min(runtime.GOMAXPROCS(0), 2)
 // the terminal holds, as the pack streams in, and fetches from next
 // whatever the pack did not yield (all of it if the pack fails midway).
 type packFetcher struct {
-	g    *globalOptions
-	ps   packSource
-	rec  *manifest.PackRecord
+	g   *globalOptions
+	ps  packSource
+	rec *manifest.PackRecord
 	// chunks is what the pack yields, in order (PackChunks of the two
 	// manifests; the record's ChunksDigest was checked against it).
 	chunks []manifest.ChunkRef
 	held   heldRelease
-	next delta.Fetcher
+	next   delta.Fetcher
 	// bytes is how much of the pack was read.
 	bytes atomic.Int64
 	// failed is set when the pack could not be used to the end.
