@@ -8,12 +8,18 @@
 #   ORIGIN_FLAGS="--max-peers 4"   extra flags for the origin's serve
 #   BRANCH=1 bash bench/swarm.sh   terminals pull from a branch cache
 #                                  (serve --upstream) that the origin feeds
+#   TERMS=/dev/shm/swarm           where the terminals' files go (default: under
+#                                  the work dir). On tmpfs the 20 terminals do
+#                                  not share one disk's writeback, as real ones
+#                                  do not.
 N=${N:-20}
 LIMIT=${LIMIT:-4MB/s}
 SIZE_MB=${SIZE_MB:-64}
 CHANGE_MB=${CHANGE_MB:-8}
 W=swarm
 . "$(dirname "$0")/lib.sh"
+T=${TERMS:-$W}
+mkdir -p "$T"
 
 # v1: compressible text and random blocks; v2: CHANGE_MB of it rewritten.
 python3 - "$W" "$SIZE_MB" "$CHANGE_MB" <<'PY'
@@ -70,21 +76,21 @@ run() { # run MODE COUNT: prints seconds and origin egress
 	local mode=$1 n=$2 e0 s e pids=()
 	[ "${BRANCH:-0}" = 1 ] && branch
 	# Each terminal already runs v1 (copying it is not part of the update).
-	for i in $(seq "$n"); do rm -rf "$W/t$i" && mkdir -p "$W/t$i" && cp "$W/v1.img" "$W/t$i/running.img"; done
+	for i in $(seq "$n"); do rm -rf "$T/t$i" && mkdir -p "$T/t$i" && cp "$W/v1.img" "$T/t$i/running.img"; done
 	sync
 	e0=$(egress)
 	s=$(date +%s.%N)
 	for i in $(seq "$n"); do
 		if [ "$mode" = p2p ]; then
-			terminal "$W/t$i" "127.0.1.$i" --p2p --listen "127.0.1.$i:0" --p2p-stall "$STALL" --seed-for 15s ${P2P_EXTRA:-} &
+			terminal "$T/t$i" "127.0.1.$i" --p2p --listen "127.0.1.$i:0" --p2p-stall "$STALL" --seed-for 15s ${P2P_EXTRA:-} &
 		else
-			terminal "$W/t$i" "127.0.1.$i" &
+			terminal "$T/t$i" "127.0.1.$i" &
 		fi
 		pids+=($!)
 	done
 	# Done = every terminal printed its result (p2p ones then keep seeding).
 	for i in $(seq "$n"); do
-		until [ -s "$W/t$i/out.json" ] || ! kill -0 "${pids[$((i - 1))]}" 2>/dev/null; do sleep 0.05; done
+		until [ -s "$T/t$i/out.json" ] || ! kill -0 "${pids[$((i - 1))]}" 2>/dev/null; do sleep 0.05; done
 	done
 	e=$(date +%s.%N)
 	wait "${pids[@]}"
@@ -94,7 +100,7 @@ run() { # run MODE COUNT: prints seconds and origin egress
 read -r t1 e1 < <(run http 1)
 read -r th eh < <(run http "$N")
 read -r tp ep < <(run p2p "$N")
-echo "machine: $(nproc) cores; origin upload limit $LIMIT; image ${SIZE_MB} MiB, delta $delta bytes; $N terminals; branch cache: ${BRANCH:-0}"
+echo "machine: $(nproc) cores; origin upload limit $LIMIT; image ${SIZE_MB} MiB, delta $delta bytes; $N terminals; branch cache: ${BRANCH:-0}; terminal files: $(df --output=fstype "$T" | tail -1)"
 printf 'one terminal alone (HTTP)          %6.2fs  origin egress %5.2f deltas\n' "$t1" "$(echo "$e1 / $delta" | bc -l)"
 printf '%2d terminals over HTTP             %6.2fs  origin egress %5.2f deltas  (%.1fx one alone)\n' "$N" "$th" "$(echo "$eh / $delta" | bc -l)" "$(echo "$th / $t1" | bc -l)"
 printf '%2d terminals over BitTorrent       %6.2fs  origin egress %5.2f deltas  (%.1fx one alone)  targets: <= 1.2 deltas, <= 2x\n' "$N" "$tp" "$(echo "$ep / $delta" | bc -l)" "$(echo "$tp / $t1" | bc -l)"
