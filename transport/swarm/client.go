@@ -308,6 +308,12 @@ func (h *Handle) Fetch(ctx context.Context, files []int, stall time.Duration) er
 		defer timer.Stop()
 		stalled = timer.C
 	}
+	// Configured peers are dialled once by anacrolix; one that failed (not
+	// up yet, restarted, a handshake lost under load) is dropped for good.
+	// Without a tracker to name it again, dial them again while no peer is
+	// connected.
+	redial := time.NewTicker(redialEvery)
+	defer redial.Stop()
 	for len(missing) > 0 {
 		ch := h.s.Changed()
 		k := 0
@@ -328,6 +334,11 @@ func (h *Handle) Fetch(ctx context.Context, files []int, stall time.Duration) er
 				timer.Reset(stall)
 			}
 			continue
+		case <-redial.C:
+			if len(h.c.cfg.Peers) > 0 && h.t.Stats().ActivePeers == 0 {
+				addPeers(h.t, h.c.cfg.Peers)
+			}
+			continue
 		case <-ctx.Done():
 			cause = context.Cause(ctx)
 		case <-stalled:
@@ -340,6 +351,10 @@ func (h *Handle) Fetch(ctx context.Context, files []int, stall time.Duration) er
 	}
 	return nil
 }
+
+// redialEvery is how often Fetch dials the configured peers again while
+// it has no peer.
+var redialEvery = 3 * time.Second
 
 // Stats are a torrent's transfer counters.
 type Stats struct {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -393,7 +394,7 @@ func TestFillOnDemand(t *testing.T) {
 		want = append(want, c.ID())
 	}
 	if err := h.FetchChunks(ctx, want, 0); err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v (leech %+v)", err, h.Stats())
 	}
 	for _, id := range want {
 		if _, err := term.Get(ctx, id); err != nil {
@@ -428,5 +429,42 @@ func TestQuietHandler(t *testing.T) {
 	log.Warn(unlockDiagnostic)
 	if out := buf.String(); !strings.Contains(out, "level=DEBUG") {
 		t.Fatalf("log at debug:\n%s", out)
+	}
+}
+
+// A configured peer that is not up when the fetch starts is dialled again
+// until it is: the fetch completes once the seeder appears (anacrolix
+// alone drops a peer whose dial failed, and no tracker names it again).
+func TestConfiguredPeerRedialled(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	rel := makeRelease(t, 6, 8, 16<<10)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close() // the seeder takes this port later; until then dials are refused
+	term := openStore(t)
+	leech := newClient(t, Config{Listen: "127.0.0.2:0", Peers: []string{addr}}, term, true)
+	h, err := leech.Add(ctx, rel.info, rel.env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := make([]chunkstore.ID, 0, len(rel.chunks))
+	for _, c := range rel.chunks {
+		want = append(want, c.ID())
+	}
+	done := make(chan error, 1)
+	go func() { done <- h.FetchChunks(ctx, want, 0) }()
+	time.Sleep(time.Second) // the first dial has failed by now
+	origin := openStore(t)
+	put(t, origin, rel.chunks)
+	seeder := newClient(t, Config{Listen: addr}, origin, false)
+	if _, err := seeder.Add(ctx, rel.info, rel.env); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("%v (leech %+v)", err, h.Stats())
 	}
 }
