@@ -98,6 +98,7 @@ func TestSwarmOriginFiveTerminals(t *testing.T) {
 	// that have pieces serve the others instead.
 	url := serve(t, store, "--seed-torrents", "--tracker", "--tracker-interval", "2s", "--upload-limit", "1MB/s")
 	before := egress(t, url)
+	httpBefore := metric(t, url, "imgctl_served_bytes_total")
 
 	const n = 5
 	type out struct {
@@ -145,8 +146,16 @@ func TestSwarmOriginFiveTerminals(t *testing.T) {
 		t.Logf("terminal %d: fetched %d bytes, %v from peers, %v over HTTP", i, o.res.BytesFetched, o.p2p["bytes_from_peers"], o.p2p["bytes_from_webseeds"])
 	}
 	sent := egress(t, url) - before
-	t.Logf("delta %.0f bytes; origin sent %.0f (%.2f deltas) for %d terminals; peers delivered %.0f", delta, sent, sent/delta, n, peers)
-	if sent > 1.5*delta {
+	httpSent := metric(t, url, "imgctl_served_bytes_total") - httpBefore
+	t.Logf("delta %.0f bytes; origin sent %.0f (%.2f deltas; %.0f of it over HTTP) for %d terminals; peers delivered %.0f", delta, sent, sent/delta, httpSent, n, peers)
+	// Without sharing the origin would send 5 deltas. Shared, it sent
+	// 1.33-1.51 in 14 runs of this test (2026-12-02: ~0.09 of it is the
+	// manifest and torrent info each terminal fetches over HTTP, the rest
+	// pieces the origin sends more than once while its 1 MB/s is the
+	// swarm's only source); 1.5 was this test's bound until a clean-clone
+	// CI run met 1.50. The bound (≤ 1.5 deltas through a branch)
+	// is TestBranchCache's, which asserts 1.3.
+	if sent > 1.75*delta {
 		t.Fatalf("origin sent %.0f bytes, %.2f times the delta of %.0f: the terminals did not share", sent, sent/delta, delta)
 	}
 	if peers < float64(n)*delta*0.9 {
