@@ -166,6 +166,13 @@ func (c *Client) TorrentFile(ctx context.Context, name, channel string, rev uint
 	return c.release(ctx, "/v1/torrents/", "", name, channel, rev, max)
 }
 
+// TorrentCompact fetches a release's torrent in compact form (trackers,
+// and info without the chunk IDs its manifest lists; swarm.ExpandTorrent),
+// capped at max bytes. Servers without it answer 404.
+func (c *Client) TorrentCompact(ctx context.Context, name, channel string, rev uint64, max int64) ([]byte, error) {
+	return c.release(ctx, "/v1/torrents/", "/compact", name, channel, rev, max)
+}
+
 // TorrentManifest fetches the manifest a release's torrent carries as its
 // first file (through the webseed route), capped at max bytes; the caller
 // verifies it.

@@ -31,6 +31,7 @@ import (
 //	POST /v1/chunks/batch                        many chunks in one response (see batch.go)
 //	GET  /v1/torrents/{name}/{channel}/{rev}     the release's .torrent (info, trackers, webseed)
 //	GET  /v1/torrents/{name}/{channel}/{rev}/info  its info bytes (checked against the manifest)
+//	GET  /v1/torrents/{name}/{channel}/{rev}/compact  trackers and info without what the manifest says
 //	GET  /v1/packs/{name}/{channel}/{rev}/from/{from}  signed record of a delta pack (packs.go)
 //	GET  /v1/packs/{id}                          a delta pack, Range supported
 //	GET  /ws/{torrent}/{file}                    BEP 19 webseed: a release torrent's files
@@ -57,6 +58,11 @@ type ServerOptions struct {
 	Announce []string
 	// Upstream, if set, makes the server a branch cache (upstream.go).
 	Upstream *Upstream
+	// CompactTorrent, if set, serves release torrents in compact form at
+	// /v1/torrents/{name}/{channel}/{rev}/compact: it gets the info bytes,
+	// the release's manifest and the announce URLs (swarm.CompactTorrent,
+	// which this package does not link).
+	CompactTorrent func(info, env []byte, trackers []string) ([]byte, error)
 }
 
 // Server serves a store's manifests and chunks over HTTP. It reads the
@@ -77,6 +83,7 @@ type Server struct {
 	corrupt  prometheus.Counter
 	mux      *http.ServeMux
 	announce []string
+	compact  *compactCache
 	up       *Upstream
 
 	namesMu sync.Mutex
@@ -92,6 +99,9 @@ func NewServer(root string, opts ServerOptions) (*Server, error) {
 	}
 	s := &Server{root: root, dir: dir, rel: manifest.OpenReleases(root), log: opts.Logger, limit: NewLimiter(opts.UploadLimit), reg: opts.Registry,
 		announce: opts.Announce, up: opts.Upstream}
+	if opts.CompactTorrent != nil {
+		s.compact = &compactCache{make: opts.CompactTorrent}
+	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -112,6 +122,7 @@ func NewServer(root string, opts ServerOptions) (*Server, error) {
 	s.mux.HandleFunc("POST /v1/chunks/batch", s.wrap("batch", s.handleBatch))
 	s.mux.HandleFunc("GET /v1/torrents/{name}/{channel}/{rev}", s.wrap("torrent", s.handleTorrent))
 	s.mux.HandleFunc("GET /v1/torrents/{name}/{channel}/{rev}/info", s.wrap("torrent-info", s.handleTorrentInfo))
+	s.mux.HandleFunc("GET /v1/torrents/{name}/{channel}/{rev}/compact", s.wrap("torrent-compact", s.handleTorrentCompact))
 	s.mux.HandleFunc("GET /ws/{torrent}/{file}", s.wrap("webseed", s.handleWebSeed))
 	s.mux.HandleFunc("GET /v1/packs/{name}/{channel}/{rev}/from/{from}", s.wrap("pack-record", s.packSide(manifest.SidePack, "application/octet-stream")))
 	s.mux.HandleFunc("GET /v1/packs/{name}/{channel}/{rev}/from/{from}/info", s.wrap("pack-info", s.packSide(manifest.SidePackInfo, "application/x-bittorrent-info")))

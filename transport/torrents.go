@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/imgctl/imgctl/manifest"
@@ -18,13 +19,19 @@ import (
 
 // releaseSide reads a side file of the release named in the request path.
 func (s *Server) releaseSide(w http.ResponseWriter, r *http.Request, kind string) ([]byte, bool) {
+	b, _, ok := s.releaseSideRev(w, r, kind)
+	return b, ok
+}
+
+// releaseSideRev is releaseSide, also returning the revision it read.
+func (s *Server) releaseSideRev(w http.ResponseWriter, r *http.Request, kind string) ([]byte, uint64, bool) {
 	name, channel := r.PathValue("name"), r.PathValue("channel")
 	var rev uint64
 	if v := r.PathValue("rev"); v != "latest" {
 		n, err := strconv.ParseUint(v, 10, 64)
 		if err != nil || n == 0 {
 			http.Error(w, "bad revision", http.StatusBadRequest)
-			return nil, false
+			return nil, 0, false
 		}
 		rev = n
 	} else if _, got, err := s.rel.Read(name, channel, 0); err == nil {
@@ -38,14 +45,75 @@ func (s *Server) releaseSide(w http.ResponseWriter, r *http.Request, kind string
 	b, err := s.rel.ReadSide(name, channel, rev, kind)
 	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, manifest.ErrNoRelease) || rev == 0 {
 		http.Error(w, "no torrent for this release (published with --no-torrent?)", http.StatusNotFound)
-		return nil, false
+		return nil, 0, false
 	}
 	if err != nil {
 		s.log.Error("read torrent", "err", err)
 		http.Error(w, "internal error", http.StatusInternalServerError)
-		return nil, false
+		return nil, 0, false
 	}
-	return b, true
+	return b, rev, true
+}
+
+// handleTorrentCompact serves a release torrent in compact form (trackers,
+// and info without the chunk IDs the terminal's manifest holds): a tenth
+// of the info bytes. Terminals check what they rebuild against the
+// manifest and fall back to the .torrent.
+func (s *Server) handleTorrentCompact(w http.ResponseWriter, r *http.Request) {
+	if s.compact == nil {
+		http.Error(w, "compact torrents not served here", http.StatusNotFound)
+		return
+	}
+	info, rev, ok := s.releaseSideRev(w, r, manifest.SideTorrentInfo)
+	if !ok {
+		return
+	}
+	name, channel := r.PathValue("name"), r.PathValue("channel")
+	b, err := s.compact.get(name+"/"+channel+"/"+strconv.FormatUint(rev, 10), func() ([]byte, error) {
+		env, _, err := s.rel.Read(name, channel, rev)
+		if err != nil {
+			return nil, err
+		}
+		return s.compact.make(info, env, s.announce)
+	})
+	if err != nil {
+		s.log.Warn("compact torrent", "name", name, "channel", channel, "rev", rev, "err", err)
+		http.Error(w, "no compact torrent for this release", http.StatusNotFound)
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-imgctl-torrent-compact")
+	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(b))
+}
+
+// compactCache keeps the compact torrents of the last few releases asked
+// for: twenty terminals asking at once cost one conversion.
+type compactCache struct {
+	make func(info, env []byte, trackers []string) ([]byte, error)
+	mu   sync.Mutex
+	keys []string
+	vals map[string][]byte
+}
+
+func (c *compactCache) get(key string, build func() ([]byte, error)) ([]byte, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if b, ok := c.vals[key]; ok {
+		return b, nil
+	}
+	b, err := build()
+	if err != nil {
+		return nil, err
+	}
+	if c.vals == nil {
+		c.vals = map[string][]byte{}
+	}
+	if len(c.keys) == 8 {
+		delete(c.vals, c.keys[0])
+		c.keys = c.keys[1:]
+	}
+	c.keys = append(c.keys, key)
+	c.vals[key] = b
+	return b, nil
 }
 
 func (s *Server) handleTorrentInfo(w http.ResponseWriter, r *http.Request) {

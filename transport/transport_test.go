@@ -311,3 +311,47 @@ func TestDroppedConnectionIsResumed(t *testing.T) {
 		t.Fatal("no connection was dropped")
 	}
 }
+
+// The compact torrent route hands the release's info bytes, manifest and
+// trackers to the server's CompactTorrent once per release (twenty
+// terminals at once cost one conversion), and is absent without it.
+func TestTorrentCompactRoute(t *testing.T) {
+	dir, _, plain := origin(t, 3)
+	if err := manifest.OpenReleases(dir).PutSide("os", "stable", 1, manifest.SideTorrentInfo, []byte("INFO")); err != nil {
+		t.Fatal(err)
+	}
+	calls := 0
+	srv, err := transport.NewServer(dir, transport.ServerOptions{Announce: []string{"http://tracker/announce"},
+		CompactTorrent: func(info, env []byte, trackers []string) ([]byte, error) {
+			calls++
+			if _, err := manifest.Open(env); err != nil {
+				return nil, err
+			}
+			return append(append([]byte("C:"), info...), trackers[0]...), nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	ts := httptest.NewServer(srv)
+	defer ts.Close()
+	c, err := transport.NewClient(ts.URL, transport.ClientOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		b, err := c.TorrentCompact(context.Background(), "os", "stable", 1, 1<<20)
+		if err != nil || string(b) != "C:INFOhttp://tracker/announce" {
+			t.Fatalf("compact torrent %q, %v", b, err)
+		}
+	}
+	if calls != 1 {
+		t.Fatalf("%d conversions for one release", calls)
+	}
+	ts2 := httptest.NewServer(plain)
+	defer ts2.Close()
+	c2, _ := transport.NewClient(ts2.URL, transport.ClientOptions{})
+	if _, err := c2.TorrentCompact(context.Background(), "os", "stable", 1, 1<<20); err == nil {
+		t.Fatal("a server without CompactTorrent served a compact torrent")
+	}
+}

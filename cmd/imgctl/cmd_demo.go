@@ -100,7 +100,7 @@ func runDemo(ctx context.Context, g *globalOptions, keep string, sizeMiB int) er
 		}
 	}
 
-	srv, err := transport.NewServer(store, transport.ServerOptions{Logger: g.log})
+	srv, err := transport.NewServer(store, transport.ServerOptions{Logger: g.log, CompactTorrent: serveCompactTorrent})
 	if err != nil {
 		return err
 	}

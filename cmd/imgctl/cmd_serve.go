@@ -117,7 +117,8 @@ func runServe(ctx context.Context, g *globalOptions, o *serveOptions) error {
 		}
 		g.logf("branch cache of %s", o.upstream)
 	}
-	srv, err := transport.NewServer(o.store, transport.ServerOptions{UploadLimit: limit, Logger: g.log, Announce: announce, Upstream: up})
+	srv, err := transport.NewServer(o.store, transport.ServerOptions{UploadLimit: limit, Logger: g.log, Announce: announce, Upstream: up,
+		CompactTorrent: serveCompactTorrent})
 	if err != nil {
 		return err
 	}
@@ -282,4 +283,14 @@ func seedTorrents(ctx context.Context, g *globalOptions, o *serveOptions, srv *t
 		c.Close()
 		dir.Close()
 	}, nil
+}
+
+// serveCompactTorrent is the server's CompactTorrent: a release torrent for
+// terminals that hold its manifest (swarm.CompactTorrent).
+func serveCompactTorrent(info, env []byte, trackers []string) ([]byte, error) {
+	m, err := manifest.Open(env)
+	if err != nil {
+		return nil, err
+	}
+	return swarm.CompactTorrent(info, m, trackers)
 }

@@ -105,6 +105,23 @@ func newSwarmClient(g *globalOptions, o *p2pOptions, cache *chunkstore.Local) (*
 	}, cache, cache)
 }
 
+// fetchCompactTorrent fetches m's torrent in compact form and rebuilds its info
+// bytes, which must be the ones m's record names.
+func fetchCompactTorrent(ctx context.Context, hc *transport.Client, m *manifest.Manifest, ref manifest.TorrentRef) ([]byte, []string, error) {
+	b, err := hc.TorrentCompact(ctx, m.Name, m.Channel, m.Revision, int64(ref.InfoSize)+64<<10)
+	if err != nil {
+		return nil, nil, err
+	}
+	info, trackers, err := swarm.ExpandTorrent(b, m)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := ref.Check(info); err != nil {
+		return nil, nil, err
+	}
+	return info, trackers, nil
+}
+
 // joinRelease joins the swarm of a verified release m, whose torrent info
 // comes from the HTTP origin and must match the manifest's record.
 func joinRelease(ctx context.Context, g *globalOptions, o *p2pOptions, m *manifest.Manifest, policy manifest.Policy, client source, cache *chunkstore.Local) (*pullSwarm, error) {
@@ -120,16 +137,21 @@ func joinRelease(ctx context.Context, g *globalOptions, o *p2pOptions, m *manife
 		return nil, errors.New("--p2p needs an HTTP --from (the torrent's info comes from it), or --magnet")
 	}
 	ref := refs[0]
-	tf, err := hc.TorrentFile(ctx, m.Name, m.Channel, m.Revision, int64(ref.InfoSize)+64<<10)
+	// The compact form first (a tenth of the info bytes: the manifest
+	// names the chunks already), then the whole .torrent.
+	info, trackers, err := fetchCompactTorrent(ctx, hc, m, ref)
 	if err != nil {
-		return nil, err
-	}
-	info, trackers, err := swarm.ParseTorrentFile(tf)
-	if err != nil {
-		return nil, err
-	}
-	if err := ref.Check(info); err != nil {
-		return nil, err
+		g.log.Debug("no compact torrent", "err", err)
+		tf, err := hc.TorrentFile(ctx, m.Name, m.Channel, m.Revision, int64(ref.InfoSize)+64<<10)
+		if err != nil {
+			return nil, err
+		}
+		if info, trackers, err = swarm.ParseTorrentFile(tf); err != nil {
+			return nil, err
+		}
+		if err := ref.Check(info); err != nil {
+			return nil, err
+		}
 	}
 	// The origin's trackers (its own with serve --tracker) join ours.
 	oo := *o

@@ -158,6 +158,12 @@ func TestSwarmOriginFiveTerminals(t *testing.T) {
 	if sent > 1.75*delta {
 		t.Fatalf("origin sent %.0f bytes, %.2f times the delta of %.0f: the terminals did not share", sent, sent/delta, delta)
 	}
+	// Each terminal took the torrent in compact form (info without the
+	// chunk IDs its manifest holds): all its HTTP, manifest included, is
+	// less than the info bytes alone.
+	if st, err := os.Stat(filepath.Join(store, "manifests", "os", "stable", "2.torrent-info")); err != nil || httpSent > float64(n*int(st.Size())) {
+		t.Fatalf("terminals fetched %.0f bytes over HTTP, more than %d copies of the torrent info (%v)", httpSent, n, err)
+	}
 	if peers < float64(n)*delta*0.9 {
 		t.Fatalf("terminals received %.0f bytes from peers for %d deltas of %.0f", peers, n, delta)
 	}

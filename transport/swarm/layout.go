@@ -167,6 +167,13 @@ func (l *Layout) Info(read ReadFile) (*metainfo.Info, []byte, error) {
 	if err := g.Wait(); err != nil {
 		return nil, nil, err
 	}
+	return l.info(pieces)
+}
+
+// info returns the info dictionary of l with the given piece hashes, and
+// its bencoded bytes: the one shape both publishing and ExpandTorrent
+// produce, so that a rebuilt info hashes to the published infohash.
+func (l *Layout) info(pieces []byte) (*metainfo.Info, []byte, error) {
 	info := &metainfo.Info{Name: l.Name, PieceLength: l.PieceLength, Pieces: pieces,
 		Files: make([]metainfo.FileInfo, 0, l.Files())}
 	info.Files = append(info.Files, metainfo.FileInfo{Length: l.offs[1], Path: []string{ManifestFile}})
