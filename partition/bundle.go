@@ -104,8 +104,12 @@ func (r *BundleRoot) Current() (uint64, error) {
 }
 
 // Manifest returns the signed manifest an installed revision was verified
-// against.
+// against. A manifest without its release directory (Commit killed between
+// writing the one and renaming the other) is no installed release.
 func (r *BundleRoot) Manifest(rev uint64) ([]byte, error) {
+	if fi, err := os.Stat(r.ReleaseDir(rev)); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("release %d is not installed", rev)
+	}
 	return os.ReadFile(r.manifestPath(rev))
 }
 

@@ -144,6 +144,17 @@ func TestBundleRootSwitch(t *testing.T) {
 	if err := r.Switch(1, "svc", "stable"); err == nil {
 		t.Fatal("switched to a staging tree")
 	}
+	// Commit killed after writing the manifest, before the rename: the
+	// manifest alone is no installed release (a rerun installs it again).
+	if err := os.WriteFile(r.manifestPath(1), []byte("manifest"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if env, err := r.Manifest(1); err == nil {
+		t.Fatalf("manifest %q of a release whose tree is still staged", env)
+	}
+	if revs, _ := r.Installed(); len(revs) != 0 {
+		t.Fatalf("installed %v", revs)
+	}
 	if err := r.Commit(1, []byte("manifest")); err != nil {
 		t.Fatal(err)
 	}
