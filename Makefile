@@ -15,6 +15,7 @@ test:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime 15s ./manifest
 	$(GO) test -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime 10s ./manifest
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodePack$$' -fuzztime 10s ./delta
+	$(GO) test -run '^$$' -fuzz '^FuzzExpandTorrent$$' -fuzztime 10s ./transport/swarm
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime 5m ./manifest

@@ -142,16 +142,18 @@ func ExpandTorrent(compact []byte, m *manifest.Manifest) (info []byte, trackers 
 		}
 		chunks[i] = Entry{ID: m.Chunks[k].ID, Stored: int64(n)}
 	}
-	if pl == 0 || ml == 0 {
-		return nil, nil, errors.New("compact torrent: empty piece or manifest length")
+	if pl < 16<<10 || ml == 0 {
+		return nil, nil, fmt.Errorf("compact torrent: piece length %d or manifest length %d", pl, ml)
 	}
 	l := NewLayout(name, int64(ml), chunks, int64(pl))
-	pieces := make([]byte, 20*l.NumPieces())
+	// What is left must be the piece hashes, exactly: checked before
+	// anything is allocated for them.
+	if int64(r.Len()) != 20*int64(l.NumPieces()) {
+		return nil, nil, fmt.Errorf("compact torrent: %d bytes of piece hashes for %d pieces", r.Len(), l.NumPieces())
+	}
+	pieces := make([]byte, r.Len())
 	if _, err := io.ReadFull(r, pieces); err != nil {
 		return nil, nil, bad("piece hashes", err)
-	}
-	if r.Len() != 0 {
-		return nil, nil, errors.New("compact torrent: trailing bytes")
 	}
 	_, info, err = l.info(pieces)
 	return info, trackers, err

@@ -59,3 +59,26 @@ func TestCompactTorrentRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// FuzzExpandTorrent: compact torrents come from a server not trusted until
+// the result matches the manifest; no input panics the decoder or makes it
+// allocate more than the input can describe.
+func FuzzExpandTorrent(f *testing.F) {
+	rel := makeRelease(f, 12, 11, 32<<10)
+	m := &manifest.Manifest{}
+	for _, c := range rel.chunks {
+		m.Chunks = append(m.Chunks, manifest.ChunkRef{ID: c.ID(), Size: uint32(c.Size())})
+	}
+	c, err := CompactTorrent(rel.info, m, []string{"http://t/announce"})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(c)
+	f.Add(c[:len(c)/2])
+	f.Fuzz(func(t *testing.T, b []byte) {
+		info, _, err := ExpandTorrent(b, m)
+		if err == nil && len(info) > 64*len(b)+1<<20 {
+			t.Fatalf("%d bytes of info from %d bytes", len(info), len(b))
+		}
+	})
+}

@@ -34,7 +34,7 @@ func openStore(t *testing.T) *chunkstore.Local {
 	return s
 }
 
-func makeRelease(t *testing.T, n int, seed uint64, pl int64) *release {
+func makeRelease(t testing.TB, n int, seed uint64, pl int64) *release {
 	t.Helper()
 	r := rand.New(rand.NewPCG(seed, 1))
 	rel := &release{env: bytes.Repeat([]byte("manifest!"), 1000+int(seed))}
