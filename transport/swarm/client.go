@@ -177,13 +177,8 @@ type Handle struct {
 // Add adds a release torrent whose info bytes are known (authenticated by
 // the manifest); env is the manifest file's content if held.
 func (c *Client) Add(ctx context.Context, infoBytes, env []byte) (*Handle, error) {
-	mi := metainfo.MetaInfo{InfoBytes: infoBytes}
-	ih := mi.HashInfoBytes()
-	info, err := mi.UnmarshalInfo()
-	if err != nil {
-		return nil, fmt.Errorf("torrent info: %w", err)
-	}
-	l, err := LayoutFromInfo(&info)
+	ih := metainfo.HashBytes(infoBytes)
+	_, l, err := parseInfo(infoBytes)
 	if err != nil {
 		return nil, err
 	}
@@ -354,7 +349,7 @@ func (h *Handle) Fetch(ctx context.Context, files []int, stall time.Duration) er
 
 // redialEvery is how often Fetch dials the configured peers again while
 // it has no peer.
-var redialEvery = 3 * time.Second
+const redialEvery = 3 * time.Second
 
 // Stats are a torrent's transfer counters.
 type Stats struct {

@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/anacrolix/torrent/metainfo"
-
 	"github.com/imgctl/imgctl/chunkstore"
 	"github.com/imgctl/imgctl/manifest"
 )
@@ -37,12 +35,7 @@ var compactMagic = []byte("IMGTORC\x01")
 // CompactTorrent writes the compact form of a release torrent's info
 // bytes, for terminals holding m, with the server's trackers.
 func CompactTorrent(infoBytes []byte, m *manifest.Manifest, trackers []string) ([]byte, error) {
-	meta := metainfo.MetaInfo{InfoBytes: infoBytes}
-	info, err := meta.UnmarshalInfo()
-	if err != nil {
-		return nil, fmt.Errorf("torrent info: %w", err)
-	}
-	mi, err := LayoutFromInfo(&info)
+	info, mi, err := parseInfo(infoBytes)
 	if err != nil {
 		return nil, err
 	}

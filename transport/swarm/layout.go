@@ -267,12 +267,18 @@ func Order(m *manifest.Manifest, prev []*manifest.Manifest) []int {
 
 // ParseInfo lays out a release torrent from its bencoded info.
 func ParseInfo(infoBytes []byte) (*Layout, error) {
-	mi := metainfo.MetaInfo{InfoBytes: infoBytes}
-	info, err := mi.UnmarshalInfo()
+	_, l, err := parseInfo(infoBytes)
+	return l, err
+}
+
+// parseInfo decodes a release torrent's info bytes and lays them out.
+func parseInfo(infoBytes []byte) (*metainfo.Info, *Layout, error) {
+	info, err := (&metainfo.MetaInfo{InfoBytes: infoBytes}).UnmarshalInfo()
 	if err != nil {
-		return nil, fmt.Errorf("torrent info: %w", err)
+		return nil, nil, fmt.Errorf("torrent info: %w", err)
 	}
-	return LayoutFromInfo(&info)
+	l, err := LayoutFromInfo(&info)
+	return &info, l, err
 }
 
 // FetchCost returns what a node holding the files held says yes to must
