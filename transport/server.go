@@ -100,7 +100,7 @@ func NewServer(root string, opts ServerOptions) (*Server, error) {
 	s := &Server{root: root, dir: dir, rel: manifest.OpenReleases(root), log: opts.Logger, limit: NewLimiter(opts.UploadLimit), reg: opts.Registry,
 		announce: opts.Announce, up: opts.Upstream}
 	if opts.CompactTorrent != nil {
-		s.compact = &compactCache{make: opts.CompactTorrent}
+		s.compact = &compactCache{build: opts.CompactTorrent}
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)

@@ -19,19 +19,22 @@ import (
 
 // releaseSide reads a side file of the release named in the request path.
 func (s *Server) releaseSide(w http.ResponseWriter, r *http.Request, kind string) ([]byte, bool) {
-	b, _, ok := s.releaseSideRev(w, r, kind)
-	return b, ok
+	name, channel, rev, ok := s.releaseRev(w, r)
+	if !ok {
+		return nil, false
+	}
+	return s.readSide(w, name, channel, rev, kind)
 }
 
-// releaseSideRev is releaseSide, also returning the revision it read.
-func (s *Server) releaseSideRev(w http.ResponseWriter, r *http.Request, kind string) ([]byte, uint64, bool) {
-	name, channel := r.PathValue("name"), r.PathValue("channel")
-	var rev uint64
+// releaseRev resolves the release named in the request path ("latest", and
+// on a branch cache the upstream's, mirrored); rev 0 means none is known.
+func (s *Server) releaseRev(w http.ResponseWriter, r *http.Request) (name, channel string, rev uint64, ok bool) {
+	name, channel = r.PathValue("name"), r.PathValue("channel")
 	if v := r.PathValue("rev"); v != "latest" {
 		n, err := strconv.ParseUint(v, 10, 64)
 		if err != nil || n == 0 {
 			http.Error(w, "bad revision", http.StatusBadRequest)
-			return nil, 0, false
+			return "", "", 0, false
 		}
 		rev = n
 	} else if _, got, err := s.rel.Read(name, channel, 0); err == nil {
@@ -42,40 +45,54 @@ func (s *Server) releaseSideRev(w http.ResponseWriter, r *http.Request, kind str
 			rev = got
 		}
 	}
+	return name, channel, rev, true
+}
+
+// readSide reads a side file of a release, answering 404 or 500 itself.
+func (s *Server) readSide(w http.ResponseWriter, name, channel string, rev uint64, kind string) ([]byte, bool) {
 	b, err := s.rel.ReadSide(name, channel, rev, kind)
 	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, manifest.ErrNoRelease) || rev == 0 {
 		http.Error(w, "no torrent for this release (published with --no-torrent?)", http.StatusNotFound)
-		return nil, 0, false
+		return nil, false
 	}
 	if err != nil {
 		s.log.Error("read torrent", "err", err)
 		http.Error(w, "internal error", http.StatusInternalServerError)
-		return nil, 0, false
+		return nil, false
 	}
-	return b, rev, true
+	return b, true
 }
 
 // handleTorrentCompact serves a release torrent in compact form (trackers,
 // and info without the chunk IDs the terminal's manifest holds): a tenth
 // of the info bytes. Terminals check what they rebuild against the
-// manifest and fall back to the .torrent.
+// manifest and fall back to the .torrent. The info side file (1.1 MB for
+// the 1 GiB image) is read only to build an entry of the cache.
 func (s *Server) handleTorrentCompact(w http.ResponseWriter, r *http.Request) {
 	if s.compact == nil {
 		http.Error(w, "compact torrents not served here", http.StatusNotFound)
 		return
 	}
-	info, rev, ok := s.releaseSideRev(w, r, manifest.SideTorrentInfo)
+	name, channel, rev, ok := s.releaseRev(w, r)
 	if !ok {
 		return
 	}
-	name, channel := r.PathValue("name"), r.PathValue("channel")
+	var failed bool // readSide answered the request
 	b, err := s.compact.get(name+"/"+channel+"/"+strconv.FormatUint(rev, 10), func() ([]byte, error) {
+		info, ok := s.readSide(w, name, channel, rev, manifest.SideTorrentInfo)
+		if !ok {
+			failed = true
+			return nil, errors.New("no torrent info")
+		}
 		env, _, err := s.rel.Read(name, channel, rev)
 		if err != nil {
 			return nil, err
 		}
-		return s.compact.make(info, env, s.announce)
+		return s.compact.build(info, env, s.announce)
 	})
+	if failed {
+		return
+	}
 	if err != nil {
 		s.log.Warn("compact torrent", "name", name, "channel", channel, "rev", rev, "err", err)
 		http.Error(w, "no compact torrent for this release", http.StatusNotFound)
@@ -88,10 +105,10 @@ func (s *Server) handleTorrentCompact(w http.ResponseWriter, r *http.Request) {
 // compactCache keeps the compact torrents of the last few releases asked
 // for: twenty terminals asking at once cost one conversion.
 type compactCache struct {
-	make func(info, env []byte, trackers []string) ([]byte, error)
-	mu   sync.Mutex
-	keys []string
-	vals map[string][]byte
+	build func(info, env []byte, trackers []string) ([]byte, error)
+	mu    sync.Mutex
+	keys  []string
+	vals  map[string][]byte
 }
 
 func (c *compactCache) get(key string, build func() ([]byte, error)) ([]byte, error) {
