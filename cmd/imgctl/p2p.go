@@ -105,21 +105,28 @@ func newSwarmClient(g *globalOptions, o *p2pOptions, cache *chunkstore.Local) (*
 	}, cache, cache)
 }
 
-// fetchCompactTorrent fetches m's torrent in compact form and rebuilds its info
-// bytes, which must be the ones m's record names.
-func fetchCompactTorrent(ctx context.Context, hc *transport.Client, m *manifest.Manifest, ref manifest.TorrentRef) ([]byte, []string, error) {
-	b, err := hc.TorrentCompact(ctx, m.Name, m.Channel, m.Revision, int64(ref.InfoSize)+64<<10)
-	if err != nil {
-		return nil, nil, err
+// releaseTorrent fetches m's torrent from the origin, compact (info
+// rebuilt from m and what m does not hold) or as a .torrent, and checks
+// its info against m's record.
+func releaseTorrent(ctx context.Context, hc *transport.Client, m *manifest.Manifest, ref manifest.TorrentRef, compact bool) (info []byte, trackers []string, err error) {
+	max := int64(ref.InfoSize) + 64<<10
+	if compact {
+		b, err := hc.TorrentCompact(ctx, m.Name, m.Channel, m.Revision, max)
+		if err != nil {
+			return nil, nil, err
+		}
+		info, trackers, err = swarm.ExpandTorrent(b, m)
+	} else {
+		tf, err := hc.TorrentFile(ctx, m.Name, m.Channel, m.Revision, max)
+		if err != nil {
+			return nil, nil, err
+		}
+		info, trackers, err = swarm.ParseTorrentFile(tf)
 	}
-	info, trackers, err := swarm.ExpandTorrent(b, m)
-	if err != nil {
-		return nil, nil, err
+	if err == nil {
+		err = ref.Check(info)
 	}
-	if err := ref.Check(info); err != nil {
-		return nil, nil, err
-	}
-	return info, trackers, nil
+	return info, trackers, err
 }
 
 // joinRelease joins the swarm of a verified release m, whose torrent info
@@ -139,17 +146,10 @@ func joinRelease(ctx context.Context, g *globalOptions, o *p2pOptions, m *manife
 	ref := refs[0]
 	// The compact form first (a tenth of the info bytes: the manifest
 	// names the chunks already), then the whole .torrent.
-	info, trackers, err := fetchCompactTorrent(ctx, hc, m, ref)
+	info, trackers, err := releaseTorrent(ctx, hc, m, ref, true)
 	if err != nil {
 		g.log.Debug("no compact torrent", "err", err)
-		tf, err := hc.TorrentFile(ctx, m.Name, m.Channel, m.Revision, int64(ref.InfoSize)+64<<10)
-		if err != nil {
-			return nil, err
-		}
-		if info, trackers, err = swarm.ParseTorrentFile(tf); err != nil {
-			return nil, err
-		}
-		if err := ref.Check(info); err != nil {
+		if info, trackers, err = releaseTorrent(ctx, hc, m, ref, false); err != nil {
 			return nil, err
 		}
 	}
