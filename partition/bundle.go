@@ -107,10 +107,21 @@ func (r *BundleRoot) Current() (uint64, error) {
 // against. A manifest without its release directory (Commit killed between
 // writing the one and renaming the other) is no installed release.
 func (r *BundleRoot) Manifest(rev uint64) ([]byte, error) {
-	if fi, err := os.Stat(r.ReleaseDir(rev)); err != nil || !fi.IsDir() {
+	if !r.installed(rev) {
 		return nil, fmt.Errorf("release %d is not installed", rev)
 	}
 	return os.ReadFile(r.manifestPath(rev))
+}
+
+// installed reports whether rev is a complete release: its tree and its
+// manifest, which Commit writes first, are both in place.
+func (r *BundleRoot) installed(rev uint64) bool {
+	fi, err := os.Stat(r.ReleaseDir(rev))
+	if err != nil || !fi.IsDir() {
+		return false
+	}
+	_, err = os.Stat(r.manifestPath(rev))
+	return err == nil
 }
 
 // Installed lists the complete releases, ascending.
@@ -122,10 +133,7 @@ func (r *BundleRoot) Installed() ([]uint64, error) {
 	var revs []uint64
 	for _, e := range ents {
 		rev, err := strconv.ParseUint(e.Name(), 10, 64)
-		if err != nil || !e.IsDir() {
-			continue
-		}
-		if _, err := os.Stat(r.manifestPath(rev)); err == nil {
+		if err == nil && r.installed(rev) {
 			revs = append(revs, rev)
 		}
 	}
@@ -164,11 +172,8 @@ func (r *BundleRoot) Commit(rev uint64, env []byte) error {
 // the new target, never neither) and records the state; name and channel
 // are the release's.
 func (r *BundleRoot) Switch(rev uint64, name, channel string) error {
-	if fi, err := os.Stat(r.ReleaseDir(rev)); err != nil || !fi.IsDir() {
+	if !r.installed(rev) {
 		return fmt.Errorf("release %d is not installed", rev)
-	}
-	if _, err := os.Stat(r.manifestPath(rev)); err != nil {
-		return fmt.Errorf("release %d has no recorded manifest", rev)
 	}
 	old, err := r.Current()
 	if err != nil {
