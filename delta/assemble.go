@@ -311,7 +311,11 @@ func (a *Assembler) locals(ctx context.Context, w *writer, plan *Plan, st *Stats
 					if err != nil {
 						return err
 					}
-					a.count(st, mu, t, i, kind, fallbacks, retry)
+					mu.Lock()
+					if !st.countLocal(kind, int64(t.Chunks[i].Size), fallbacks) {
+						*retry = append(*retry, i)
+					}
+					mu.Unlock()
 				}
 				if err := r.flush(); err != nil {
 					return err
@@ -330,13 +334,10 @@ const (
 	runBytes   = 1 << 20 // most bytes a run holds before it is written
 )
 
-// count adds chunk i, copied from kind after fallbacks failed candidates,
-// to st, or queues it for fetching.
-func (a *Assembler) count(st *Stats, mu *sync.Mutex, t *manifest.Manifest, i int, kind SourceKind, fallbacks int, retry *[]int) {
-	mu.Lock()
-	defer mu.Unlock()
+// countLocal adds a chunk of n bytes copied from kind after fallbacks
+// candidates failed; false means no candidate held it (it is fetched).
+func (st *Stats) countLocal(kind SourceKind, n int64, fallbacks int) bool {
 	st.Fallbacks += fallbacks
-	n := int64(t.Chunks[i].Size)
 	switch kind {
 	case SourceInPlace:
 		st.InPlaceChunks++
@@ -348,8 +349,9 @@ func (a *Assembler) count(st *Stats, mu *sync.Mutex, t *manifest.Manifest, i int
 		st.CacheChunks++
 		st.CacheBytes += n
 	default:
-		*retry = append(*retry, i)
+		return false
 	}
+	return true
 }
 
 // fetch gets chunks idx from a.Fetch and writes them everywhere they go.
@@ -401,7 +403,7 @@ func (a *Assembler) fetch(ctx context.Context, w *writer, idx []int, st *Stats, 
 
 // local tries chunk i's local candidates in order. It returns the source
 // used, or SourceFetch if none held the chunk.
-func (a *Assembler) local(ctx context.Context, w *run, plan *Plan, i int, buf []byte) (SourceKind, int, error) {
+func (a *Assembler) local(ctx context.Context, out *run, plan *Plan, i int, buf []byte) (SourceKind, int, error) {
 	c := plan.Target.Chunks[i]
 	fallbacks := 0
 	for _, cand := range plan.Sources[i] {
@@ -447,7 +449,7 @@ func (a *Assembler) local(ctx context.Context, w *run, plan *Plan, i int, buf []
 		if cand.Kind == SourceInPlace {
 			skip = cand.Offset
 		}
-		if err := w.add(i, data, skip); err != nil {
+		if err := out.add(i, data, skip); err != nil {
 			return 0, fallbacks, err
 		}
 		return cand.Kind, fallbacks, nil
