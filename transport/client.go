@@ -239,8 +239,9 @@ func (c *Client) get(ctx context.Context, req *http.Request, name, channel, r st
 	return b, resp.Header, nil
 }
 
-// Fetch retrieves chunks, verifies each against its ID and size, and calls
-// fn for each (from several goroutines). A chunk that fails verification is
+// Fetch retrieves chunks, verifies each against its ID and size (a ref of
+// size 0 against its ID alone), and calls fn for each (from several
+// goroutines). A chunk that fails verification is
 // requested again; if it keeps failing Fetch returns a
 // *chunkstore.IntegrityError (ErrCorrupt). fn's error stops the fetch.
 // Fetch has the shape of delta.Fetcher.
@@ -324,10 +325,27 @@ func (c *Client) fetchBatch(ctx context.Context, refs []manifest.ChunkRef, fn fu
 
 var errNoBatch = errors.New("server has no batch route")
 
+// plainSize is r's plain size for chunkstore.Verify: a ref without a size
+// (0: a branch asked for a chunk by ID alone) is checked by its ID only.
+func plainSize(r manifest.ChunkRef) int {
+	if r.Size == 0 {
+		return -1
+	}
+	return int(r.Size)
+}
+
+// maxStored is the most stored bytes r may take.
+func maxStored(r manifest.ChunkRef) int64 {
+	if r.Size == 0 {
+		return int64(chunkstore.MaxStoredSize(chunkstore.MaxChunkSize))
+	}
+	return int64(chunkstore.MaxStoredSize(int(r.Size)))
+}
+
 // deliver verifies one received chunk and hands it on. A corrupt chunk is
 // retried up to Retries times in total before it is a permanent error.
 func (c *Client) deliver(r manifest.ChunkRef, stored []byte, fn func(chunkstore.Chunk) error, corrupt map[chunkstore.ID]int) (retry bool, err error) {
-	ch, err := chunkstore.Verify(r.ID, stored, int(r.Size))
+	ch, err := chunkstore.Verify(r.ID, stored, plainSize(r))
 	if err != nil {
 		corrupt[r.ID]++
 		c.opts.Logger.Warn("server sent a corrupt chunk", "id", r.ID, "err", err)
@@ -348,7 +366,7 @@ func (c *Client) postBatch(ctx context.Context, refs []manifest.ChunkRef, fn fun
 	for _, r := range refs {
 		body.WriteString(r.ID.String())
 		body.WriteByte('\n')
-		limit += 36 + int64(chunkstore.MaxStoredSize(int(r.Size)))
+		limit += 36 + maxStored(r)
 	}
 	req, _ := http.NewRequest(http.MethodPost, c.url("/v1/chunks/batch"), &body)
 	req.Header.Set("Content-Type", "text/plain")
@@ -379,7 +397,7 @@ func (c *Client) postBatch(ctx context.Context, refs []manifest.ChunkRef, fn fun
 		if n == missingChunk {
 			return append(again, refs[i:]...), permanent{fmt.Errorf("chunk %s: server: %w", r.ID.Short(), chunkstore.ErrNotFound)}
 		}
-		if int64(n) > int64(chunkstore.MaxStoredSize(int(r.Size))) {
+		if int64(n) > maxStored(r) {
 			corrupt[r.ID] = c.opts.Retries
 			return nil, permanent{&chunkstore.IntegrityError{ID: r.ID, Reason: fmt.Sprintf("server declares %d stored bytes for %d plain bytes", n, r.Size)}}
 		}
@@ -416,7 +434,7 @@ func (c *Client) getEach(ctx context.Context, refs []manifest.ChunkRef, fn func(
 			resp.Body.Close()
 			return refs[i:], fmt.Errorf("%w: GET chunk: %s", ErrPeerUnavailable, resp.Status)
 		}
-		limit := int64(chunkstore.MaxStoredSize(int(r.Size)))
+		limit := maxStored(r)
 		stored, err := io.ReadAll(&countReader{r: io.LimitReader(resp.Body, limit+1), n: &c.received})
 		resp.Body.Close()
 		if err != nil {

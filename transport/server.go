@@ -19,7 +19,6 @@ import (
 	"github.com/imgctl/imgctl/manifest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
 )
 
@@ -306,21 +305,20 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if s.up != nil {
-		// A branch cache fetches what it lacks first, several at a time.
-		var g errgroup.Group
-		g.SetLimit(8)
+		// A branch cache fetches what it lacks first, in one batch
+		// upstream; what upstream cannot give is reported missing below.
+		var lack []manifest.ChunkRef
 		for _, id := range ids {
 			if ok, _ := s.dir.Has(r.Context(), id); !ok {
-				g.Go(func() error {
-					if err := s.up.Chunk(r.Context(), id); err != nil {
-						s.log.Warn("upstream chunk", "id", id, "err", err)
-					}
-					return nil
-				})
+				lack = append(lack, manifest.ChunkRef{ID: id})
 			}
 		}
-		g.Wait()
-		s.dir.Refresh()
+		if len(lack) > 0 {
+			if err := s.up.Chunks(r.Context(), lack); err != nil {
+				s.log.Warn("upstream chunks", "chunks", len(lack), "err", err)
+			}
+			s.dir.Refresh()
+		}
 	}
 	w.Header().Set("Content-Type", MediaBatch)
 	bw := bufio.NewWriterSize(w, 256<<10)

@@ -355,3 +355,112 @@ func TestTorrentCompactRoute(t *testing.T) {
 		t.Fatal("a server without CompactTorrent served a compact torrent")
 	}
 }
+
+// countingOrigin serves srv and counts the chunk IDs asked for, by single
+// GETs and inside batch requests.
+type countingOrigin struct {
+	srv         http.Handler
+	mu          sync.Mutex
+	gets, posts int
+	asked       map[chunkstore.ID]int
+}
+
+func (o *countingOrigin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	o.mu.Lock()
+	switch {
+	case r.Method == http.MethodPost && r.URL.Path == "/v1/chunks/batch":
+		body, _ := io.ReadAll(r.Body)
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		o.posts++
+		for _, l := range strings.Fields(string(body)) {
+			if id, err := chunkstore.ParseID(l); err == nil {
+				o.asked[id]++
+			}
+		}
+	case r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/v1/chunks/"):
+		o.gets++
+		if id, err := chunkstore.ParseID(strings.TrimPrefix(r.URL.Path, "/v1/chunks/")); err == nil {
+			o.asked[id]++
+		}
+	}
+	h := o.srv
+	o.mu.Unlock()
+	h.ServeHTTP(w, r)
+}
+
+// A branch fills what it lacks by batch requests, each chunk once however
+// many callers ask at the same time; a chunk upstream lacks fails alone.
+func TestUpstreamChunksBatches(t *testing.T) {
+	ctx := context.Background()
+	_, refs, srv := origin(t, 40)
+	o := &countingOrigin{srv: srv, asked: map[chunkstore.ID]int{}}
+	hs := httptest.NewServer(o)
+	defer hs.Close()
+	store, err := chunkstore.Open(t.TempDir(), chunkstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	up, err := transport.NewUpstream(hs.URL, store, transport.UpstreamOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Four callers at once, over overlapping halves; some refs by ID only.
+	var wg sync.WaitGroup
+	errs := make([]error, 4)
+	for k := 0; k < 4; k++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			part := append([]manifest.ChunkRef(nil), refs[k*10:min(len(refs), k*10+20)]...)
+			if k%2 == 1 {
+				for i := range part {
+					part[i].Size = 0
+				}
+			}
+			errs[k] = up.Chunks(ctx, part)
+		}()
+	}
+	wg.Wait()
+	for k, err := range errs {
+		if err != nil {
+			t.Fatalf("caller %d: %v", k, err)
+		}
+	}
+	for _, r := range refs {
+		if _, err := store.Get(ctx, r.ID); err != nil {
+			t.Fatalf("chunk %s: %v", r.ID.Short(), err)
+		}
+		if n := o.asked[r.ID]; n != 1 {
+			t.Fatalf("chunk %s asked upstream %d times", r.ID.Short(), n)
+		}
+	}
+	if o.gets != 0 || o.posts == 0 || o.posts > 4 {
+		t.Fatalf("%d GETs and %d batch requests for %d chunks", o.gets, o.posts, len(refs))
+	}
+
+	// Held chunks cost no request; one upstream lacks fails alone.
+	fresh := storetest.Chunk(t, 999, 4000)
+	_, more, srv2 := origin(t, 45) // the same first 40 chunks and 5 more
+	o.mu.Lock()
+	o.srv = srv2
+	before := o.posts + o.gets
+	o.mu.Unlock()
+	ask := append(append(append([]manifest.ChunkRef(nil), refs...), manifest.ChunkRef{ID: fresh.ID(), Size: uint32(fresh.Size())}), more[40:]...)
+	err = up.Chunks(ctx, ask)
+	if !errors.Is(err, chunkstore.ErrNotFound) {
+		t.Fatalf("a chunk upstream lacks: %v", err)
+	}
+	for _, r := range more[40:] {
+		if _, err := store.Get(ctx, r.ID); err != nil {
+			t.Fatalf("chunk %s after a missing one: %v", r.ID.Short(), err)
+		}
+	}
+	for _, r := range refs {
+		if o.asked[r.ID] != 1 {
+			t.Fatalf("held chunk %s asked again", r.ID.Short())
+		}
+	}
+	t.Logf("first fill: %d batch requests for %d chunks; with a missing chunk: %d requests more", o.posts, len(refs), o.posts+o.gets-before)
+}

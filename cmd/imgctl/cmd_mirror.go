@@ -7,7 +7,6 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/imgctl/imgctl/chunkstore"
 	"github.com/imgctl/imgctl/manifest"
@@ -53,11 +52,15 @@ allows one writer).`,
 	f.StringVar(&o.name, "name", "", "release name")
 	f.StringVar(&o.channel, "channel", "stable", "release channel")
 	f.Uint64Var(&o.revision, "revision", 0, "revision (0: the latest)")
-	f.IntVar(&o.concurrency, "concurrency", 8, "chunks fetched at once")
+	f.IntVar(&o.concurrency, "concurrency", 4, "batch requests to upstream in flight")
 	f.StringVar(&o.downloadLimit, "download-limit", "0", "cap on download from --from, e.g. 2MB/s (0: none)")
 	f.BoolVar(&o.json, "json", false, "print the result as JSON")
 	return cmd
 }
+
+// mirrorGroup is how many chunks a mirror asks upstream for between two
+// progress updates.
+const mirrorGroup = 1024
 
 func runMirror(ctx context.Context, g *globalOptions, o *mirrorOptions) error {
 	if o.store == "" || o.from == "" || o.name == "" {
@@ -75,7 +78,7 @@ func runMirror(ctx context.Context, g *globalOptions, o *mirrorOptions) error {
 		return err
 	}
 	defer store.Close()
-	up, err := transport.NewUpstream(o.from, store, transport.UpstreamOptions{DownloadLimit: limit, Logger: g.log})
+	up, err := transport.NewUpstream(o.from, store, transport.UpstreamOptions{DownloadLimit: limit, Concurrency: o.concurrency, Logger: g.log})
 	if err != nil {
 		return usageError{err}
 	}
@@ -89,22 +92,26 @@ func runMirror(ctx context.Context, g *globalOptions, o *mirrorOptions) error {
 	m := pending.Manifest()
 	rev := m.Revision
 	res := mirrorResult{Name: m.Name, Channel: m.Channel, Revision: rev, Chunks: len(m.Chunks)}
-	eg, ectx := errgroup.WithContext(ctx)
-	eg.SetLimit(max(o.concurrency, 1))
 	prog := newProgress(g, "mirror "+o.name)
 	prog.Start(int64(len(m.Chunks)))
+	var lack []manifest.ChunkRef
 	for _, c := range m.Chunks {
 		if ok, _ := store.Has(ctx, c.ID); ok {
 			prog.Add(1)
 			continue
 		}
-		res.ChunksFetched++
-		eg.Go(func() error {
-			defer prog.Add(1)
-			return up.Chunk(ectx, c.ID)
-		})
+		lack = append(lack, c)
 	}
-	err = eg.Wait()
+	res.ChunksFetched = len(lack)
+	// In groups, for progress: each group goes upstream as batch
+	// requests, several at a time (one request per chunk made a mirror
+	// over a long link latency-bound).
+	for len(lack) > 0 && err == nil {
+		n := min(len(lack), mirrorGroup)
+		err = up.Chunks(ctx, lack[:n])
+		prog.Add(int64(n))
+		lack = lack[n:]
+	}
 	prog.Done()
 	if ferr := store.Flush(ctx); err == nil {
 		err = ferr

@@ -175,9 +175,14 @@ func seedTorrents(ctx context.Context, g *globalOptions, o *serveOptions, srv *t
 		UploadLimiter: srv.Limiter(), MaxConns: o.maxPeers, Logger: g.log}
 	if up != nil {
 		// A branch offers every piece of the releases it knows and fetches
-		// a chunk from upstream (once, verified) when a peer first asks.
-		cfg.Fill = func(ctx context.Context, id chunkstore.ID) error {
-			if err := up.Chunk(ctx, id); err != nil {
+		// a piece's chunks from upstream (once, verified, one request)
+		// when a peer first asks for the piece.
+		cfg.Fill = func(ctx context.Context, ids []chunkstore.ID) error {
+			refs := make([]manifest.ChunkRef, len(ids))
+			for i, id := range ids {
+				refs[i].ID = id
+			}
+			if err := up.Chunks(ctx, refs); err != nil {
 				return err
 			}
 			return dir.Refresh()

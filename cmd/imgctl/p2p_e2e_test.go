@@ -38,6 +38,26 @@ func metric(t *testing.T, url, name string) float64 {
 	return 0
 }
 
+// requests is how many requests a server answered on route, any status.
+func requests(t *testing.T, url, route string) float64 {
+	t.Helper()
+	resp, err := http.Get(url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var buf bytes.Buffer
+	buf.ReadFrom(resp.Body)
+	n := 0.0
+	for _, l := range strings.Split(buf.String(), "\n") {
+		if strings.HasPrefix(l, "imgctl_http_requests_total{") && strings.Contains(l, `route="`+route+`"`) {
+			f, _ := strconv.ParseFloat(l[strings.LastIndexByte(l, ' ')+1:], 64)
+			n += f
+		}
+	}
+	return n
+}
+
 // egress is what a serving role sent: HTTP bodies plus BitTorrent payload.
 func egress(t *testing.T, url string) float64 {
 	return metric(t, url, "imgctl_served_bytes_total") + metric(t, url, "imgctl_torrent_uploaded_bytes_total")
@@ -316,6 +336,13 @@ func TestBranchCache(t *testing.T) {
 	wave(5, 7)
 	hq2 := metric(t, hq, "imgctl_served_bytes_total")
 	t.Logf("delta %.0f; HQ sent %.0f for the first 5 terminals (%.2f deltas), %.0f more for the next 2", delta, hq1, hq1/delta, hq2-hq1)
+	// The branch fills by batches (a piece's chunks, a terminal's batch):
+	// a request per chunk made its fill latency-bound over a WAN.
+	gets, posts := requests(t, hq, "chunk"), requests(t, hq, "batch")
+	t.Logf("HQ answered %.0f single-chunk GETs and %.0f batch requests", gets, posts)
+	if gets > 0 || posts == 0 {
+		t.Fatalf("HQ answered %.0f single-chunk GETs and %.0f batch requests; the branch should fill by batches only", gets, posts)
+	}
 	if hq1 > 1.3*delta {
 		t.Fatalf("HQ sent %.0f bytes (%.2f deltas) to a branch serving 5 terminals", hq1, hq1/delta)
 	}
@@ -343,6 +370,16 @@ func TestBranchSwarmFillsFromUpstream(t *testing.T) {
 	}
 	sameFile(t, filepath.Join(td, "new.img"), f.v2)
 	peers, web := mostlyFromPeers(t, r.stdout, "a terminal behind a cold branch")
+	pulled := decode[struct {
+		Chunks int `json:"chunks_fetched"`
+	}](t, r.stdout)
+	// A piece's chunks are filled by one request (32 KiB pieces hold
+	// several chunks of this release).
+	gets, posts := requests(t, hq, "chunk"), requests(t, hq, "batch")
+	t.Logf("%d chunks; HQ answered %.0f single-chunk GETs and %.0f batch requests", pulled.Chunks, gets, posts)
+	if gets > 0 || posts == 0 || posts >= float64(pulled.Chunks) {
+		t.Fatalf("HQ answered %.0f single-chunk GETs and %.0f batch requests for %d chunks", gets, posts, pulled.Chunks)
+	}
 	if hqSent := metric(t, hq, "imgctl_served_bytes_total"); hqSent > 1.3*f.delta {
 		t.Fatalf("HQ sent %.0f bytes for a %.0f-byte delta", hqSent, f.delta)
 	}
@@ -365,6 +402,10 @@ func TestMirror(t *testing.T) {
 	m1 := decode[mirrorJSON](t, mustRun(t, "mirror", "-q", "--json", "--store", branch, "--from", hq, "--name", "os", "--download-limit", "50MB/s"))
 	if m1.Revision != 1 || m1.Chunks == 0 || m1.ChunksFetched != m1.Chunks {
 		t.Fatalf("first mirror: %+v", m1)
+	}
+	// Batch requests of ~2 MiB, not one request per chunk.
+	if gets, posts := requests(t, hq, "chunk"), requests(t, hq, "batch"); gets > 0 || posts == 0 || posts > 8 {
+		t.Fatalf("mirror of %d chunks (4 MiB): HQ answered %.0f single-chunk GETs and %.0f batch requests", m1.Chunks, gets, posts)
 	}
 	if m2 := decode[mirrorJSON](t, mustRun(t, "mirror", "-q", "--json", "--store", branch, "--from", hq, "--name", "os")); m2.ChunksFetched != 0 {
 		t.Fatalf("second mirror fetched again: %+v", m2)

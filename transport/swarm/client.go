@@ -41,12 +41,12 @@ type Config struct {
 	PEX           bool
 	Logger        *slog.Logger
 	// Fill, for a node that only seeds (a branch cache), makes its store
-	// hold a chunk it lacks (fetched from upstream, verified). With it the
-	// node offers every piece of its torrents and fills a chunk when a peer
-	// first asks for it, as it does for HTTP requests: terminals behind a
-	// branch get the release from the swarm at once instead of waiting
-	// until the branch happens to hold it.
-	Fill func(ctx context.Context, id chunkstore.ID) error
+	// hold chunks it lacks (fetched from upstream, verified). With it the
+	// node offers every piece of its torrents and fills a piece's chunks
+	// when a peer first asks for the piece, as it does for HTTP requests:
+	// terminals behind a branch get the release from the swarm at once
+	// instead of waiting until the branch happens to hold it.
+	Fill func(ctx context.Context, ids []chunkstore.ID) error
 }
 
 // Client is one BitTorrent node over a chunk store.

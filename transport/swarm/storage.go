@@ -38,7 +38,7 @@ type Storage struct {
 	put chunkstore.Putter // nil: a seeder that never downloads
 	// fill makes src hold a chunk (a branch cache's upstream); with it,
 	// every piece is offered (Config.Fill).
-	fill    func(ctx context.Context, id chunkstore.ID) error
+	fill    func(ctx context.Context, ids []chunkstore.ID) error
 	staging string
 	log     *slog.Logger
 
@@ -269,17 +269,17 @@ func (p piece) ReadAt(b []byte, off int64) (int, error) {
 		return 0, io.EOF
 	}
 	b = b[:min(int64(len(b)), pn-off)]
+	if t.s.fill != nil {
+		if err := t.fillPiece(p.i); err != nil {
+			return 0, err
+		}
+	}
 	abs := po + off
 	n := 0
 	for n < len(b) {
 		f := t.L.fileAt(abs + int64(n))
 		fo, fl := t.L.FileRange(f)
 		seg := b[n:min(len(b), n+int(fo+fl-(abs+int64(n))))]
-		if !t.Have(f) && t.s.fill != nil && f > 0 {
-			if err := t.fillFile(f); err != nil {
-				return n, err
-			}
-		}
 		if t.Have(f) {
 			data, err := t.readFile(f)
 			if err != nil {
@@ -431,22 +431,37 @@ func (p piece) MarkNotComplete() error {
 // fillTimeout bounds how long a peer's read waits for a branch's upstream.
 const fillTimeout = 2 * time.Minute
 
-// fillFile has the store fetch file f's chunk (a branch cache) and marks
-// it held.
-func (t *Torrent) fillFile(f int) error {
+// fillPiece has the store fetch the chunks of piece i it lacks (a branch
+// cache), in one call: a peer reads a piece in 16 KiB blocks, and the
+// chunks of the whole piece are needed anyway. It marks them held.
+func (t *Torrent) fillPiece(i int) error {
+	first, last := t.L.FilesOf(i)
+	var files []int
+	var ids []chunkstore.ID
+	for f := max(first, 1); f <= last; f++ {
+		if !t.Have(f) {
+			files = append(files, f)
+			ids = append(ids, t.L.Chunks[f-1].ID)
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), fillTimeout)
 	defer cancel()
-	if err := t.s.fill(ctx, t.L.Chunks[f-1].ID); err != nil {
-		return fmt.Errorf("filling chunk %s: %w", t.L.Chunks[f-1].ID.Short(), err)
+	if err := t.s.fill(ctx, ids); err != nil {
+		return fmt.Errorf("filling %d chunks of piece %d: %w", len(ids), i, err)
 	}
-	if ok, err := t.s.src.Has(ctx, t.L.Chunks[f-1].ID); err != nil || !ok {
-		return fmt.Errorf("chunk %s: filled, but the store does not have it", t.L.Chunks[f-1].ID.Short())
+	for k, f := range files {
+		if ok, err := t.s.src.Has(ctx, ids[k]); err != nil || !ok {
+			return fmt.Errorf("chunk %s: filled, but the store does not have it", ids[k].Short())
+		}
+		t.mu.Lock()
+		if !t.have[f] {
+			t.arrivedLocked(f)
+		}
+		t.mu.Unlock()
 	}
-	t.mu.Lock()
-	if !t.have[f] {
-		t.arrivedLocked(f)
-	}
-	t.mu.Unlock()
 	return nil
 }
 

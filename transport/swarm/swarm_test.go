@@ -357,7 +357,7 @@ func TestReproduce(t *testing.T) {
 }
 
 // A node with Fill (a branch cache) offers every piece while its store is
-// empty and fills each chunk once, when a peer first asks for it.
+// empty and fills each chunk once, when a peer first asks for its piece.
 func TestFillOnDemand(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -369,16 +369,20 @@ func TestFillOnDemand(t *testing.T) {
 	branch := openStore(t)
 	var mu sync.Mutex
 	fills := map[chunkstore.ID]int{}
-	seeder := newClient(t, Config{Listen: "127.0.0.1:0", Fill: func(ctx context.Context, id chunkstore.ID) error {
-		mu.Lock()
-		fills[id]++
-		mu.Unlock()
-		c, ok := upstream[id]
-		if !ok {
-			return chunkstore.ErrNotFound
+	seeder := newClient(t, Config{Listen: "127.0.0.1:0", Fill: func(ctx context.Context, ids []chunkstore.ID) error {
+		for _, id := range ids {
+			mu.Lock()
+			fills[id]++
+			mu.Unlock()
+			c, ok := upstream[id]
+			if !ok {
+				return chunkstore.ErrNotFound
+			}
+			if _, err := branch.Put(ctx, c); err != nil {
+				return err
+			}
 		}
-		_, err := branch.Put(ctx, c)
-		return err
+		return nil
 	}}, branch, false)
 	if _, err := seeder.Add(ctx, rel.info, rel.env); err != nil {
 		t.Fatal(err)
