@@ -21,25 +21,19 @@ import (
 // metric reads one counter from a /metrics endpoint.
 func metric(t *testing.T, url, name string) float64 {
 	t.Helper()
-	resp, err := http.Get(url + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var buf bytes.Buffer
-	buf.ReadFrom(resp.Body)
-	for _, l := range strings.Split(buf.String(), "\n") {
+	text := metricsText(t, url)
+	for _, l := range strings.Split(text, "\n") {
 		if v, ok := strings.CutPrefix(l, name+" "); ok {
 			f, _ := strconv.ParseFloat(v, 64)
 			return f
 		}
 	}
-	t.Fatalf("%s: no %s in\n%s", url, name, buf.String())
+	t.Fatalf("%s: no %s in\n%s", url, name, text)
 	return 0
 }
 
-// requests is how many requests a server answered on route, any status.
-func requests(t *testing.T, url, route string) float64 {
+// metricsText is a server's /metrics page.
+func metricsText(t *testing.T, url string) string {
 	t.Helper()
 	resp, err := http.Get(url + "/metrics")
 	if err != nil {
@@ -48,8 +42,14 @@ func requests(t *testing.T, url, route string) float64 {
 	defer resp.Body.Close()
 	var buf bytes.Buffer
 	buf.ReadFrom(resp.Body)
+	return buf.String()
+}
+
+// requests is how many requests a server answered on route, any status.
+func requests(t *testing.T, url, route string) float64 {
+	t.Helper()
 	n := 0.0
-	for _, l := range strings.Split(buf.String(), "\n") {
+	for _, l := range strings.Split(metricsText(t, url), "\n") {
 		if strings.HasPrefix(l, "imgctl_http_requests_total{") && strings.Contains(l, `route="`+route+`"`) {
 			f, _ := strconv.ParseFloat(l[strings.LastIndexByte(l, ' ')+1:], 64)
 			n += f
