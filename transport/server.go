@@ -236,9 +236,10 @@ func (s *Server) handleManifest(w http.ResponseWriter, r *http.Request) {
 // readVerified reads id and checks its stored bytes against the pack
 // index's checksum, counting corruption. (Clients verify the plain bytes
 // against the ID; this check keeps a server from sending rotten bytes.)
-func (s *Server) readVerified(id chunkstore.ID) ([]byte, error) {
+// With fill, a branch cache asks upstream for a chunk it lacks.
+func (s *Server) readVerified(id chunkstore.ID, fill bool) ([]byte, error) {
 	b, _, err := s.dir.ReadStoredChecked(id)
-	if errors.Is(err, chunkstore.ErrNotFound) && s.up != nil {
+	if errors.Is(err, chunkstore.ErrNotFound) && s.up != nil && fill {
 		if err = s.up.Chunk(context.Background(), id); err == nil {
 			s.dir.Refresh()
 			b, _, err = s.dir.ReadStoredChecked(id)
@@ -258,7 +259,7 @@ func (s *Server) handleChunk(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	b, err := s.readVerified(id)
+	b, err := s.readVerified(id, true)
 	switch {
 	case errors.Is(err, chunkstore.ErrNotFound):
 		http.Error(w, "no such chunk", http.StatusNotFound)
@@ -324,7 +325,7 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) {
 	bw := bufio.NewWriterSize(w, 256<<10)
 	var hdr [36]byte
 	for _, id := range ids {
-		b, err := s.readVerified(id)
+		b, err := s.readVerified(id, false) // a branch asked upstream above
 		copy(hdr[:32], id[:])
 		if err != nil {
 			binary.BigEndian.PutUint32(hdr[32:], missingChunk)
