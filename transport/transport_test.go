@@ -464,3 +464,31 @@ func TestUpstreamChunksBatches(t *testing.T) {
 	}
 	t.Logf("first fill: %d batch requests for %d chunks; with a missing chunk: %d requests more", o.posts, len(refs), o.posts+o.gets-before)
 }
+
+// An unreachable upstream fails a branch's fill after the batch's retries,
+// without a storm of single-chunk requests.
+func TestUpstreamChunksUnavailable(t *testing.T) {
+	_, refs, _ := origin(t, 30)
+	o := &countingOrigin{asked: map[chunkstore.ID]int{}, srv: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "down", http.StatusServiceUnavailable)
+	})}
+	hs := httptest.NewServer(o)
+	defer hs.Close()
+	store, err := chunkstore.Open(t.TempDir(), chunkstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	up, err := transport.NewUpstream(hs.URL, store, transport.UpstreamOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := up.Chunks(context.Background(), refs); !errors.Is(err, transport.ErrPeerUnavailable) {
+		t.Fatalf("upstream down: %v", err)
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.gets != 0 || o.posts == 0 || o.posts > 5 {
+		t.Fatalf("upstream down: %d single GETs, %d batch requests for %d chunks", o.gets, o.posts, len(refs))
+	}
+}

@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -109,9 +110,9 @@ func (u *Upstream) Chunk(ctx context.Context, id chunkstore.ID) error {
 // waited for, not fetched twice. A batch costs one round trip to upstream
 // and one flush however many chunks it holds; one request and one flush
 // per chunk made a branch's fill latency-bound (8 chunks per round trip:
-// ~1 MB/s over a 50 ms uplink whatever its bandwidth). When a batch fails,
-// the chunks it did not deliver are fetched one by one, so that one chunk
-// upstream lacks does not fail the others.
+// ~1 MB/s over a 50 ms uplink whatever its bandwidth). When a batch stops
+// at a chunk upstream lacks (or sends corrupt), the chunks it did not
+// deliver are fetched one by one, so that the others do not fail with it.
 func (u *Upstream) Chunks(ctx context.Context, refs []manifest.ChunkRef) error {
 	var (
 		mine    []manifest.ChunkRef
@@ -137,11 +138,12 @@ func (u *Upstream) Chunks(ctx context.Context, refs []manifest.ChunkRef) error {
 	}
 	u.mu.Unlock()
 
-	var err error
+	// errs[i] is what became of mine[i]: nil once it is stored.
+	errs := make([]error, len(mine))
 	if len(mine) > 0 {
 		got := make(map[chunkstore.ID]bool, len(mine))
 		var gmu sync.Mutex
-		err = u.c.Fetch(ctx, mine, func(c chunkstore.Chunk) error {
+		ferr := u.c.Fetch(ctx, mine, func(c chunkstore.Chunk) error {
 			if _, err := u.store.Put(ctx, c); err != nil {
 				return err
 			}
@@ -150,35 +152,44 @@ func (u *Upstream) Chunks(ctx context.Context, refs []manifest.ChunkRef) error {
 			gmu.Unlock()
 			return nil
 		})
-		if err != nil && ctx.Err() == nil {
-			u.log.Debug("upstream batch failed; fetching the rest one by one", "err", err)
-			err = nil
-			for _, r := range mine {
-				if got[r.ID] {
-					continue
-				}
-				if e := u.one(ctx, r); e != nil && err == nil {
-					err = e
-				}
+		// A chunk upstream lacks or sends corrupt stops a batch: the
+		// others are asked for one by one. Upstream unreachable (after
+		// the client's retries) fails them all at once.
+		single := errors.Is(ferr, chunkstore.ErrNotFound) || errors.Is(ferr, chunkstore.ErrCorrupt)
+		if ferr != nil {
+			u.log.Debug("upstream batch failed", "err", ferr, "one by one", single)
+		}
+		for i, r := range mine {
+			switch {
+			case got[r.ID]:
+			case ctx.Err() != nil:
+				errs[i] = ctx.Err()
+			case single:
+				errs[i] = u.one(ctx, r)
+			default:
+				errs[i] = ferr
 			}
 		}
 	}
 	// Flushed even after an error, so that what did arrive is served; and
 	// when a chunk was held already, it may be one that a fetch whose
 	// flight has ended put and did not flush (a deferred-flush mirror).
+	var flushErr error
 	if (len(mine) > 0 || held) && !u.DeferFlush {
-		if ferr := u.store.Flush(ctx); err == nil {
-			err = ferr
-		}
+		flushErr = u.store.Flush(ctx)
 	}
+	err := flushErr
 	if len(mine) > 0 {
 		u.mu.Lock()
 		for _, r := range mine {
 			delete(u.inflight, "chunk/"+r.ID.String())
 		}
 		u.mu.Unlock()
-		for _, f := range flights {
-			f.err = err
+		for i, f := range flights {
+			f.err = cmp.Or(errs[i], flushErr)
+			if err == nil {
+				err = f.err
+			}
 			close(f.done)
 		}
 	}
