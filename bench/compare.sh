@@ -2,6 +2,9 @@
 # imgctl vs casync on the same real images, side by side in one run.
 # Prints medians of RUNS runs and the ratios; see docs/performance.md.
 #   bash bench/compare.sh            (RUNS=3 by default)
+#   DESYNC=/path/to/desync           also time `desync extract --seed` (not in
+#                                    Debian; `go build github.com/folbricht/desync/cmd/desync`
+#                                    in a scratch module builds v0.9.6 here)
 # Needs root (debootstrap), debootstrap, e2fsprogs, casync, GNU time.
 RUNS=${RUNS:-3}
 W=run
@@ -31,6 +34,12 @@ casync make --store="$W/c2" "$W/v2.caibx" "$OUT/v2.img" >/dev/null
 casync_delta=$( (cd "$W/c2" && find . -name '*.cacnk' | sort) >"$W/l2"; (cd "$W/c1" && find . -name '*.cacnk' | sort) >"$W/l1"
 	comm -23 "$W/l2" "$W/l1" | (cd "$W/c2" && xargs -r stat -c %s) | awk '{s+=$1} END {print s+0}')
 casync_index=$(stat -c %s "$W/v2.caibx")
+DESYNC=${DESYNC:-$(command -v desync || true)}
+if [ -n "$DESYNC" ]; then
+	rm -rf "$W/d1" "$W/d2" && mkdir -p "$W/d1" "$W/d2"
+	"$DESYNC" make -s "$W/d1" "$W/dv1.caibx" "$OUT/v1.img" >/dev/null 2>&1
+	"$DESYNC" make -s "$W/d2" "$W/dv2.caibx" "$OUT/v2.img" >/dev/null 2>&1
+fi
 
 # Pulls: a terminal holding v1 (pulled by imgctl, so its layout is known)
 # pulls v2 into the other slot.
@@ -54,6 +63,13 @@ for r in $(seq "$RUNS"); do
 	sync
 	T[casync-pull]+="$(secs casync extract --seed="$OUT/v1.img" --store="$W/c2" "$W/v2.caibx" "$W/casync-out.img") "
 	cmp "$W/casync-out.img" "$OUT/v2.img"
+	if [ -n "$DESYNC" ]; then
+		rm -f "$W/desync-out.img"
+		sync
+		T[desync-pull]+="$(secs "$DESYNC" extract --seed "$W/dv1.caibx:$OUT/v1.img" -s "$W/d2" "$W/dv2.caibx" "$W/desync-out.img") "
+		cmp "$W/desync-out.img" "$OUT/v2.img"
+		rm -f "$W/desync-out.img"
+	fi
 done
 rm -rf "$W/cache" "$W/slotB" && cp -a "$W/cache1" "$W/cache"
 /usr/bin/time -f %M -o "$W/rss" "$I" pull -q --from "$URL" --trust "$W/k.pub" --name os --seed "$W/slotA" --cache "$W/cache" --out "$W/slotB" --json >"$W/pull2.json"
@@ -79,6 +95,10 @@ printf '%-44s %9.0f %9.0f\n' "  MB/s" "$(echo "$tarsize/$ti/1000000" | bc -l)" "
 li=$(m imgctl-pull); lc=$(m casync-pull); ld=$(m imgctl-pulldir)
 printf '%-44s %9.2fs %9.2fs %7sx\n' "pull v2, v1 as seed, from a store directory" "$ld" "$lc" "$(ratio "$lc" "$ld")"
 printf '%-44s %9.2fs %9.2fs %7sx\n' "  the same from an HTTP origin on loopback" "$li" "$lc" "$(ratio "$lc" "$li")"
+if [ -n "$DESYNC" ]; then
+	lz=$(m desync-pull)
+	printf '%-44s %9.2fs %9.2fs %7sx  (second column: desync, which validates the whole seed first)\n' "  store-dir pull against desync extract --seed" "$ld" "$lz" "$(ratio "$lz" "$ld")"
+fi
 printf '%-44s %8s MB %7s MB %7sx\n' "bytes for v1→v2 (imgctl: fetched; casync: new chunks + index)" "$(mb "$fetched")" "$(mb $((casync_delta + casync_index)))" "$(ratio $((casync_delta + casync_index)) "$fetched")"
 printf '%-44s %9s %%\n' "manifest size / image size" "$(echo "scale=4; 100*$manifest/$size" | bc)"
 printf '%-44s %7s MiB\n' "peak RSS, delta pull of 1 GiB" "$(( $(cat "$W/rss") / 1024 ))"
