@@ -388,23 +388,31 @@ func (o *countingOrigin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.ServeHTTP(w, r)
 }
 
+// branchOf serves upstream over HTTP and returns a fresh branch store
+// with an Upstream on it; both are closed when the test ends.
+func branchOf(t *testing.T, upstream http.Handler) (*chunkstore.Local, *transport.Upstream) {
+	t.Helper()
+	hs := httptest.NewServer(upstream)
+	t.Cleanup(hs.Close)
+	store, err := chunkstore.Open(t.TempDir(), chunkstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	up, err := transport.NewUpstream(hs.URL, store, transport.UpstreamOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return store, up
+}
+
 // A branch fills what it lacks by batch requests, each chunk once however
 // many callers ask at the same time; a chunk upstream lacks fails alone.
 func TestUpstreamChunksBatches(t *testing.T) {
 	ctx := context.Background()
 	_, refs, srv := origin(t, 40)
 	o := &countingOrigin{srv: srv, asked: map[chunkstore.ID]int{}}
-	hs := httptest.NewServer(o)
-	defer hs.Close()
-	store, err := chunkstore.Open(t.TempDir(), chunkstore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
-	up, err := transport.NewUpstream(hs.URL, store, transport.UpstreamOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	store, up := branchOf(t, o)
 
 	// Four callers at once, over overlapping halves; some refs by ID only.
 	var wg sync.WaitGroup
@@ -448,7 +456,7 @@ func TestUpstreamChunksBatches(t *testing.T) {
 	before := o.posts + o.gets
 	o.mu.Unlock()
 	ask := append(append(append([]manifest.ChunkRef(nil), refs...), manifest.ChunkRef{ID: fresh.ID(), Size: uint32(fresh.Size())}), more[40:]...)
-	err = up.Chunks(ctx, ask)
+	err := up.Chunks(ctx, ask)
 	if !errors.Is(err, chunkstore.ErrNotFound) {
 		t.Fatalf("a chunk upstream lacks: %v", err)
 	}
@@ -472,17 +480,7 @@ func TestUpstreamChunksUnavailable(t *testing.T) {
 	o := &countingOrigin{asked: map[chunkstore.ID]int{}, srv: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "down", http.StatusServiceUnavailable)
 	})}
-	hs := httptest.NewServer(o)
-	defer hs.Close()
-	store, err := chunkstore.Open(t.TempDir(), chunkstore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
-	up, err := transport.NewUpstream(hs.URL, store, transport.UpstreamOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, up := branchOf(t, o)
 	if err := up.Chunks(context.Background(), refs); !errors.Is(err, transport.ErrPeerUnavailable) {
 		t.Fatalf("upstream down: %v", err)
 	}
