@@ -263,7 +263,7 @@ func (c *Client) Fetch(ctx context.Context, refs []manifest.ChunkRef, fn func(ch
 		go func() {
 			defer wg.Done()
 			for b := range batches {
-				if err := c.fetchBatch(ctx, b, fn); err != nil {
+				if err := c.fetchBatch(ctx, b, fn, false); err != nil {
 					fail(err)
 				}
 			}
@@ -302,20 +302,20 @@ func (c *Client) Fetch(ctx context.Context, refs []manifest.ChunkRef, fn func(ch
 }
 
 // fetchBatch fetches one batch with retries; only the chunks not yet
-// delivered are asked for again.
-func (c *Client) fetchBatch(ctx context.Context, refs []manifest.ChunkRef, fn func(chunkstore.Chunk) error) error {
+// delivered are asked for again. single asks with one GET per chunk.
+func (c *Client) fetchBatch(ctx context.Context, refs []manifest.ChunkRef, fn func(chunkstore.Chunk) error, single bool) error {
 	pending := refs
 	corrupt := map[chunkstore.ID]int{}
 	return c.retry(ctx, "chunks", func() error {
 		var rest []manifest.ChunkRef
 		var err error
-		if c.batchOK.Load() >= 0 {
+		if !single && c.batchOK.Load() >= 0 {
 			rest, err = c.postBatch(ctx, pending, fn, corrupt)
 			if errors.Is(err, errNoBatch) {
 				c.batchOK.Store(-1)
 			}
 		}
-		if c.batchOK.Load() < 0 {
+		if single || c.batchOK.Load() < 0 {
 			rest, err = c.getEach(ctx, pending, fn, corrupt)
 		}
 		pending = rest

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -143,7 +142,7 @@ func (u *Upstream) Chunks(ctx context.Context, refs []manifest.ChunkRef) error {
 	if len(mine) > 0 {
 		got := make(map[chunkstore.ID]bool, len(mine))
 		var gmu sync.Mutex
-		ferr := u.c.Fetch(ctx, mine, func(c chunkstore.Chunk) error {
+		put := func(c chunkstore.Chunk) error {
 			if _, err := u.store.Put(ctx, c); err != nil {
 				return err
 			}
@@ -151,7 +150,8 @@ func (u *Upstream) Chunks(ctx context.Context, refs []manifest.ChunkRef) error {
 			got[c.ID()] = true
 			gmu.Unlock()
 			return nil
-		})
+		}
+		ferr := u.c.Fetch(ctx, mine, put)
 		// A chunk upstream lacks or sends corrupt stops a batch: the
 		// others are asked for one by one. Upstream unreachable (after
 		// the client's retries) fails them all at once.
@@ -165,7 +165,7 @@ func (u *Upstream) Chunks(ctx context.Context, refs []manifest.ChunkRef) error {
 			case ctx.Err() != nil:
 				errs[i] = ctx.Err()
 			case single:
-				errs[i] = u.one(ctx, r)
+				errs[i] = u.c.fetchBatch(ctx, []manifest.ChunkRef{r}, put, true)
 			default:
 				errs[i] = ferr
 			}
@@ -203,45 +203,6 @@ func (u *Upstream) Chunks(ctx context.Context, refs []manifest.ChunkRef) error {
 			return ctx.Err()
 		}
 	}
-	return err
-}
-
-// one fetches a single chunk with its own GET and stores it (not flushed).
-func (u *Upstream) one(ctx context.Context, r manifest.ChunkRef) error {
-	id := r.ID
-	var b []byte
-	err := u.c.retry(ctx, "chunk "+id.Short(), func() error {
-		req, _ := http.NewRequest(http.MethodGet, u.c.url("/v1/chunks/"+id.String()), nil)
-		resp, err := u.c.do(ctx, req)
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode == http.StatusNotFound {
-			return permanent{fmt.Errorf("upstream lacks chunk %s: %w", id.Short(), chunkstore.ErrNotFound)}
-		}
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("%w: upstream chunk %s: %s", ErrPeerUnavailable, id.Short(), resp.Status)
-		}
-		max := maxStored(r)
-		b, err = io.ReadAll(io.LimitReader(resp.Body, max+1))
-		u.c.received.Add(int64(len(b)))
-		if err != nil {
-			return fmt.Errorf("%w: %v", ErrPeerUnavailable, err)
-		}
-		if int64(len(b)) > max {
-			return permanent{fmt.Errorf("upstream chunk %s: too large", id.Short())}
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	c, err := chunkstore.Verify(id, b, plainSize(r))
-	if err != nil {
-		return err
-	}
-	_, err = u.store.Put(ctx, c)
 	return err
 }
 

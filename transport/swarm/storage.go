@@ -452,15 +452,17 @@ func (t *Torrent) fillPiece(i int) error {
 	if err := t.s.fill(ctx, ids); err != nil {
 		return fmt.Errorf("filling %d chunks of piece %d: %w", len(ids), i, err)
 	}
-	for k, f := range files {
-		if ok, err := t.s.src.Has(ctx, ids[k]); err != nil || !ok {
-			return fmt.Errorf("chunk %s: filled, but the store does not have it", ids[k].Short())
+	for _, id := range ids {
+		if ok, err := t.s.src.Has(ctx, id); err != nil || !ok {
+			return fmt.Errorf("chunk %s: filled, but the store does not have it", id.Short())
 		}
-		t.mu.Lock()
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, f := range files {
 		if !t.have[f] {
 			t.arrivedLocked(f)
 		}
-		t.mu.Unlock()
 	}
 	return nil
 }
