@@ -222,9 +222,28 @@ func (f swarmFetcher) Fetch(ctx context.Context, refs []manifest.ChunkRef, fn fu
 	for i, r := range refs {
 		ids[i] = r.ID
 	}
+	// Chunks are written as they arrive; the swarm hands over the ones it
+	// downloaded already checked, the others are read from the cache.
+	done := make(map[chunkstore.ID]bool, len(refs))
+	var fnErr error
 	fctx, cancel := context.WithTimeout(ctx, f.o.timeout)
-	err := f.s.h.FetchChunks(fctx, ids, f.o.stall)
+	err := f.s.h.FetchChunksTo(fctx, ids, f.o.stall, func(id chunkstore.ID, c chunkstore.Chunk) error {
+		if c.IsZero() {
+			var err error
+			if c, err = f.cache.Get(ctx, id); err != nil {
+				return nil // fetched over HTTP below
+			}
+		}
+		done[id] = true
+		if fnErr = fn(c); fnErr != nil {
+			return fnErr
+		}
+		return nil
+	})
 	cancel()
+	if fnErr != nil {
+		return fnErr
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -233,11 +252,15 @@ func (f swarmFetcher) Fetch(ctx context.Context, refs []manifest.ChunkRef, fn fu
 	}
 	var rest []manifest.ChunkRef
 	for _, r := range refs {
+		if done[r.ID] {
+			continue
+		}
 		c, err := f.cache.Get(ctx, r.ID)
 		if err != nil {
 			rest = append(rest, r)
 			continue
 		}
+		done[r.ID] = true
 		if err := fn(c); err != nil {
 			return err
 		}

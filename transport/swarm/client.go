@@ -270,6 +270,14 @@ var ErrStalled = errors.New("the swarm stalled")
 // are in the store, ctx ends, or nothing arrives for stall (0: no limit);
 // chunks the torrent does not carry are an error.
 func (h *Handle) FetchChunks(ctx context.Context, ids []chunkstore.ID, stall time.Duration) error {
+	return h.FetchChunksTo(ctx, ids, stall, nil)
+}
+
+// FetchChunksTo is FetchChunks that hands each chunk to fn as soon as it
+// is in the store (held ones first), from one goroutine. A chunk this
+// process downloaded comes checked, as admitted; a zero Chunk means read
+// it from the store. An error from fn ends the fetch with that error.
+func (h *Handle) FetchChunksTo(ctx context.Context, ids []chunkstore.ID, stall time.Duration, fn func(chunkstore.ID, chunkstore.Chunk) error) error {
 	idx := make(map[chunkstore.ID]int, len(h.s.L.Chunks))
 	for i, c := range h.s.L.Chunks {
 		idx[c.ID] = i + 1
@@ -282,19 +290,40 @@ func (h *Handle) FetchChunks(ctx context.Context, ids []chunkstore.ID, stall tim
 		}
 		files = append(files, f)
 	}
-	return h.Fetch(ctx, files, stall)
+	var deliver func(int, chunkstore.Chunk) error
+	if fn != nil {
+		deliver = func(f int, c chunkstore.Chunk) error { return fn(h.s.L.Chunks[f-1].ID, c) }
+	}
+	return h.fetch(ctx, files, stall, deliver)
 }
 
 // Fetch downloads files (indexes into the layout) and waits for them, as
 // FetchChunks.
 func (h *Handle) Fetch(ctx context.Context, files []int, stall time.Duration) error {
+	return h.fetch(ctx, files, stall, nil)
+}
+
+func (h *Handle) fetch(ctx context.Context, files []int, stall time.Duration, deliver func(int, chunkstore.Chunk) error) error {
+	// Open the watch first: a file that arrives while the held ones are
+	// listed is then in its queue.
+	w := h.s.openWatch()
+	defer h.s.closeWatch(w)
 	tf := h.t.Files()
-	var missing []int
+	missing := make(map[int]bool, len(files))
 	for _, f := range files {
-		if !h.s.Have(f) {
-			missing = append(missing, f)
-			tf[f].SetPriority(torrent.PiecePriorityNormal)
+		if missing[f] {
+			continue
 		}
+		if h.s.Have(f) {
+			if deliver != nil {
+				if err := deliver(f, chunkstore.Chunk{}); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		missing[f] = true
+		tf[f].SetPriority(torrent.PiecePriorityNormal)
 	}
 	var timer *time.Timer
 	var stalled <-chan time.Time
@@ -311,14 +340,17 @@ func (h *Handle) Fetch(ctx context.Context, files []int, stall time.Duration) er
 	defer redial.Stop()
 	for len(missing) > 0 {
 		ch := h.s.Changed()
-		k := 0
-		for _, f := range missing {
-			if !h.s.Have(f) {
-				missing[k] = f
-				k++
+		for _, a := range h.s.take(w) {
+			if !missing[a.f] {
+				continue
+			}
+			delete(missing, a.f)
+			if deliver != nil {
+				if err := deliver(a.f, a.c); err != nil {
+					return err
+				}
 			}
 		}
-		missing = missing[:k]
 		if len(missing) == 0 {
 			break
 		}
@@ -339,7 +371,7 @@ func (h *Handle) Fetch(ctx context.Context, files []int, stall time.Duration) er
 		case <-stalled:
 			cause = ErrStalled
 		}
-		for _, f := range missing {
+		for f := range missing {
 			tf[f].SetPriority(torrent.PiecePriorityNone)
 		}
 		return fmt.Errorf("%d of %d files still missing: %w", len(missing), len(files), cause)

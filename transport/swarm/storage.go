@@ -68,6 +68,52 @@ type Torrent struct {
 	sizes    map[chunkstore.ID]int
 	stage    *os.File
 	changed  chan struct{} // closed and replaced whenever a file arrives
+	watches  map[*watch]struct{}
+}
+
+// A watch collects the files that arrive while it is open, in order. A
+// chunk this process downloaded comes with its checked form while the
+// watch's budget lasts, so that the receiver need not read it back from
+// the store and decode and hash it a second time.
+type watch struct {
+	queue []arrival
+	bytes int // of the chunks in queue
+}
+
+type arrival struct {
+	f int
+	c chunkstore.Chunk // zero: read it from the store
+}
+
+// watchBudget bounds the chunk bytes (plain and stored) a watch holds for
+// a receiver that lags: beyond it, arrivals carry only their file index.
+const watchBudget = 16 << 20
+
+// openWatch starts collecting arrivals; close it with closeWatch.
+func (t *Torrent) openWatch() *watch {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	w := &watch{}
+	if t.watches == nil {
+		t.watches = map[*watch]struct{}{}
+	}
+	t.watches[w] = struct{}{}
+	return w
+}
+
+func (t *Torrent) closeWatch(w *watch) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.watches, w)
+}
+
+// take returns the arrivals collected since the last call.
+func (t *Torrent) take(w *watch) []arrival {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	q := w.queue
+	w.queue, w.bytes = nil, 0
+	return q
 }
 
 // Register prepares the state of a torrent whose layout is known (seeding,
@@ -115,7 +161,7 @@ func (t *Torrent) Refresh(ctx context.Context) []int {
 		if ok, _ := t.s.src.Has(ctx, c.ID); ok {
 			t.mu.Lock()
 			if !t.have[i+1] {
-				t.arrivedLocked(i + 1)
+				t.arrivedLocked(i+1, chunkstore.Chunk{})
 				got = append(got, i+1)
 			}
 			t.mu.Unlock()
@@ -133,7 +179,7 @@ func (t *Torrent) setManifestFile(env []byte) bool {
 		return false
 	}
 	t.manifest = env
-	t.arrivedLocked(0)
+	t.arrivedLocked(0, chunkstore.Chunk{})
 	return true
 }
 
@@ -372,7 +418,7 @@ func (t *Torrent) admit(f int) error {
 	if f == 0 {
 		t.mu.Lock()
 		t.manifest = b
-		t.arrivedLocked(0)
+		t.arrivedLocked(0, chunkstore.Chunk{})
 		t.mu.Unlock()
 		return nil
 	}
@@ -398,7 +444,7 @@ func (t *Torrent) admit(f int) error {
 		return err
 	}
 	t.mu.Lock()
-	t.arrivedLocked(f)
+	t.arrivedLocked(f, c)
 	t.mu.Unlock()
 	// The store serves it from now on: give the staged bytes back (only
 	// whole 4 KiB pages inside the chunk; neighbours may still be staged).
@@ -414,8 +460,16 @@ func (t *Torrent) admit(f int) error {
 	return nil
 }
 
-func (t *Torrent) arrivedLocked(f int) {
+func (t *Torrent) arrivedLocked(f int, c chunkstore.Chunk) {
 	t.have[f] = true
+	for w := range t.watches {
+		a := arrival{f: f}
+		if n := len(c.Plain()) + len(c.Stored()); !c.IsZero() && w.bytes+n <= watchBudget {
+			a.c = c
+			w.bytes += n
+		}
+		w.queue = append(w.queue, a)
+	}
 	close(t.changed)
 	t.changed = make(chan struct{})
 }
@@ -461,7 +515,7 @@ func (t *Torrent) fillPiece(i int) error {
 	defer t.mu.Unlock()
 	for _, f := range files {
 		if !t.have[f] {
-			t.arrivedLocked(f)
+			t.arrivedLocked(f, chunkstore.Chunk{})
 		}
 	}
 	return nil

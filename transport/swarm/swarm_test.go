@@ -24,6 +24,16 @@ type release struct {
 	info   []byte
 }
 
+// index is the position of chunk id in the release, or -1.
+func (r *release) index(id chunkstore.ID) int {
+	for i, c := range r.chunks {
+		if c.ID() == id {
+			return i
+		}
+	}
+	return -1
+}
+
 func openStore(t *testing.T) *chunkstore.Local {
 	t.Helper()
 	s, err := chunkstore.Open(t.TempDir(), chunkstore.Options{})
@@ -159,10 +169,26 @@ func TestFetchFromPeer(t *testing.T) {
 			missing += int64(len(c.Stored()))
 		}
 	}
-	if err := h.FetchChunks(ctx, want, 0); err != nil {
+	// Every chunk is handed over once: held ones as a zero Chunk (read
+	// them from the store), downloaded ones as checked on admission.
+	got := map[chunkstore.ID]int{}
+	err = h.FetchChunksTo(ctx, want, 0, func(id chunkstore.ID, c chunkstore.Chunk) error {
+		got[id]++
+		if !c.IsZero() && (c.ID() != id || chunkstore.Sum(c.Plain()) != id) {
+			t.Errorf("chunk %s handed over as %s", id.Short(), c.ID().Short())
+		}
+		if held := !c.IsZero(); held != (rel.index(id) < 30) {
+			t.Errorf("chunk %d handed over with content %v", rel.index(id), held)
+		}
+		return nil
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range rel.chunks {
+		if got[c.ID()] != 1 {
+			t.Errorf("chunk %s handed over %d times", c.ID().Short(), got[c.ID()])
+		}
 		if _, err := term.Get(ctx, c.ID()); err != nil {
 			t.Fatalf("chunk %s: %v", c.ID().Short(), err)
 		}
