@@ -69,6 +69,8 @@ type Torrent struct {
 	stage    *os.File
 	changed  chan struct{} // closed and replaced whenever a file arrives
 	watches  map[*watch]struct{}
+	recent   [16]recentFile // chunk files last read for peers (readFile)
+	next     int            // the entry of recent to replace next
 }
 
 // A watch collects the files that arrive while it is open, in order. A
@@ -277,8 +279,32 @@ func (t *Torrent) readFile(f int) ([]byte, error) {
 		}
 		return t.manifest, nil
 	}
+	t.mu.Lock()
+	for _, r := range t.recent {
+		if r.f == f && r.b != nil {
+			t.mu.Unlock()
+			return r.b, nil
+		}
+	}
+	t.mu.Unlock()
 	b, _, err := t.s.src.ReadStoredChecked(t.L.Chunks[f-1].ID)
-	return b, err
+	if err != nil {
+		return nil, err
+	}
+	t.mu.Lock()
+	t.recent[t.next] = recentFile{f: f, b: b}
+	t.next = (t.next + 1) % len(t.recent)
+	t.mu.Unlock()
+	return b, nil
+}
+
+// recentFile is a chunk file read for a peer: peers ask for 16 KiB blocks,
+// so a chunk of several blocks, or one spanning a block boundary, is asked
+// for again at once. Reading and checking it from the store each time was
+// ~5 % of a seeding terminal's CPU.
+type recentFile struct {
+	f int
+	b []byte // the stored bytes, checked; never modified
 }
 
 // staged opens the staging file; t.mu held.

@@ -8,6 +8,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -150,12 +151,15 @@ func TestFetchFromPeer(t *testing.T) {
 	term := openStore(t)
 	put(t, term, rel.chunks[30:]) // holds the older half, as a terminal on the previous release would
 
-	seeder := newClient(t, Config{Listen: "127.0.0.1:0"}, origin, false)
-	sh, err := seeder.Add(ctx, rel.info, rel.env)
+	reads := &countingSource{Local: origin}
+	seeder, err := New(Config{Listen: "127.0.0.1:0", Staging: t.TempDir()}, reads, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_ = sh
+	defer seeder.Close()
+	if _, err := seeder.Add(ctx, rel.info, rel.env); err != nil {
+		t.Fatal(err)
+	}
 	leech := newClient(t, Config{Listen: "127.0.0.2:0", Peers: []string{seeder.Addr()}}, term, true)
 	h, err := leech.Add(ctx, rel.info, rel.env)
 	if err != nil {
@@ -199,7 +203,61 @@ func TestFetchFromPeer(t *testing.T) {
 	if st.FromPeers < missing || st.FromPeers > missing+2*16<<10 {
 		t.Fatalf("received %d bytes from peers, %d were missing", st.FromPeers, missing)
 	}
-	t.Logf("missing %d bytes, received %d from peers", missing, st.FromPeers)
+	t.Logf("missing %d bytes, received %d from peers; the seeder read chunks %d times", missing, st.FromPeers, reads.n.Load())
+}
+
+// A peer reads a piece in 16 KiB blocks, and a chunk file often spans
+// pieces: reading the torrent piece after piece, block by block, reads
+// each chunk from the store once.
+func TestPieceReadsChunkOnce(t *testing.T) {
+	ctx := context.Background()
+	rel := makeRelease(t, 40, 3, 32<<10)
+	src := &countingSource{Local: openStore(t)}
+	put(t, src.Local, rel.chunks)
+	st := NewStorage(src, nil, t.TempDir(), nil)
+	tor, err := st.Register(ctx, metainfo.HashBytes(rel.info), rel.layout, rel.env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := 0
+	for i := 0; i < rel.layout.NumPieces(); i++ {
+		po, n := rel.layout.PieceRange(i)
+		got := make([]byte, 0, n)
+		for off := int64(0); off < n; off += 16 << 10 {
+			b := make([]byte, min(16<<10, n-off))
+			if _, err := (piece{tor, i}).ReadAt(b, off); err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, b...)
+			blocks++
+		}
+		if !bytes.Equal(got, rel.content(po, n)) {
+			t.Fatalf("piece %d: wrong bytes", i)
+		}
+	}
+	if n := src.n.Load(); n != int64(len(rel.chunks)) {
+		t.Errorf("%d store reads for %d blocks of %d chunks", n, blocks, len(rel.chunks))
+	}
+}
+
+// content is the torrent's bytes [off, off+n).
+func (r *release) content(off, n int64) []byte {
+	all := append([]byte(nil), r.env...)
+	for _, c := range r.chunks {
+		all = append(all, c.Stored()...)
+	}
+	return all[off : off+n]
+}
+
+// countingSource counts reads of stored chunks.
+type countingSource struct {
+	*chunkstore.Local
+	n atomic.Int64
+}
+
+func (c *countingSource) ReadStoredChecked(id chunkstore.ID) ([]byte, int, error) {
+	c.n.Add(1)
+	return c.Local.ReadStoredChecked(id)
 }
 
 // lyingSource serves a store's chunks with one byte flipped in each.
