@@ -304,15 +304,23 @@ func (s *Local) file(seq uint32) (*os.File, error) {
 }
 
 func (s *Local) readStored(id ID, l loc) ([]byte, error) {
-	f, err := s.file(l.pack)
-	if err != nil {
-		return nil, fmt.Errorf("chunk %s: %w", id.Short(), err)
-	}
 	b := make([]byte, l.stored)
-	if _, err := f.ReadAt(b, int64(l.off)); err != nil {
-		return nil, &IntegrityError{ID: id, Reason: "read: " + err.Error()}
+	if err := s.readStoredInto(id, l, b); err != nil {
+		return nil, err
 	}
 	return b, nil
+}
+
+// readStoredInto reads the stored bytes at l into b (len(b) == l.stored).
+func (s *Local) readStoredInto(id ID, l loc, b []byte) error {
+	f, err := s.file(l.pack)
+	if err != nil {
+		return fmt.Errorf("chunk %s: %w", id.Short(), err)
+	}
+	if _, err := f.ReadAt(b, int64(l.off)); err != nil {
+		return &IntegrityError{ID: id, Reason: "read: " + err.Error()}
+	}
+	return nil
 }
 
 // Get reads and verifies id. A chunk that fails verification is dropped
@@ -336,6 +344,36 @@ func (s *Local) Get(_ context.Context, id ID) (Chunk, error) {
 		s.Unindex([]ID{id})
 	}
 	return c, err
+}
+
+// AppendPlain is Get that decodes id into dst's spare capacity and returns
+// dst extended by its plain bytes (chunkstore.VerifyAppend); *scratch is
+// reused for the stored bytes read. Nothing is allocated once both are
+// large enough: the assembler copies cached chunks into its write buffer
+// this way.
+func (s *Local) AppendPlain(dst []byte, id ID, scratch *[]byte) ([]byte, error) {
+	l, ok, err := s.locate(id)
+	if err != nil {
+		return dst, err
+	}
+	if !ok {
+		return dst, fmt.Errorf("chunk %s: %w", id.Short(), ErrNotFound)
+	}
+	if cap(*scratch) < int(l.stored) {
+		*scratch = make([]byte, l.stored)
+	}
+	b := (*scratch)[:l.stored]
+	if err = s.readStoredInto(id, l, b); err == nil {
+		var out []byte
+		if out, err = VerifyAppend(dst, id, b, int(l.size)); err == nil {
+			return out, nil
+		}
+	}
+	if errors.Is(err, ErrCorrupt) && !s.opts.ReadOnly {
+		s.log.Warn("dropping corrupt chunk from the index", "id", id, "err", err)
+		s.Unindex([]ID{id})
+	}
+	return dst, err
 }
 
 // ReadStored returns the stored bytes of id, unverified, and its size.

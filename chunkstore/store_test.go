@@ -350,3 +350,51 @@ func TestLocalHolds(t *testing.T) {
 		t.Fatalf("Holds returned %d chunks, want 20", len(held))
 	}
 }
+
+// AppendPlain decodes into the caller's buffer after what it holds, reuses
+// the scratch buffer, and on a corrupt chunk leaves the buffer's content
+// alone and drops the chunk from the index, as Get does.
+func TestLocalAppendPlain(t *testing.T) {
+	ctx := context.Background()
+	s, err := chunkstore.Open(t.TempDir(), chunkstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	a, b := storetest.Chunk(t, 3, 40000), storetest.Chunk(t, 4, 30000)
+	for _, c := range []chunkstore.Chunk{a, b} {
+		if _, err := s.Put(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 0, 100000)
+	buf = append(buf, "head"...)
+	var scratch []byte
+	buf, err = s.AppendPlain(buf, a.ID(), &scratch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := &scratch[:1][0]
+	buf, err = s.AppendPlain(buf, b.ID(), &scratch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := append(append([]byte("head"), a.Plain()...), b.Plain()...)
+	if string(buf) != string(want) || cap(buf) != 100000 {
+		t.Fatalf("got %d bytes (cap %d), want %d", len(buf), cap(buf), len(want))
+	}
+	if &scratch[:1][0] != sc {
+		t.Error("the scratch buffer was not reused for a smaller chunk")
+	}
+	testLocal{s}.Corrupt(t, a.ID())
+	got, err := s.AppendPlain(buf[:4], a.ID(), &scratch)
+	if !errors.Is(err, chunkstore.ErrCorrupt) || string(got) != "head" {
+		t.Fatalf("corrupt chunk: %q, %v", got[:min(len(got), 8)], err)
+	}
+	if ok, _ := s.Has(ctx, a.ID()); ok {
+		t.Fatal("corrupt chunk still indexed")
+	}
+}

@@ -401,14 +401,27 @@ func (a *Assembler) fetch(ctx context.Context, w *writer, idx []int, st *Stats, 
 	return nil
 }
 
+// plainAppender is an optional upgrade of the Cache: decode a chunk into
+// the caller's buffer (chunkstore.Local.AppendPlain).
+type plainAppender interface {
+	AppendPlain(dst []byte, id chunkstore.ID, scratch *[]byte) ([]byte, error)
+}
+
 // local tries chunk i's local candidates in order. It returns the source
-// used, or SourceFetch if none held the chunk.
+// used, or SourceFetch if none held the chunk. A chunk that continues the
+// worker's run is read (seed, in place) or decoded (cache) straight into
+// the run's buffer and checked there; the others go through buf (or the
+// cache's own buffers) and are copied.
 func (a *Assembler) local(ctx context.Context, out *run, plan *Plan, i int, buf []byte) (SourceKind, int, error) {
 	c := plan.Target.Chunks[i]
 	fallbacks := 0
 	for _, cand := range plan.Sources[i] {
 		if err := ctx.Err(); err != nil {
 			return 0, fallbacks, err
+		}
+		skip := int64(-1)
+		if cand.Kind == SourceInPlace {
+			skip = cand.Offset
 		}
 		var data []byte
 		switch cand.Kind {
@@ -420,7 +433,15 @@ func (a *Assembler) local(ctx context.Context, out *run, plan *Plan, i int, buf 
 				}
 				r = a.Seeds[cand.Seed]
 			}
-			buf = buf[:c.Size]
+			into, err := out.room(i, int(c.Size), skip)
+			if err != nil {
+				return 0, fallbacks, err
+			}
+			if into {
+				buf = out.buf[len(out.buf) : len(out.buf)+int(c.Size)]
+			} else {
+				buf = buf[:c.Size]
+			}
 			if n, err := r.ReadAt(buf, cand.Offset); n != len(buf) {
 				if err != nil && !errors.Is(err, io.EOF) {
 					a.logf("read %s at %d: %v", cand.Kind, cand.Offset, err)
@@ -432,10 +453,37 @@ func (a *Assembler) local(ctx context.Context, out *run, plan *Plan, i int, buf 
 				fallbacks++
 				continue
 			}
+			if into {
+				out.commit(i, len(buf))
+				return cand.Kind, fallbacks, nil
+			}
 			data = buf
 		case SourceCache:
 			if a.Cache == nil {
 				continue
+			}
+			if ap, ok := a.Cache.(plainAppender); ok {
+				into, err := out.room(i, int(c.Size), skip)
+				if err != nil {
+					return 0, fallbacks, err
+				}
+				if into {
+					n := len(out.buf)
+					got, err := ap.AppendPlain(out.buf, c.ID, &out.scratch)
+					if err != nil {
+						a.logf("cache %s: %v", c.ID.Short(), err)
+						fallbacks++
+						continue
+					}
+					k := len(got) - n // == c.Size, checked
+					if &got[:1][0] != &out.buf[:1][0] {
+						// The decoder moved to a new array (it should not:
+						// room made space for c.Size): copy back.
+						copy(out.buf[n:n+k], got[n:])
+					}
+					out.commit(i, k)
+					return cand.Kind, fallbacks, nil
+				}
 			}
 			ch, err := a.Cache.Get(ctx, c.ID)
 			if err != nil {
@@ -444,10 +492,6 @@ func (a *Assembler) local(ctx context.Context, out *run, plan *Plan, i int, buf 
 				continue
 			}
 			data = ch.Plain()
-		}
-		skip := int64(-1)
-		if cand.Kind == SourceInPlace {
-			skip = cand.Offset
 		}
 		if err := out.add(i, data, skip); err != nil {
 			return 0, fallbacks, err
@@ -493,10 +537,42 @@ func (w *writer) writeAll(i int, data []byte, skip int64) error {
 // them with one call. A chunk counts as written (block tracker, progress)
 // only once its run is.
 type run struct {
-	w   *writer
-	off int64
-	buf []byte
-	idx []int
+	w       *writer
+	off     int64
+	buf     []byte
+	idx     []int
+	scratch []byte // stored bytes of a cached chunk being decoded into buf
+}
+
+// room reports whether chunk i, of n bytes, continues the run and fits
+// in its buffer (flushing the run first when it is full or i lies
+// elsewhere): the caller may then put the chunk at out.buf[len(out.buf):]
+// and commit it. False: write it with add.
+func (r *run) room(i, n int, skip int64) (bool, error) {
+	o := r.w.occ[i]
+	if len(o) != 1 || o[0].Count != 1 || o[0].Offset == skip || n+decodeSlack > cap(r.buf) {
+		return false, nil
+	}
+	if len(r.buf) > 0 && (o[0].Offset != r.off+int64(len(r.buf)) || len(r.buf)+n > cap(r.buf)) {
+		if err := r.flush(); err != nil {
+			return false, err
+		}
+	}
+	if len(r.buf) == 0 {
+		r.off = o[0].Offset
+	}
+	return true, nil
+}
+
+// decodeSlack: a run keeps this much capacity beyond a chunk decoded into
+// it when it can (the zstd decoder's fast path; chunkstore.Verify).
+const decodeSlack = 16
+
+// commit adds chunk i, the n bytes just past the end of the run's buffer,
+// to the run.
+func (r *run) commit(i, n int) {
+	r.buf = r.buf[:len(r.buf)+n]
+	r.idx = append(r.idx, i)
 }
 
 // add places chunk i's data everywhere it goes except at skip: into the run

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -302,8 +303,15 @@ func (g getter) Get(_ context.Context, id chunkstore.ID) (chunkstore.Chunk, erro
 
 // Hundreds of chunks of varied sizes from a seed, the cache, in place and
 // the fetcher: the output is exact, sources are counted right, and chunks
-// that follow each other go out in runs, not one write each.
+// that follow each other go out in runs, not one write each. The cache is
+// a map, then a chunk store (which decodes into the assembler's buffer),
+// with one of its chunks damaged (fetched instead).
 func TestAssembleManyChunksInRuns(t *testing.T) {
+	t.Run("map", func(t *testing.T) { testAssembleManyChunksInRuns(t, false) })
+	t.Run("store", func(t *testing.T) { testAssembleManyChunksInRuns(t, true) })
+}
+
+func testAssembleManyChunksInRuns(t *testing.T, store bool) {
 	const n = 600
 	var data []byte
 	b := manifest.NewBuilder()
@@ -360,7 +368,44 @@ func TestAssembleManyChunksInRuns(t *testing.T) {
 	plan := delta.NewPlan(delta.Inputs{Target: target, InPlace: &inPlace, Seeds: []delta.SeedIndex{delta.IndexManifest(&seedMan)},
 		Have: func(id chunkstore.ID) bool { _, ok := cache[id]; return ok }})
 	f := &fetcher{chunks: fetch}
-	asm := &delta.Assembler{Out: out, Seeds: []io.ReaderAt{bytes.NewReader(data)}, Cache: cache, Fetch: f, Workers: 2, Digest: true}
+	var c chunkstore.Getter = cache
+	damaged := 0
+	if store {
+		s, err := chunkstore.Open(t.TempDir(), chunkstore.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		for _, b := range cache {
+			ch, err := chunkstore.Encode(b, chunkstore.LevelFastest)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.Put(context.Background(), ch); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.Flush(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		// Damage a cached chunk on disk: it is fetched instead.
+		bad := target.Chunks[60].ID
+		fetch[bad] = cache[bad]
+		p, off, k, err := s.Locate(bad)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pf, err := os.OpenFile(p, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := pf.WriteAt([]byte("XY"), off+int64(k/2)); err != nil {
+			t.Fatal(err)
+		}
+		pf.Close()
+		c, damaged = s, 1
+	}
+	asm := &delta.Assembler{Out: out, Seeds: []io.ReaderAt{bytes.NewReader(data)}, Cache: c, Fetch: f, Workers: 2, Digest: true}
 	st, err := asm.Run(context.Background(), plan)
 	if err != nil {
 		t.Fatal(err)
@@ -371,7 +416,7 @@ func TestAssembleManyChunksInRuns(t *testing.T) {
 	if st.Digest != target.Digest {
 		t.Fatal("digest differs")
 	}
-	if st.SeedChunks != n/4 || st.CacheChunks != n/4 || st.InPlaceChunks != n/4 || st.FetchChunks != n/4 || st.Fallbacks != 0 {
+	if st.SeedChunks != n/4 || st.CacheChunks != n/4-damaged || st.InPlaceChunks != n/4 || st.FetchChunks != n/4+damaged || st.Fallbacks != damaged {
 		t.Fatalf("stats %+v", st)
 	}
 	// The fetcher writes chunk by chunk; the 300 local chunks go out in
