@@ -23,6 +23,18 @@ type Fetcher interface {
 	Fetch(ctx context.Context, chunks []manifest.ChunkRef, fn func(chunkstore.Chunk) error) error
 }
 
+// BatchFetcher is an optional upgrade of a Fetcher that says where its
+// batches begin and end (transport.Client.FetchBatches): for each batch it
+// calls open from the goroutine that delivers it, hands the batch's chunks
+// to put, then calls done. The assembler then writes chunks of a batch that
+// follow each other in the output with one call instead of one per chunk
+// (~16 KiB each: a third of a 1 GiB HTTP pull's write time went to
+// per-chunk pwrite calls).
+type BatchFetcher interface {
+	Fetcher
+	FetchBatches(ctx context.Context, chunks []manifest.ChunkRef, open func() (put func(chunkstore.Chunk) error, done func() error)) error
+}
+
 // Output is where the content is assembled: a file or block device.
 type Output interface {
 	io.WriterAt
@@ -371,27 +383,64 @@ func (a *Assembler) fetch(ctx context.Context, w *writer, idx []int, st *Stats, 
 	}
 	var got atomic.Int64
 	seen := make([]atomic.Bool, len(t.Chunks))
-	err := a.Fetch.Fetch(ctx, refs, func(c chunkstore.Chunk) error {
+	// take checks a delivered chunk and returns its index, or -1 for a
+	// chunk already written.
+	take := func(c chunkstore.Chunk) (int, error) {
 		i, ok := want[c.ID()]
 		if !ok {
-			return fmt.Errorf("fetcher returned unrequested chunk %s", c.ID().Short())
+			return -1, fmt.Errorf("fetcher returned unrequested chunk %s", c.ID().Short())
 		}
 		if c.Size() != int(t.Chunks[i].Size) {
-			return &chunkstore.IntegrityError{ID: c.ID(), Reason: "size differs from manifest"}
+			return -1, &chunkstore.IntegrityError{ID: c.ID(), Reason: "size differs from manifest"}
 		}
 		if seen[i].Swap(true) {
-			return nil
+			return -1, nil
 		}
-		if err := w.writeAll(i, c.Plain(), -1); err != nil {
-			return err
-		}
+		return i, nil
+	}
+	counted := func(c chunkstore.Chunk) {
 		got.Add(1)
 		mu.Lock()
 		st.FetchChunks++
 		st.FetchBytes += int64(c.Size())
 		mu.Unlock()
-		return nil
-	})
+	}
+	var err error
+	if bf, ok := a.Fetch.(BatchFetcher); ok {
+		err = bf.FetchBatches(ctx, refs, func() (func(chunkstore.Chunk) error, func() error) {
+			bp := runBufs.Get().(*[]byte)
+			r := &run{w: w, buf: (*bp)[:0]}
+			put := func(c chunkstore.Chunk) error {
+				i, err := take(c)
+				if i < 0 {
+					return err
+				}
+				if err := r.add(i, c.Plain(), -1); err != nil {
+					return err
+				}
+				counted(c)
+				return nil
+			}
+			done := func() error {
+				err := r.flush()
+				runBufs.Put(bp)
+				return err
+			}
+			return put, done
+		})
+	} else {
+		err = a.Fetch.Fetch(ctx, refs, func(c chunkstore.Chunk) error {
+			i, err := take(c)
+			if i < 0 {
+				return err
+			}
+			if err := w.writeAll(i, c.Plain(), -1); err != nil {
+				return err
+			}
+			counted(c)
+			return nil
+		})
+	}
 	if err != nil {
 		return err
 	}
@@ -400,6 +449,9 @@ func (a *Assembler) fetch(ctx context.Context, w *writer, idx []int, st *Stats, 
 	}
 	return nil
 }
+
+// runBufs holds the write buffers of fetched batches.
+var runBufs = sync.Pool{New: func() any { b := make([]byte, 0, runBytes); return &b }}
 
 // plainAppender is an optional upgrade of the Cache: decode a chunk into
 // the caller's buffer (chunkstore.Local.AppendPlain).

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"golang.org/x/sync/errgroup"
 	"io"
 	"os"
 	"strings"
@@ -63,6 +64,25 @@ type fetcher struct {
 	chunks map[chunkstore.ID][]byte
 	asked  []chunkstore.ID
 	err    error
+}
+
+// batchFetcher delivers in batches of 16 refs, two batches at a time.
+type batchFetcher struct{ fetcher }
+
+func (f *batchFetcher) FetchBatches(ctx context.Context, refs []manifest.ChunkRef, open func() (func(chunkstore.Chunk) error, func() error)) error {
+	var g errgroup.Group
+	g.SetLimit(2)
+	for k := 0; k < len(refs); k += 16 {
+		g.Go(func() error {
+			put, done := open()
+			err := f.fetcher.Fetch(ctx, refs[k:min(k+16, len(refs))], put)
+			if e := done(); err == nil {
+				err = e
+			}
+			return err
+		})
+	}
+	return g.Wait()
 }
 
 func (f *fetcher) Fetch(ctx context.Context, refs []manifest.ChunkRef, fn func(chunkstore.Chunk) error) error {
@@ -307,11 +327,12 @@ func (g getter) Get(_ context.Context, id chunkstore.ID) (chunkstore.Chunk, erro
 // a map, then a chunk store (which decodes into the assembler's buffer),
 // with one of its chunks damaged (fetched instead).
 func TestAssembleManyChunksInRuns(t *testing.T) {
-	t.Run("map", func(t *testing.T) { testAssembleManyChunksInRuns(t, false) })
-	t.Run("store", func(t *testing.T) { testAssembleManyChunksInRuns(t, true) })
+	t.Run("map", func(t *testing.T) { testAssembleManyChunksInRuns(t, false, false) })
+	t.Run("store", func(t *testing.T) { testAssembleManyChunksInRuns(t, true, false) })
+	t.Run("batches", func(t *testing.T) { testAssembleManyChunksInRuns(t, false, true) })
 }
 
-func testAssembleManyChunksInRuns(t *testing.T, store bool) {
+func testAssembleManyChunksInRuns(t *testing.T, store, batches bool) {
 	const n = 600
 	var data []byte
 	b := manifest.NewBuilder()
@@ -405,7 +426,11 @@ func testAssembleManyChunksInRuns(t *testing.T, store bool) {
 		pf.Close()
 		c, damaged = s, 1
 	}
-	asm := &delta.Assembler{Out: out, Seeds: []io.ReaderAt{bytes.NewReader(data)}, Cache: c, Fetch: f, Workers: 2, Digest: true}
+	var fe delta.Fetcher = f
+	if batches {
+		fe = &batchFetcher{fetcher{chunks: fetch}}
+	}
+	asm := &delta.Assembler{Out: out, Seeds: []io.ReaderAt{bytes.NewReader(data)}, Cache: c, Fetch: fe, Workers: 2, Digest: true}
 	st, err := asm.Run(context.Background(), plan)
 	if err != nil {
 		t.Fatal(err)
@@ -421,7 +446,12 @@ func testAssembleManyChunksInRuns(t *testing.T, store bool) {
 	}
 	// The fetcher writes chunk by chunk; the 300 local chunks go out in
 	// runs (batches of 64 chunks, cut at zero extents and ends of runs).
-	if local := out.writes - n/4; local > 30 {
+	// Fetched batches of 16 go out in runs too.
+	if batches {
+		if out.writes > 30+n/4/16+10 {
+			t.Fatalf("%d writes for %d chunks copied locally and %d fetched in batches", out.writes, n/2, n/4)
+		}
+	} else if local := out.writes - n/4; local > 30 {
 		t.Fatalf("%d writes for %d chunks copied locally", local, n/2)
 	}
 }

@@ -246,6 +246,15 @@ func (c *Client) get(ctx context.Context, req *http.Request, name, channel, r st
 // *chunkstore.IntegrityError (ErrCorrupt). fn's error stops the fetch.
 // Fetch has the shape of delta.Fetcher.
 func (c *Client) Fetch(ctx context.Context, refs []manifest.ChunkRef, fn func(chunkstore.Chunk) error) error {
+	return c.FetchBatches(ctx, refs, func() (func(chunkstore.Chunk) error, func() error) { return fn, nil })
+}
+
+// FetchBatches is Fetch that says where its batches begin and end (the
+// shape of delta.BatchFetcher): for each batch it calls open, from the
+// goroutine that receives the batch, and hands that batch's chunks to the
+// put it returned, in the order asked for; done (if not nil) follows the
+// batch's last chunk, and its error stops the fetch like put's.
+func (c *Client) FetchBatches(ctx context.Context, refs []manifest.ChunkRef, open func() (put func(chunkstore.Chunk) error, done func() error)) error {
 	if len(refs) == 0 {
 		return nil
 	}
@@ -263,7 +272,14 @@ func (c *Client) Fetch(ctx context.Context, refs []manifest.ChunkRef, fn func(ch
 		go func() {
 			defer wg.Done()
 			for b := range batches {
-				if err := c.fetchBatch(ctx, b, fn, false); err != nil {
+				put, done := open()
+				err := c.fetchBatch(ctx, b, put, false)
+				if done != nil {
+					if e := done(); err == nil {
+						err = e
+					}
+				}
+				if err != nil {
 					fail(err)
 				}
 			}

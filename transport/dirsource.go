@@ -53,6 +53,15 @@ func (s *DirSource) Manifest(_ context.Context, name, channel string, rev uint64
 
 // Fetch reads, verifies and hands on every chunk of refs (delta.Fetcher).
 func (s *DirSource) Fetch(ctx context.Context, refs []manifest.ChunkRef, fn func(chunkstore.Chunk) error) error {
+	return s.FetchBatches(ctx, refs, func() (func(chunkstore.Chunk) error, func() error) { return fn, nil })
+}
+
+// dirBatch is how many consecutive refs a DirSource worker takes at a time.
+const dirBatch = 64
+
+// FetchBatches is Fetch in batches of consecutive refs (delta.BatchFetcher;
+// transport.Client.FetchBatches says how).
+func (s *DirSource) FetchBatches(ctx context.Context, refs []manifest.ChunkRef, open func() (func(chunkstore.Chunk) error, func() error)) error {
 	workers := s.Workers
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
@@ -63,21 +72,18 @@ func (s *DirSource) Fetch(ctx context.Context, refs []manifest.ChunkRef, fn func
 	for range min(workers, max(len(refs), 1)) {
 		g.Go(func() error {
 			for {
-				k := int(next.Add(1)) - 1
+				k := int(next.Add(dirBatch)) - dirBatch
 				if k >= len(refs) || gctx.Err() != nil {
 					return nil
 				}
-				r := refs[k]
-				b, _, err := s.dir.ReadStored(r.ID)
-				if err != nil {
-					return fmt.Errorf("chunk %s: %w", r.ID.Short(), err)
+				put, done := open()
+				err := s.batch(refs[k:min(k+dirBatch, len(refs))], put)
+				if done != nil {
+					if e := done(); err == nil {
+						err = e
+					}
 				}
-				s.received.Add(int64(len(b)))
-				c, err := chunkstore.Verify(r.ID, b, int(r.Size))
 				if err != nil {
-					return err
-				}
-				if err := fn(c); err != nil {
 					return err
 				}
 			}
@@ -87,4 +93,22 @@ func (s *DirSource) Fetch(ctx context.Context, refs []manifest.ChunkRef, fn func
 		return err
 	}
 	return ctx.Err()
+}
+
+func (s *DirSource) batch(refs []manifest.ChunkRef, put func(chunkstore.Chunk) error) error {
+	for _, r := range refs {
+		b, _, err := s.dir.ReadStored(r.ID)
+		if err != nil {
+			return fmt.Errorf("chunk %s: %w", r.ID.Short(), err)
+		}
+		s.received.Add(int64(len(b)))
+		c, err := chunkstore.Verify(r.ID, b, int(r.Size))
+		if err != nil {
+			return err
+		}
+		if err := put(c); err != nil {
+			return err
+		}
+	}
+	return nil
 }

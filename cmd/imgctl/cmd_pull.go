@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/imgctl/imgctl/chunkstore"
@@ -282,12 +283,46 @@ type storingFetcher struct {
 }
 
 func (f storingFetcher) Fetch(ctx context.Context, refs []manifest.ChunkRef, fn func(chunkstore.Chunk) error) error {
-	return f.client.Fetch(ctx, refs, func(c chunkstore.Chunk) error {
+	return f.client.Fetch(ctx, refs, f.storing(ctx, fn))
+}
+
+func (f storingFetcher) storing(ctx context.Context, fn func(chunkstore.Chunk) error) func(chunkstore.Chunk) error {
+	return func(c chunkstore.Chunk) error {
 		if _, err := f.cache.Put(ctx, c); err != nil {
 			return err
 		}
 		return fn(c)
-	})
+	}
+}
+
+// batchSource is a source that delivers in batches (delta.BatchFetcher).
+type batchSource interface {
+	FetchBatches(ctx context.Context, refs []manifest.ChunkRef, open func() (func(chunkstore.Chunk) error, func() error)) error
+}
+
+// FetchBatches passes the source's batches on (delta.BatchFetcher), or
+// makes the whole fetch one batch.
+func (f storingFetcher) FetchBatches(ctx context.Context, refs []manifest.ChunkRef, open func() (func(chunkstore.Chunk) error, func() error)) error {
+	if b, ok := f.client.(batchSource); ok {
+		return b.FetchBatches(ctx, refs, func() (func(chunkstore.Chunk) error, func() error) {
+			put, done := open()
+			return f.storing(ctx, put), done
+		})
+	}
+	// One batch; the source may deliver from several goroutines.
+	put, done := open()
+	var mu sync.Mutex
+	err := f.client.Fetch(ctx, refs, f.storing(ctx, func(c chunkstore.Chunk) error {
+		mu.Lock()
+		defer mu.Unlock()
+		return put(c)
+	}))
+	if done != nil {
+		if e := done(); err == nil {
+			err = e
+		}
+	}
+	return err
 }
 
 // inCache returns the plan's Have for m's chunks in cache. A failed lookup
