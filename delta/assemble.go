@@ -315,10 +315,35 @@ func (a *Assembler) locals(ctx context.Context, w *writer, plan *Plan, st *Stats
 				if start >= len(idx) {
 					return nil
 				}
-				for _, i := range idx[start:min(start+localBatch, len(idx))] {
+				batch := idx[start:min(start+localBatch, len(idx))]
+				skipSpan := false
+				for k := 0; k < len(batch); {
 					if err := gctx.Err(); err != nil {
 						return err
 					}
+					// Chunks that lie one after the other in a seed and
+					// in the output are read with one call.
+					n, cut, err := 0, false, error(nil)
+					if !skipSpan {
+						n, cut, err = a.seedSpan(r, plan, batch[k:])
+						if err != nil {
+							return err
+						}
+					}
+					// A chunk that failed in a span goes through local
+					// without being read in a span again.
+					skipSpan = cut
+					if n > 0 {
+						mu.Lock()
+						for _, i := range batch[k : k+n] {
+							st.countLocal(SourceSeed, int64(t.Chunks[i].Size), 0)
+						}
+						mu.Unlock()
+						k += n
+						continue
+					}
+					i := batch[k]
+					k++
 					kind, fallbacks, err := a.local(gctx, r, plan, i, buf)
 					if err != nil {
 						return err
@@ -452,6 +477,63 @@ func (a *Assembler) fetch(ctx context.Context, w *writer, idx []int, st *Stats, 
 
 // runBufs holds the write buffers of fetched batches.
 var runBufs = sync.Pool{New: func() any { b := make([]byte, 0, runBytes); return &b }}
+
+// seedSpan reads the longest run of chunks at the head of list (at least
+// two) whose first candidates lie one after the other in one seed and
+// that follow each other in the output, with one read into the run's
+// buffer, and checks each chunk there. It returns how many chunks from the
+// head passed (they are in the run); 0 means list[0] is to go through
+// local. A chunk that fails cuts the span short (cut): it goes through
+// local, which tries its other candidates.
+func (a *Assembler) seedSpan(r *run, plan *Plan, list []int) (n int, cut bool, err error) {
+	t := plan.Target
+	first := func(i int) (Candidate, bool) {
+		if c := plan.Sources[i]; len(c) > 0 && c[0].Kind == SourceSeed && c[0].Seed < len(a.Seeds) {
+			return c[0], true
+		}
+		return Candidate{}, false
+	}
+	s0, ok := first(list[0])
+	if !ok {
+		return 0, false, nil
+	}
+	if into, err := r.room(list[0], int(t.Chunks[list[0]].Size), -1); err != nil || !into {
+		return 0, false, err
+	}
+	space := cap(r.buf) - len(r.buf)
+	total := 0
+	for _, i := range list {
+		s, ok := first(i)
+		o := r.w.occ[i]
+		size := int(t.Chunks[i].Size)
+		if !ok || s.Seed != s0.Seed || s.Offset != s0.Offset+int64(total) ||
+			len(o) != 1 || o[0].Count != 1 || o[0].Offset != r.off+int64(len(r.buf)+total) || total+size > space {
+			break
+		}
+		n++
+		total += size
+	}
+	if n < 2 {
+		return 0, false, nil
+	}
+	span := r.buf[len(r.buf) : len(r.buf)+total]
+	if k, err := a.Seeds[s0.Seed].ReadAt(span, s0.Offset); k != len(span) {
+		if err != nil && !errors.Is(err, io.EOF) {
+			a.logf("read seed at %d: %v", s0.Offset, err)
+		}
+		return 0, false, nil
+	}
+	done := 0
+	for _, i := range list[:n] {
+		size := int(t.Chunks[i].Size)
+		if chunkstore.Sum(r.buf[len(r.buf):len(r.buf)+size]) != t.Chunks[i].ID {
+			break
+		}
+		r.commit(i, size)
+		done++
+	}
+	return done, done < n, nil
+}
 
 // plainAppender is an optional upgrade of the Cache: decode a chunk into
 // the caller's buffer (chunkstore.Local.AppendPlain).

@@ -455,3 +455,48 @@ func testAssembleManyChunksInRuns(t *testing.T, store, batches bool) {
 		t.Fatalf("%d writes for %d chunks copied locally", local, n/2)
 	}
 }
+
+// countingReader counts ReadAt calls.
+type countingReader struct {
+	io.ReaderAt
+	mu    sync.Mutex
+	reads int
+}
+
+func (c *countingReader) ReadAt(p []byte, off int64) (int, error) {
+	c.mu.Lock()
+	c.reads++
+	c.mu.Unlock()
+	return c.ReaderAt.ReadAt(p, off)
+}
+
+// Chunks that lie one after the other in the seed and in the output are
+// read from the seed together, and each is still checked: one that drifted
+// in the middle of such a span is taken from the cache, the chunks around
+// it from the seed.
+func TestAssembleSeedSpans(t *testing.T) {
+	want, target := content(t, "abcdefghijklmnop")
+	seedData := append([]byte(nil), want...)
+	seedData[6*1000+10] = 'Z' // g drifted
+	cache := getter{target.Chunks[6].ID: want[6000:7000]}
+	plan := delta.NewPlan(delta.Inputs{Target: target, Seeds: []delta.SeedIndex{delta.IndexManifest(target)},
+		Have: func(id chunkstore.ID) bool { _, ok := cache[id]; return ok }})
+	seed := &countingReader{ReaderAt: bytes.NewReader(seedData)}
+	out := &counting{mem: mem{b: make([]byte, len(want))}}
+	asm := &delta.Assembler{Out: out, Seeds: []io.ReaderAt{seed}, Cache: cache, Workers: 1, Digest: true}
+	st, err := asm.Run(context.Background(), plan)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(out.b, want) || st.Digest != target.Digest {
+		t.Fatal("assembled content differs")
+	}
+	if st.SeedChunks != 15 || st.CacheChunks != 1 || st.Fallbacks != 1 {
+		t.Fatalf("stats %+v: want 15 chunks from the seed, g from the cache after one fallback", st)
+	}
+	// a–p in one read; g fails in it, so g is read alone and h–p again
+	// together: 3 reads instead of 16 (and one write).
+	if seed.reads > 3 || out.writes != 1 {
+		t.Fatalf("%d seed reads and %d writes for 16 adjacent chunks", seed.reads, out.writes)
+	}
+}
