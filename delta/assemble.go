@@ -408,63 +408,43 @@ func (a *Assembler) fetch(ctx context.Context, w *writer, idx []int, st *Stats, 
 	}
 	var got atomic.Int64
 	seen := make([]atomic.Bool, len(t.Chunks))
-	// take checks a delivered chunk and returns its index, or -1 for a
-	// chunk already written.
-	take := func(c chunkstore.Chunk) (int, error) {
+	// put checks a delivered chunk and writes it with write (into a
+	// batch's run, or at once), unless it is written already.
+	put := func(c chunkstore.Chunk, write func(i int, data []byte, skip int64) error) error {
 		i, ok := want[c.ID()]
 		if !ok {
-			return -1, fmt.Errorf("fetcher returned unrequested chunk %s", c.ID().Short())
+			return fmt.Errorf("fetcher returned unrequested chunk %s", c.ID().Short())
 		}
 		if c.Size() != int(t.Chunks[i].Size) {
-			return -1, &chunkstore.IntegrityError{ID: c.ID(), Reason: "size differs from manifest"}
+			return &chunkstore.IntegrityError{ID: c.ID(), Reason: "size differs from manifest"}
 		}
 		if seen[i].Swap(true) {
-			return -1, nil
+			return nil
 		}
-		return i, nil
-	}
-	counted := func(c chunkstore.Chunk) {
+		if err := write(i, c.Plain(), -1); err != nil {
+			return err
+		}
 		got.Add(1)
 		mu.Lock()
 		st.FetchChunks++
 		st.FetchBytes += int64(c.Size())
 		mu.Unlock()
+		return nil
 	}
 	var err error
 	if bf, ok := a.Fetch.(BatchFetcher); ok {
 		err = bf.FetchBatches(ctx, refs, func() (func(chunkstore.Chunk) error, func() error) {
 			bp := runBufs.Get().(*[]byte)
 			r := &run{w: w, buf: (*bp)[:0]}
-			put := func(c chunkstore.Chunk) error {
-				i, err := take(c)
-				if i < 0 {
-					return err
-				}
-				if err := r.add(i, c.Plain(), -1); err != nil {
-					return err
-				}
-				counted(c)
-				return nil
-			}
 			done := func() error {
 				err := r.flush()
 				runBufs.Put(bp)
 				return err
 			}
-			return put, done
+			return func(c chunkstore.Chunk) error { return put(c, r.add) }, done
 		})
 	} else {
-		err = a.Fetch.Fetch(ctx, refs, func(c chunkstore.Chunk) error {
-			i, err := take(c)
-			if i < 0 {
-				return err
-			}
-			if err := w.writeAll(i, c.Plain(), -1); err != nil {
-				return err
-			}
-			counted(c)
-			return nil
-		})
+		err = a.Fetch.Fetch(ctx, refs, func(c chunkstore.Chunk) error { return put(c, w.writeAll) })
 	}
 	if err != nil {
 		return err
