@@ -556,3 +556,42 @@ func TestConfiguredPeerRedialled(t *testing.T) {
 		t.Fatalf("%v (leech %+v)", err, h.Stats())
 	}
 }
+
+// A watch carries arrivals in order; the chunks themselves only while
+// they fit its budget (a lagging receiver reads the rest from the store),
+// and a closed watch collects nothing.
+func TestWatchBudget(t *testing.T) {
+	rel := makeRelease(t, 4, 5, 32<<10)
+	tor := &Torrent{L: rel.layout, have: make([]bool, rel.layout.Files()), changed: make(chan struct{})}
+	w := tor.openWatch()
+	big := make([]byte, watchBudget/2)
+	huge, err := chunkstore.Encode(big, chunkstore.LevelFastest) // ~8 MiB plain
+	if err != nil {
+		t.Fatal(err)
+	}
+	tor.mu.Lock()
+	tor.arrivedLocked(1, huge)
+	tor.arrivedLocked(2, rel.chunks[1])
+	tor.arrivedLocked(3, huge) // over budget: index only
+	tor.arrivedLocked(4, rel.chunks[3])
+	tor.mu.Unlock()
+	got := tor.take(w)
+	if len(got) != 4 {
+		t.Fatalf("%d arrivals, want 4", len(got))
+	}
+	for k, want := range []bool{true, true, false, true} {
+		if got[k].f != k+1 || got[k].c.IsZero() == want {
+			t.Errorf("arrival %d: file %d, chunk carried %v, want file %d, %v", k, got[k].f, !got[k].c.IsZero(), k+1, want)
+		}
+	}
+	if len(tor.take(w)) != 0 {
+		t.Error("take returned arrivals twice")
+	}
+	tor.closeWatch(w)
+	tor.mu.Lock()
+	tor.arrivedLocked(1, rel.chunks[0])
+	tor.mu.Unlock()
+	if len(w.queue) != 0 {
+		t.Error("a closed watch still collects")
+	}
+}
