@@ -1,6 +1,7 @@
 package chunkstore
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -647,6 +648,22 @@ func (s *Local) GetMeta(key string) ([]byte, error) {
 func (s *Local) PutMeta(key string, value []byte) error {
 	if err := s.Flush(context.Background()); err != nil {
 		return err
+	}
+	// A record that holds value already is left alone: no write, no fsync
+	// (a pull after a --no-flip pull of the same release stores its
+	// 400 KB manifest again: 15 ms, an eighth of what comes before the
+	// first byte of a slot write).
+	same := false
+	if value != nil {
+		_ = s.db.View(func(tx *bolt.Tx) error {
+			if b := tx.Bucket(bucketMeta); b != nil {
+				same = bytes.Equal(b.Get([]byte(key)), value)
+			}
+			return nil
+		})
+	}
+	if same {
+		return nil
 	}
 	return s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketMeta)
