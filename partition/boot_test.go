@@ -364,3 +364,56 @@ func TestShippedBootScripts(t *testing.T) {
 		}
 	}
 }
+
+// grub-editenv rewrites its file in place. One that dies after truncating
+// it (a kill -9 or a power cut mid-write) must leave the old block intact:
+// the backend and the switch script edit a copy and rename it over the
+// file. Without that, GRUB would find no valid block and boot with no
+// variables at all.
+func TestGrubSetSurvivesDyingEditor(t *testing.T) {
+	needTool(t, "grub-editenv")
+	ctx := context.Background()
+	dir := t.TempDir()
+	g := &Grub{Env: filepath.Join(dir, "grubenv"), Slots: []string{"A", "B"}}
+	must(t, g.Init(ctx, "A"))
+	before, err := os.ReadFile(g.Env)
+	must(t, err)
+	// An editor whose "set" truncates the file it is given, then dies
+	// ("list" is the real one's).
+	real, err := exec.LookPath("grub-editenv")
+	must(t, err)
+	bin := filepath.Join(dir, "bin")
+	must(t, os.MkdirAll(bin, 0o755))
+	dying := filepath.Join(bin, "grub-editenv")
+	must(t, os.WriteFile(dying, []byte("#!/bin/sh\nif [ \"$2\" = set ]; then : > \"$1\"; kill -9 $$; fi\nexec "+real+" \"$@\"\n"), 0o755))
+	bad := &Grub{Env: g.Env, Slots: g.Slots, Tool: dying}
+	if err := bad.SetPrimary(ctx, "B"); err == nil {
+		t.Fatal("a dying grub-editenv reported success")
+	}
+	after, err := os.ReadFile(g.Env)
+	must(t, err)
+	if string(after) != string(before) {
+		t.Fatal("the environment block changed")
+	}
+	if p, err := g.Primary(ctx); err != nil || p != "A" {
+		t.Fatalf("after the dying editor: primary %q, %v", p, err)
+	}
+	left, _ := filepath.Glob(filepath.Join(dir, ".grubenv-imgctl-*"))
+	if len(left) != 0 {
+		t.Fatalf("temporary copies left: %v", left)
+	}
+
+	// The switch script, with the dying editor first in PATH.
+	script, _ := filepath.Abs("imgctl-bootslot")
+	must(t, writeFile(filepath.Join(dir, "booted"), "A\n"))
+	env := []string{"PATH=" + bin + ":" + os.Getenv("PATH"), "IMGCTL_BOOTSLOT_CONF=/nonexistent", "IMGCTL_BOOTLOADER=grub",
+		"IMGCTL_BOOTED=" + filepath.Join(dir, "booted"), "IMGCTL_GRUBENV=" + g.Env}
+	if _, err := runEnv(ctx, env, script, "switch", "B"); err == nil {
+		t.Fatal("the script reported success with a dying grub-editenv")
+	}
+	after, err = os.ReadFile(g.Env)
+	must(t, err)
+	if string(after) != string(before) {
+		t.Fatal("the script's dying editor changed the environment block")
+	}
+}

@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"strings"
+
+	"github.com/imgctl/imgctl/chunkstore"
 )
 
 // Grub keeps boot state in a GRUB environment block through the real
@@ -62,14 +65,59 @@ func (g *Grub) Read(ctx context.Context) (map[string]string, error) {
 	return parseEnv(out), nil
 }
 
-// set writes all pairs in ONE grub-editenv call.
+// set writes all pairs in ONE grub-editenv call. grub-editenv rewrites
+// its file in place (open with O_TRUNC, write, fsync): killed or cut off
+// in between, it leaves no valid block, and GRUB then boots with no
+// variables at all (the kill -9 test caught a truncated block). So it
+// edits a copy beside the file, which then replaces the file by rename:
+// whatever happens, the block is the old one or the new one.
 func (g *Grub) set(ctx context.Context, kv map[string]string) error {
-	args := []string{g.Env, "set"}
+	old, err := os.ReadFile(g.Env)
+	if err != nil {
+		return err
+	}
+	st, err := os.Stat(g.Env)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Dir(g.Env)
+	f, err := os.CreateTemp(dir, ".grubenv-imgctl-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // after the rename: no such file
+	_, err = f.Write(old)
+	if err == nil {
+		err = f.Chmod(st.Mode().Perm())
+	}
+	if e := f.Close(); err == nil {
+		err = e
+	}
+	if err != nil {
+		return err
+	}
+	args := []string{tmp, "set"}
 	for _, k := range sortedKeys(kv) {
 		args = append(args, k+"="+kv[k])
 	}
-	_, err := run(ctx, g.tool(), args...)
-	return err
+	if _, err := run(ctx, g.tool(), args...); err != nil {
+		return err
+	}
+	// grub-editenv fsyncs what it writes; once more, in case a tool
+	// given as Tool does not.
+	if f, err = os.Open(tmp); err != nil {
+		return err
+	}
+	err = f.Sync()
+	f.Close()
+	if err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, g.Env); err != nil {
+		return err
+	}
+	return chunkstore.SyncDir(dir)
 }
 
 // Init creates the environment with primary as the only good slot (the
