@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // bootSim is a simulated bootloader: Boot applies the boot-side rules of
@@ -402,6 +403,22 @@ func TestGrubSetSurvivesDyingEditor(t *testing.T) {
 	if len(left) != 0 {
 		t.Fatalf("temporary copies left: %v", left)
 	}
+	// A killed run's copy goes at the next write once it is old; a
+	// recent one may still be some editor's.
+	oldCopy, newCopy := filepath.Join(dir, ".grubenv-imgctl-1"), filepath.Join(dir, ".grubenv-imgctl-2")
+	must(t, os.WriteFile(oldCopy, before, 0o644))
+	must(t, os.WriteFile(newCopy, before, 0o644))
+	must(t, os.Chtimes(oldCopy, time.Now().Add(-time.Hour), time.Now().Add(-time.Hour)))
+	must(t, g.SetPrimary(ctx, "A"))
+	if _, err := os.Stat(oldCopy); err == nil {
+		t.Error("an hour-old copy was left")
+	}
+	if _, err := os.Stat(newCopy); err != nil {
+		t.Error("a fresh copy was removed")
+	}
+	os.Remove(newCopy)
+	before, err = os.ReadFile(g.Env)
+	must(t, err)
 
 	// The switch script, with the dying editor first in PATH.
 	script, _ := filepath.Abs("imgctl-bootslot")

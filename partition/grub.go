@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/imgctl/imgctl/chunkstore"
 )
@@ -81,6 +82,15 @@ func (g *Grub) set(ctx context.Context, kv map[string]string) error {
 		return err
 	}
 	dir := filepath.Dir(g.Env)
+	// Copies left by a killed run (its editor may still have been
+	// writing one a moment ago: only old ones go).
+	if stale, _ := filepath.Glob(filepath.Join(dir, ".grubenv-imgctl-*")); len(stale) > 0 {
+		for _, p := range stale {
+			if fi, err := os.Stat(p); err == nil && time.Since(fi.ModTime()) > time.Minute {
+				os.Remove(p)
+			}
+		}
+	}
 	f, err := os.CreateTemp(dir, ".grubenv-imgctl-*")
 	if err != nil {
 		return err
