@@ -158,6 +158,38 @@ func seqKey(s uint32) []byte { return binary.BigEndian.AppendUint32(nil, s) }
 // reconcile makes the index agree with the packs on disk after a crash:
 // temporary files go, complete packs the index lacks are imported from
 // their .idx, incomplete packs go, and entries of vanished packs go.
+// consistent reports whether the index has its buckets, indexes every
+// pack on disk and no other (so reconcile has nothing to do), and notes
+// the highest pack sequence it indexes.
+func (s *Local) consistent(seqs []uint32, onDisk map[uint32]bool) bool {
+	ok := true
+	_ = s.db.View(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketChunks, bucketPacks, bucketMeta} {
+			if tx.Bucket(b) == nil {
+				ok = false
+				return nil
+			}
+		}
+		indexed := map[uint32]bool{}
+		tx.Bucket(bucketPacks).ForEach(func(k, _ []byte) error {
+			q := binary.BigEndian.Uint32(k)
+			indexed[q] = true
+			s.nextSeq = max(s.nextSeq, q+1)
+			if !onDisk[q] {
+				ok = false
+			}
+			return nil
+		})
+		for _, q := range seqs {
+			if !indexed[q] {
+				ok = false
+			}
+		}
+		return nil
+	})
+	return ok
+}
+
 func (s *Local) reconcile() error {
 	seqs, other, err := listPacks(s.root)
 	if err != nil {
@@ -173,6 +205,11 @@ func (s *Local) reconcile() error {
 	for _, q := range seqs {
 		onDisk[q] = true
 		s.nextSeq = max(s.nextSeq, q+1)
+	}
+	// Most opens find the index and the packs in agreement: a read-only
+	// look then spares the commit (two fdatasyncs) an update would cost.
+	if s.consistent(seqs, onDisk) {
+		return nil
 	}
 	return s.db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketChunks, bucketPacks, bucketMeta} {

@@ -1,6 +1,7 @@
 package chunkstore
 
 import (
+	"os"
 	"testing"
 )
 
@@ -39,5 +40,52 @@ func TestPutMetaUnchangedWritesNothing(t *testing.T) {
 	}
 	if v, _ := s.GetMeta("manifest/x"); v != nil {
 		t.Fatal("record not deleted")
+	}
+}
+
+// Opening a store whose index agrees with its packs commits nothing (no
+// fdatasync); one whose pack vanished is still reconciled.
+func TestOpenConsistentWritesNothing(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Encode([]byte("some chunk content"), LevelFastest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Put(t.Context(), c); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := s.db.Stats()
+	if n := st.TxStats.GetWrite(); n != 0 {
+		t.Fatalf("opening a consistent store wrote %d pages", n)
+	}
+	if ok, _ := s.Has(t.Context(), c.ID()); !ok {
+		t.Fatal("chunk lost")
+	}
+	p, _, _, err := s.Locate(c.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if err := os.Remove(p); err != nil {
+		t.Fatal(err)
+	}
+	s, err = Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if ok, _ := s.Has(t.Context(), c.ID()); ok {
+		t.Fatal("a chunk of a vanished pack is still indexed")
 	}
 }
