@@ -1,6 +1,7 @@
 package partition
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"os/exec"
@@ -432,5 +433,57 @@ func TestGrubSetSurvivesDyingEditor(t *testing.T) {
 	must(t, err)
 	if string(after) != string(before) {
 		t.Fatal("the script's dying editor changed the environment block")
+	}
+}
+
+// With a redundant U-Boot environment, a flip whose write is cut short
+// (the copy being written torn) leaves the previous state readable, and
+// imgctl's backend reads and writes both copies through the real tools.
+func TestUBootRedundantEnvSurvivesTornWrite(t *testing.T) {
+	needTool(t, "fw_printenv", "fw_setenv", "mkenvimage")
+	ctx := context.Background()
+	dir := t.TempDir()
+	cfg, err := InitUBootEnvRedundant(ctx, dir, []string{"A", "B"}, "A", 3, 0x4000)
+	must(t, err)
+	u := &UBoot{Config: cfg, Slots: []string{"A", "B"}, MaxTries: 3}
+	if p, err := u.Primary(ctx); err != nil || p != "A" {
+		t.Fatalf("fresh env: primary %q, %v", p, err)
+	}
+	// Which file a write goes to: the one whose content changes.
+	files := []string{filepath.Join(dir, "uboot.env"), filepath.Join(dir, "uboot.env.redund")}
+	read := func() [2]string {
+		var b [2]string
+		for i, f := range files {
+			c, err := os.ReadFile(f)
+			must(t, err)
+			b[i] = string(c)
+		}
+		return b
+	}
+	before := read()
+	must(t, u.SetPrimary(ctx, "B"))
+	after := read()
+	written := -1
+	for i := range files {
+		if before[i] != after[i] {
+			if written >= 0 {
+				t.Fatal("one flip wrote both copies")
+			}
+			written = i
+		}
+	}
+	if written < 0 {
+		t.Fatal("the flip wrote neither copy")
+	}
+	if p, _ := u.Primary(ctx); p != "B" {
+		t.Fatalf("after the flip: primary %q", p)
+	}
+	// Tear the copy the flip wrote, as a power cut in the middle of that
+	// write would: the other copy, the state before the flip, is read.
+	torn := []byte(after[written])
+	copy(torn[100:], bytes.Repeat([]byte{0xA5}, 200))
+	must(t, os.WriteFile(files[written], torn, 0o644))
+	if p, err := u.Primary(ctx); err != nil || p != "A" {
+		t.Fatalf("after a torn flip: primary %q, %v; want the previous state, A", p, err)
 	}
 }

@@ -191,10 +191,22 @@ func (u *UBoot) TriesLeft(ctx context.Context, slot string) (int, error) {
 // bytes at path with primary as the only good slot, using mkenvimage, and
 // writes a fw_env.config for it next to it. For tests and new devices.
 func InitUBootEnv(ctx context.Context, dir string, slots []string, primary string, tries int, size int) (config string, err error) {
+	return initUBootEnv(ctx, dir, slots, primary, tries, size, 1)
+}
+
+// InitUBootEnvRedundant is InitUBootEnv with two copies of the environment
+// (uboot.env and uboot.env.redund, flag byte included, both lines in
+// fw_env.config), as U-Boot's CONFIG_ENV_OFFSET_REDUND lays them out:
+// fw_setenv writes the copy not in use and switches by the flag, so a write
+// cut short leaves the previous state readable (docs/boot.md).
+func InitUBootEnvRedundant(ctx context.Context, dir string, slots []string, primary string, tries int, size int) (config string, err error) {
+	return initUBootEnv(ctx, dir, slots, primary, tries, size, 2)
+}
+
+func initUBootEnv(ctx context.Context, dir string, slots []string, primary string, tries, size, copies int) (config string, err error) {
 	if err := checkSlot(slots, primary); err != nil {
 		return "", err
 	}
-	env := filepath.Join(dir, "uboot.env")
 	config = filepath.Join(dir, "fw_env.config")
 	var b strings.Builder
 	b.WriteString("BOOT_ORDER=" + strings.Join(reorder(nil, slots, primary), " ") + "\n")
@@ -209,10 +221,22 @@ func InitUBootEnv(ctx context.Context, dir string, slots []string, primary strin
 	if err := os.WriteFile(txt, []byte(b.String()), 0o644); err != nil {
 		return "", err
 	}
-	if _, err := run(ctx, "mkenvimage", "-s", fmt.Sprintf("%#x", size), "-o", env, txt); err != nil {
-		return "", err
+	var conf strings.Builder
+	for i := 0; i < copies; i++ {
+		env := filepath.Join(dir, "uboot.env")
+		args := []string{"-s", fmt.Sprintf("%#x", size), "-o", env, txt}
+		if copies > 1 {
+			if i > 0 {
+				env += ".redund"
+			}
+			args = []string{"-r", "-s", fmt.Sprintf("%#x", size), "-o", env, txt}
+		}
+		if _, err := run(ctx, "mkenvimage", args...); err != nil {
+			return "", err
+		}
+		fmt.Fprintf(&conf, "%s 0x0000 %#x\n", env, size)
 	}
-	if err := os.WriteFile(config, []byte(fmt.Sprintf("%s 0x0000 %#x\n", env, size)), 0o644); err != nil {
+	if err := os.WriteFile(config, []byte(conf.String()), 0o644); err != nil {
 		return "", err
 	}
 	return config, nil
