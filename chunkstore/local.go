@@ -155,41 +155,25 @@ func decodeLoc(v []byte) (loc, bool) {
 
 func seqKey(s uint32) []byte { return binary.BigEndian.AppendUint32(nil, s) }
 
-// reconcile makes the index agree with the packs on disk after a crash:
-// temporary files go, complete packs the index lacks are imported from
-// their .idx, incomplete packs go, and entries of vanished packs go.
-// consistent reports whether the index has its buckets, indexes every
-// pack on disk and no other (so reconcile has nothing to do), and notes
-// the highest pack sequence it indexes.
-func (s *Local) consistent(seqs []uint32, onDisk map[uint32]bool) bool {
-	ok := true
-	_ = s.db.View(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketChunks, bucketPacks, bucketMeta} {
-			if tx.Bucket(b) == nil {
-				ok = false
-				return nil
-			}
-		}
-		indexed := map[uint32]bool{}
-		tx.Bucket(bucketPacks).ForEach(func(k, _ []byte) error {
-			q := binary.BigEndian.Uint32(k)
-			indexed[q] = true
-			s.nextSeq = max(s.nextSeq, q+1)
-			if !onDisk[q] {
-				ok = false
-			}
-			return nil
-		})
-		for _, q := range seqs {
-			if !indexed[q] {
-				ok = false
-			}
+// indexedPacks lists the packs the index holds and those of them not on
+// disk, and notes the highest sequence.
+func (s *Local) indexedPacks(packs *bolt.Bucket, onDisk map[uint32]bool) (indexed map[uint32]bool, gone []uint32, err error) {
+	indexed = map[uint32]bool{}
+	err = packs.ForEach(func(k, _ []byte) error {
+		q := binary.BigEndian.Uint32(k)
+		indexed[q] = true
+		s.nextSeq = max(s.nextSeq, q+1)
+		if !onDisk[q] {
+			gone = append(gone, q)
 		}
 		return nil
 	})
-	return ok
+	return indexed, gone, err
 }
 
+// reconcile makes the index agree with the packs on disk after a crash:
+// temporary files go, complete packs the index lacks are imported from
+// their .idx, incomplete packs go, and entries of vanished packs go.
 func (s *Local) reconcile() error {
 	seqs, other, err := listPacks(s.root)
 	if err != nil {
@@ -208,7 +192,16 @@ func (s *Local) reconcile() error {
 	}
 	// Most opens find the index and the packs in agreement: a read-only
 	// look then spares the commit (two fdatasyncs) an update would cost.
-	if s.consistent(seqs, onDisk) {
+	clean := false
+	_ = s.db.View(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketChunks) == nil || tx.Bucket(bucketPacks) == nil || tx.Bucket(bucketMeta) == nil {
+			return nil
+		}
+		indexed, gone, err := s.indexedPacks(tx.Bucket(bucketPacks), onDisk)
+		clean = err == nil && len(gone) == 0 && len(indexed) == len(seqs)
+		return nil
+	})
+	if clean {
 		return nil
 	}
 	return s.db.Update(func(tx *bolt.Tx) error {
@@ -218,17 +211,8 @@ func (s *Local) reconcile() error {
 			}
 		}
 		chunks, packs := tx.Bucket(bucketChunks), tx.Bucket(bucketPacks)
-		indexed := map[uint32]bool{}
-		var gone []uint32
-		if err := packs.ForEach(func(k, _ []byte) error {
-			q := binary.BigEndian.Uint32(k)
-			indexed[q] = true
-			s.nextSeq = max(s.nextSeq, q+1)
-			if !onDisk[q] {
-				gone = append(gone, q)
-			}
-			return nil
-		}); err != nil {
+		indexed, gone, err := s.indexedPacks(packs, onDisk)
+		if err != nil {
 			return err
 		}
 		for _, q := range seqs {
