@@ -291,12 +291,9 @@ func (s *Local) locate(id ID) (loc, bool, error) {
 
 // Stat returns the sizes of id, or ErrNotFound.
 func (s *Local) Stat(_ context.Context, id ID) (Info, error) {
-	l, ok, err := s.locate(id)
+	l, err := s.find(id)
 	if err != nil {
 		return Info{}, err
-	}
-	if !ok {
-		return Info{}, fmt.Errorf("chunk %s: %w", id.Short(), ErrNotFound)
 	}
 	return Info{ID: id, Size: l.size, Stored: l.stored}, nil
 }
@@ -375,23 +372,35 @@ func (s *Local) readStoredInto(id ID, l loc, b []byte) error {
 // from the index, so that a later Put stores a good copy; the error wraps
 // ErrCorrupt.
 func (s *Local) Get(_ context.Context, id ID) (Chunk, error) {
-	l, ok, err := s.locate(id)
+	l, err := s.find(id)
 	if err != nil {
 		return Chunk{}, err
-	}
-	if !ok {
-		return Chunk{}, fmt.Errorf("chunk %s: %w", id.Short(), ErrNotFound)
 	}
 	b, err := s.readStored(id, l)
 	var c Chunk
 	if err == nil {
 		c, err = Verify(id, b, int(l.size))
 	}
-	if err != nil && errors.Is(err, ErrCorrupt) && !s.opts.ReadOnly {
+	return c, s.dropCorrupt(id, err)
+}
+
+// find locates id, or fails with ErrNotFound.
+func (s *Local) find(id ID) (loc, error) {
+	l, ok, err := s.locate(id)
+	if err == nil && !ok {
+		err = fmt.Errorf("chunk %s: %w", id.Short(), ErrNotFound)
+	}
+	return l, err
+}
+
+// dropCorrupt drops id from the index when err says it is corrupt, so that
+// a later Put stores a good copy; it returns err.
+func (s *Local) dropCorrupt(id ID, err error) error {
+	if errors.Is(err, ErrCorrupt) && !s.opts.ReadOnly {
 		s.log.Warn("dropping corrupt chunk from the index", "id", id, "err", err)
 		s.Unindex([]ID{id})
 	}
-	return c, err
+	return err
 }
 
 // AppendPlain is Get that decodes id into dst's spare capacity and returns
@@ -400,12 +409,9 @@ func (s *Local) Get(_ context.Context, id ID) (Chunk, error) {
 // large enough: the assembler copies cached chunks into its write buffer
 // this way.
 func (s *Local) AppendPlain(dst []byte, id ID, scratch *[]byte) ([]byte, error) {
-	l, ok, err := s.locate(id)
+	l, err := s.find(id)
 	if err != nil {
 		return dst, err
-	}
-	if !ok {
-		return dst, fmt.Errorf("chunk %s: %w", id.Short(), ErrNotFound)
 	}
 	if cap(*scratch) < int(l.stored) {
 		*scratch = make([]byte, l.stored)
@@ -417,11 +423,7 @@ func (s *Local) AppendPlain(dst []byte, id ID, scratch *[]byte) ([]byte, error) 
 			return out, nil
 		}
 	}
-	if errors.Is(err, ErrCorrupt) && !s.opts.ReadOnly {
-		s.log.Warn("dropping corrupt chunk from the index", "id", id, "err", err)
-		s.Unindex([]ID{id})
-	}
-	return dst, err
+	return dst, s.dropCorrupt(id, err)
 }
 
 // ReadStored returns the stored bytes of id, unverified, and its size.
@@ -442,12 +444,9 @@ func (s *Local) ReadStoredChecked(id ID) ([]byte, int, error) {
 }
 
 func (s *Local) readStoredByID(id ID) ([]byte, loc, error) {
-	l, ok, err := s.locate(id)
+	l, err := s.find(id)
 	if err != nil {
 		return nil, loc{}, err
-	}
-	if !ok {
-		return nil, loc{}, fmt.Errorf("chunk %s: %w", id.Short(), ErrNotFound)
 	}
 	b, err := s.readStored(id, l)
 	return b, l, err
