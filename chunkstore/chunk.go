@@ -103,9 +103,10 @@ func MaxStoredSize(size int) int {
 	return size + size>>7 + 64
 }
 
-// decodeSlack is klauspost/compress/zstd's compressedBlockOverAlloc: the
-// spare capacity its sequence decoder needs to copy in whole 16-byte blocks.
-const decodeSlack = 16
+// DecodeSlack is klauspost/compress/zstd's compressedBlockOverAlloc: the
+// spare capacity past a chunk's end its sequence decoder needs to copy in
+// whole 16-byte blocks (VerifyAppend's dst should have it).
+const DecodeSlack = 16
 
 // Verify decodes stored, checks that it yields exactly size bytes hashing to
 // id, and returns the verified chunk. size < 0 means "not known" (the
@@ -113,10 +114,10 @@ const decodeSlack = 16
 func Verify(id ID, stored []byte, size int) (Chunk, error) {
 	capHint := 0
 	if size >= 0 && size <= MaxChunkSize {
-		// decodeSlack bytes past the end let klauspost's decoder use its
+		// DecodeSlack bytes past the end let klauspost's decoder use its
 		// 16-byte block copies for the last block too, instead of the
 		// bounds-exact ones: ~17 % faster decoding (chunks of a real image).
-		capHint = size + decodeSlack
+		capHint = size + DecodeSlack
 	}
 	plain, err := VerifyAppend(make([]byte, 0, capHint), id, stored, size)
 	if err != nil {

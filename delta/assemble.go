@@ -664,7 +664,7 @@ type run struct {
 // and commit it. False: write it with add.
 func (r *run) room(i, n int, skip int64) (bool, error) {
 	o := r.w.occ[i]
-	if len(o) != 1 || o[0].Count != 1 || o[0].Offset == skip || n+decodeSlack > cap(r.buf) {
+	if len(o) != 1 || o[0].Count != 1 || o[0].Offset == skip || n+chunkstore.DecodeSlack > cap(r.buf) {
 		return false, nil
 	}
 	if len(r.buf) > 0 && (o[0].Offset != r.off+int64(len(r.buf)) || len(r.buf)+n > cap(r.buf)) {
@@ -677,10 +677,6 @@ func (r *run) room(i, n int, skip int64) (bool, error) {
 	}
 	return true, nil
 }
-
-// decodeSlack: a run keeps this much capacity beyond a chunk decoded into
-// it when it can (the zstd decoder's fast path; chunkstore.Verify).
-const decodeSlack = 16
 
 // commit adds chunk i, the n bytes just past the end of the run's buffer,
 // to the run.

@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/imgctl/imgctl/chunkstore"
@@ -236,6 +235,9 @@ func saveFileRecord(c *chunkstore.Local, path string, r fileRecord) error {
 type source interface {
 	Manifest(ctx context.Context, name, channel string, rev uint64) ([]byte, error)
 	Fetch(ctx context.Context, refs []manifest.ChunkRef, fn func(chunkstore.Chunk) error) error
+	// FetchBatches is Fetch that says where its batches begin and end
+	// (delta.BatchFetcher).
+	FetchBatches(ctx context.Context, refs []manifest.ChunkRef, open func() (func(chunkstore.Chunk) error, func() error)) error
 	Received() int64
 }
 
@@ -272,6 +274,9 @@ func (noSource) Manifest(context.Context, string, string, uint64) ([]byte, error
 func (noSource) Fetch(context.Context, []manifest.ChunkRef, func(chunkstore.Chunk) error) error {
 	return errNoOrigin
 }
+func (noSource) FetchBatches(context.Context, []manifest.ChunkRef, func() (func(chunkstore.Chunk) error, func() error)) error {
+	return errNoOrigin
+}
 func (noSource) Received() int64 { return 0 }
 
 // storingFetcher fetches from the source and keeps every chunk in the cache
@@ -295,34 +300,12 @@ func (f storingFetcher) storing(ctx context.Context, fn func(chunkstore.Chunk) e
 	}
 }
 
-// batchSource is a source that delivers in batches (delta.BatchFetcher).
-type batchSource interface {
-	FetchBatches(ctx context.Context, refs []manifest.ChunkRef, open func() (func(chunkstore.Chunk) error, func() error)) error
-}
-
-// FetchBatches passes the source's batches on (delta.BatchFetcher), or
-// makes the whole fetch one batch.
+// FetchBatches passes the source's batches on (delta.BatchFetcher).
 func (f storingFetcher) FetchBatches(ctx context.Context, refs []manifest.ChunkRef, open func() (func(chunkstore.Chunk) error, func() error)) error {
-	if b, ok := f.client.(batchSource); ok {
-		return b.FetchBatches(ctx, refs, func() (func(chunkstore.Chunk) error, func() error) {
-			put, done := open()
-			return f.storing(ctx, put), done
-		})
-	}
-	// One batch; the source may deliver from several goroutines.
-	put, done := open()
-	var mu sync.Mutex
-	err := f.client.Fetch(ctx, refs, f.storing(ctx, func(c chunkstore.Chunk) error {
-		mu.Lock()
-		defer mu.Unlock()
-		return put(c)
-	}))
-	if done != nil {
-		if e := done(); err == nil {
-			err = e
-		}
-	}
-	return err
+	return f.client.FetchBatches(ctx, refs, func() (func(chunkstore.Chunk) error, func() error) {
+		put, done := open()
+		return f.storing(ctx, put), done
+	})
 }
 
 // inCache returns the plan's Have for m's chunks in cache. A failed lookup
