@@ -272,13 +272,9 @@ func (c *Client) FetchBatches(ctx context.Context, refs []manifest.ChunkRef, ope
 		go func() {
 			defer wg.Done()
 			for b := range batches {
-				put, done := open()
-				err := c.fetchBatch(ctx, b, put, false)
-				if done != nil {
-					if e := done(); err == nil {
-						err = e
-					}
-				}
+				err := inBatch(open, func(put func(chunkstore.Chunk) error) error {
+					return c.fetchBatch(ctx, b, put, false)
+				})
 				if err != nil {
 					fail(err)
 				}
@@ -315,6 +311,19 @@ func (c *Client) FetchBatches(ctx context.Context, refs []manifest.ChunkRef, ope
 		return first
 	}
 	return ctx.Err()
+}
+
+// inBatch delivers one batch: fetch hands its chunks to the put that open
+// returns, and done (if any) follows; the first error wins.
+func inBatch(open func() (func(chunkstore.Chunk) error, func() error), fetch func(put func(chunkstore.Chunk) error) error) error {
+	put, done := open()
+	err := fetch(put)
+	if done != nil {
+		if e := done(); err == nil {
+			err = e
+		}
+	}
+	return err
 }
 
 // fetchBatch fetches one batch with retries; only the chunks not yet

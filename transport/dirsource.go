@@ -76,13 +76,9 @@ func (s *DirSource) FetchBatches(ctx context.Context, refs []manifest.ChunkRef, 
 				if k >= len(refs) || gctx.Err() != nil {
 					return nil
 				}
-				put, done := open()
-				err := s.batch(refs[k:min(k+dirBatch, len(refs))], put)
-				if done != nil {
-					if e := done(); err == nil {
-						err = e
-					}
-				}
+				err := inBatch(open, func(put func(chunkstore.Chunk) error) error {
+					return s.batch(refs[k:min(k+dirBatch, len(refs))], put)
+				})
 				if err != nil {
 					return err
 				}
