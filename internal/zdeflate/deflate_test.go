@@ -5,6 +5,7 @@ import (
 	"compress/flate"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"os/exec"
@@ -136,28 +137,33 @@ func TestMatchesZlib(t *testing.T) {
 	}
 }
 
-// TestMatchesGzip checks the case the package is for: what `gzip -9n`
-// (GNU gzip, which wrote Debian's changelogs and manual pages) writes is
-// reproduced bit for bit when the input fits one zlib block — GNU gzip
-// splits longer inputs into blocks by rules of its own.
+// TestMatchesGzip checks the case the package is for: DeflateGzip writes
+// what `gzip -N -n` (GNU gzip, which wrote Debian's changelogs and manual
+// pages) does, and Deflate does too for inputs that fit one zlib block.
 func TestMatchesGzip(t *testing.T) {
 	if _, err := exec.LookPath("gzip"); err != nil {
 		t.Skip("needs the gzip command (Debian package gzip)")
 	}
-	for seed, n := range []int{100, 1500, 9000, 18000} {
-		src := words(n, uint64(seed))
-		cmd := exec.Command("gzip", "-9n")
-		cmd.Stdin = bytes.NewReader(src)
-		gz, err := cmd.Output()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(gz) < 18 || gz[3] != 0 {
-			t.Fatalf("gzip wrote an unexpected header % x", gz[:min(len(gz), 10)])
-		}
-		out, _ := Deflate(nil, src, 9)
-		if !bytes.Equal(out, gz[10:len(gz)-8]) {
-			t.Errorf("%d bytes of text: %d bytes, gzip -9n wrote %d", n, len(out), len(gz)-18)
+	for seed, n := range []int{100, 1500, 9000, 18000, 100_000, 400_000} {
+		for _, level := range []int{9, 6} {
+			src := copies(n, uint64(seed))
+			cmd := exec.Command("gzip", fmt.Sprintf("-%dn", level))
+			cmd.Stdin = bytes.NewReader(src)
+			gz, err := cmd.Output()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(gz) < 18 || gz[3] != 0 {
+				t.Fatalf("gzip wrote an unexpected header % x", gz[:min(len(gz), 10)])
+			}
+			want := gz[10 : len(gz)-8]
+			out, _ := DeflateGzip(nil, src, level)
+			if !bytes.Equal(out, want) {
+				t.Errorf("%d bytes, level %d: %d bytes, gzip wrote %d", n, level, len(out), len(want))
+			}
+			if z, _ := Deflate(nil, src, level); n <= 9000 && !bytes.Equal(z, want) {
+				t.Errorf("%d bytes, level %d: zlib's encoding differs from gzip's for one block", n, level)
+			}
 		}
 	}
 }
@@ -166,6 +172,9 @@ func TestLevels(t *testing.T) {
 	for _, level := range []int{-1, 0, 3, 10} {
 		if _, err := Deflate(nil, []byte("x"), level); err == nil {
 			t.Errorf("level %d accepted", level)
+		}
+		if _, err := DeflateGzip(nil, []byte("x"), level); err == nil {
+			t.Errorf("level %d accepted for gzip", level)
 		}
 	}
 }

@@ -125,6 +125,7 @@ func (d *deflater) initBlock() {
 	tr.ltree.freq[endBlock] = 1
 	tr.optLen, tr.staticLen = 0, 0
 	d.syms = d.syms[:0]
+	d.matches = 0
 }
 
 // smaller orders heap nodes by frequency, then depth.
