@@ -24,14 +24,25 @@ import (
 // and verifies every chunk by its ID. Memory is bounded by one segment plus
 // its reference, whatever the size of the release.
 //
-// Format (version 2):
+// Format (version 3):
 //
-//	"IMGPACK\x02"
+//	"IMGPACK\x03"
 //	uvarint segments
 //	per segment:
 //	  uvarint refs;   refs × (uvarint offset delta, uvarint length)   ranges of FROM, ascending, disjoint
+//	  uvarint inflated; × (uvarint offset delta, uvarint length,     FROM's gzip members (their deflate data,
+//	                       uvarint inflated length)                   ascending) joining the reference inflated
+//	  uvarint transforms; × (uvarint offset delta, uvarint length,   deflate data in the segment's bytes that
+//	                       uvarint inflated length, uvarint encoder)  the frame carries inflated (regzip.go)
 //	  uvarint chunks                                               how many of the pack's chunks the frame yields
 //	  uvarint frame length; the zstd frame
+//
+// A segment's reference is its ranges of FROM, then its inflated members,
+// one after the other. Its frame decodes to its chunks' bytes with each
+// transform's deflate data inflated; the decoder deflates them again
+// (internal/zdeflate) before it verifies the chunks. Version 2 is version 3
+// without the inflated and transform lists (what BuildPack writes with
+// KeepGzip).
 //
 // The chunks themselves are not in the pack: they are PackChunks(FROM, TO),
 // which a terminal computes from the two manifests it holds and the signed
@@ -40,7 +51,8 @@ import (
 // (34 bytes a chunk, 0.9 % of the image pack); it is still read, and its
 // list must be the same.
 var (
-	packMagic   = []byte("IMGPACK\x02")
+	packMagic   = []byte("IMGPACK\x03")
+	packMagicV2 = []byte("IMGPACK\x02")
 	packMagicV1 = []byte("IMGPACK\x01")
 )
 
@@ -59,6 +71,9 @@ type PackOptions struct {
 	// with a window no larger than the next power of two of
 	// len(ref)+len(plain), at least 1 MiB. The decoder stays the same.
 	Encode func(plain, ref []byte) ([]byte, error)
+	// KeepGzip carries gzip streams as they are (format version 2, which
+	// terminals before version 3 read) instead of inflated.
+	KeepGzip bool
 }
 
 func (o *PackOptions) defaults() {
@@ -89,6 +104,13 @@ type PackStats struct {
 	Segments   int   `json:"segments"`
 	RefBytes   int64 `json:"reference_bytes"` // of FROM read by a decoder
 	Size       int64 `json:"size"`
+	// Regzipped counts the gzip streams carried inflated, and their
+	// deflate bytes.
+	Regzipped      int   `json:"regzipped,omitempty"`
+	RegzippedBytes int64 `json:"regzipped_bytes,omitempty"`
+	// RegzipInflated is what those streams inflate to: the bytes a
+	// terminal deflates again.
+	RegzipInflated int64 `json:"regzip_inflated,omitempty"`
 }
 
 // PackChunks returns the chunks a pack from→to carries: those of to that
@@ -165,9 +187,32 @@ func BuildPack(ctx context.Context, w io.Writer, from, to *manifest.Manifest, fr
 	if err != nil {
 		return st, fmt.Errorf("indexing revision %d: %w", from.Revision, err)
 	}
+	// FROM's gzip members, inflated, get addresses past FROM's end in the
+	// same index.
+	var infl []inflatedRef
+	if !opts.KeepGzip {
+		if infl, err = fromGzip(ctx, from, fromContent); err != nil {
+			return st, fmt.Errorf("reading revision %d: %w", from.Revision, err)
+		}
+		for _, m := range infl {
+			anchors(m.plain, func(pos int, fp uint64) {
+				if _, ok := idx[fp]; !ok {
+					idx[fp] = m.at + int64(pos)
+				}
+			})
+		}
+	}
+	end := from.Size // of the index's address space
+	if len(infl) > 0 {
+		end = infl[len(infl)-1].at + int64(len(infl[len(infl)-1].plain))
+	}
 	bw := bufio.NewWriterSize(w, 1<<20)
 	cw := &countWriter{w: bw}
-	cw.Write(packMagic)
+	if opts.KeepGzip {
+		cw.Write(packMagicV2)
+	} else {
+		cw.Write(packMagic)
+	}
 	// Segments: consecutive chunks up to SegmentSize.
 	var segs [][]manifest.ChunkRef
 	for i := 0; i < len(refs); {
@@ -186,51 +231,112 @@ func BuildPack(ctx context.Context, w io.Writer, from, to *manifest.Manifest, fr
 			return st, err
 		}
 		var plain []byte
-		var wins []span64
+		cuts := []int{0} // chunk boundaries in plain
 		for _, c := range seg {
 			ch, err := chunks.Get(ctx, c.ID)
 			if err != nil {
 				return st, fmt.Errorf("chunk %s: %w", c.ID.Short(), err)
 			}
-			p := ch.Plain()
+			plain = append(plain, ch.Plain()...)
+			cuts = append(cuts, len(plain))
+		}
+		var ts []transform
+		if !opts.KeepGzip {
+			ts = regzippable(ctx, plain)
+		}
+		data := applyTransforms(plain, ts)
+		// Each piece (a chunk, or up to 16 KiB of inflated text) votes for
+		// the places of FROM (or of its inflated members) that share its
+		// anchors; the two best become windows of the reference.
+		var wins []span64
+		for _, p := range pieces(cuts, ts) {
+			b := data[p.off:p.end]
 			clear(votes)
-			anchors(p, func(pos int, fp uint64) {
+			anchors(b, func(pos int, fp uint64) {
 				if o, ok := idx[fp]; ok {
 					votes[(o-int64(pos))>>12]++
 				}
 			})
 			for _, k := range topVotes(votes, 2) {
-				start := k<<12 - opts.Margin
-				wins = append(wins, span64{max(start, 0), min(k<<12+int64(len(p))+opts.Margin, from.Size)})
+				lo, hi := k<<12-opts.Margin, k<<12+int64(len(b))+opts.Margin
+				if k<<12 < from.Size {
+					wins = append(wins, span64{max(lo, 0), min(hi, from.Size)})
+				} else {
+					wins = append(wins, wholeMembers(infl, max(lo, from.Size), min(hi, end)))
+				}
 			}
-			plain = append(plain, p...)
 		}
 		// Merge the windows, keep them within the budget (most chunks'
 		// windows come first in content order; keep the earliest).
+		// Inflated members have a budget of their own: they come after
+		// FROM's ranges in address order and would otherwise find it spent.
 		sort.Slice(wins, func(a, b int) bool { return wins[a].off < wins[b].off })
 		var merged []span64
-		total := int64(0)
+		var budget [2]int64 // FROM's ranges, inflated members
+		limit := [2]int64{int64(opts.RefBudget), int64(opts.RefBudget)}
 		for _, s := range wins {
-			if k := len(merged) - 1; k >= 0 && s.off <= merged[k].end {
-				if grow := s.end - merged[k].end; grow > 0 && total+grow <= int64(opts.RefBudget) {
+			if s.end <= s.off {
+				continue
+			}
+			kind := 0
+			if s.off >= from.Size {
+				kind = 1
+			}
+			if k := len(merged) - 1; k >= 0 && s.off <= merged[k].end && (merged[k].off >= from.Size) == (kind == 1) {
+				if grow := s.end - merged[k].end; grow > 0 && budget[kind]+grow <= limit[kind] {
 					merged[k].end = s.end
-					total += grow
+					budget[kind] += grow
 				}
 				continue
 			}
-			if total+s.end-s.off > int64(opts.RefBudget) {
+			if budget[kind]+s.end-s.off > limit[kind] {
 				continue
 			}
 			merged = append(merged, s)
-			total += s.end - s.off
+			budget[kind] += s.end - s.off
 		}
-		ref := make([]byte, 0, total)
+		ref := make([]byte, 0, budget[0]+budget[1])
+		nraw := 0
 		for _, s := range merged {
+			if s.off >= from.Size {
+				continue
+			}
 			b := make([]byte, s.end-s.off)
 			if _, err := fromContent.ReadAt(b, s.off); err != nil {
 				return st, fmt.Errorf("reading revision %d at %d: %w", from.Revision, s.off, err)
 			}
 			ref = append(ref, b...)
+			nraw++
+		}
+		h := appendRanges(binary.AppendUvarint(nil, uint64(nraw)), merged, from.Size)
+		if !opts.KeepGzip {
+			var used []inflatedRef
+			for _, s := range merged {
+				if s.off >= from.Size {
+					used = append(used, membersIn(infl, s)...)
+				}
+			}
+			h = binary.AppendUvarint(h, uint64(len(used)))
+			prev := int64(0)
+			for _, m := range used {
+				ref = append(ref, m.plain...)
+				h = binary.AppendUvarint(h, uint64(m.off-prev))
+				h = binary.AppendUvarint(h, uint64(m.n))
+				h = binary.AppendUvarint(h, uint64(len(m.plain)))
+				prev = m.off + m.n
+			}
+			h = binary.AppendUvarint(h, uint64(len(ts)))
+			at := 0
+			for _, t := range ts {
+				h = binary.AppendUvarint(h, uint64(t.off-at))
+				h = binary.AppendUvarint(h, uint64(t.n))
+				h = binary.AppendUvarint(h, uint64(t.size))
+				h = binary.AppendUvarint(h, uint64(t.enc))
+				at = t.off + t.n
+				st.Regzipped++
+				st.RegzippedBytes += int64(t.n)
+				st.RegzipInflated += int64(t.size)
+			}
 		}
 		encode := func(plain, ref []byte) ([]byte, error) {
 			return chunkstore.EncodeWithDict(plain, ref, chunkstore.LevelBest)
@@ -238,17 +344,9 @@ func BuildPack(ctx context.Context, w io.Writer, from, to *manifest.Manifest, fr
 		if opts.Encode != nil {
 			encode = opts.Encode
 		}
-		frame, err := encode(plain, ref)
+		frame, err := encode(data, ref)
 		if err != nil {
 			return st, err
-		}
-		// Header.
-		h := binary.AppendUvarint(nil, uint64(len(merged)))
-		prev := int64(0)
-		for _, s := range merged {
-			h = binary.AppendUvarint(h, uint64(s.off-prev))
-			h = binary.AppendUvarint(h, uint64(s.end-s.off))
-			prev = s.end
 		}
 		h = binary.AppendUvarint(h, uint64(len(seg)))
 		h = binary.AppendUvarint(h, uint64(len(frame)))
@@ -257,7 +355,7 @@ func BuildPack(ctx context.Context, w io.Writer, from, to *manifest.Manifest, fr
 		st.Segments++
 		st.Chunks += len(seg)
 		st.PlainBytes += int64(len(plain))
-		st.RefBytes += total
+		st.RefBytes += int64(len(ref))
 		if opts.Progress != nil {
 			opts.Progress(int64(len(plain)))
 		}
@@ -270,6 +368,77 @@ func BuildPack(ctx context.Context, w io.Writer, from, to *manifest.Manifest, fr
 	}
 	st.Size = cw.n
 	return st, nil
+}
+
+// appendRanges appends the header entries (offset delta, length) of the
+// spans below limit.
+func appendRanges(h []byte, spans []span64, limit int64) []byte {
+	prev := int64(0)
+	for _, s := range spans {
+		if s.off >= limit {
+			continue
+		}
+		h = binary.AppendUvarint(h, uint64(s.off-prev))
+		h = binary.AppendUvarint(h, uint64(s.end-s.off))
+		prev = s.end
+	}
+	return h
+}
+
+// pieces cuts a segment's data (its bytes with transforms applied) into the
+// parts that vote for reference windows: its chunks, except that inflated
+// text goes in pieces of up to 16 KiB of its own. cuts are the chunk
+// boundaries in the segment's bytes.
+func pieces(cuts []int, ts []transform) []span {
+	const most = 16 << 10
+	var out []span
+	shift := 0 // data position minus segment position, before transform k
+	k := 0
+	last := 0
+	for _, c := range cuts[1:] {
+		// Transforms that end at or before c: inflated text of their own.
+		for k < len(ts) && ts[k].off+ts[k].n <= c {
+			t := ts[k]
+			if t.off+shift > last {
+				out = append(out, span{last, t.off + shift})
+			}
+			at := t.off + shift
+			for p := at; p < at+len(t.plain); p += most {
+				out = append(out, span{p, min(p+most, at+len(t.plain))})
+			}
+			shift += len(t.plain) - t.n
+			last = at + len(t.plain)
+			k++
+		}
+		if k < len(ts) && ts[k].off < c {
+			continue // c falls inside a transform: no cut there
+		}
+		if c+shift > last {
+			out = append(out, span{last, c + shift})
+			last = c + shift
+		}
+	}
+	return out
+}
+
+type span struct{ off, end int }
+
+// wholeMembers widens a window of the inflated address space to whole
+// members.
+func wholeMembers(infl []inflatedRef, lo, hi int64) span64 {
+	i := sort.Search(len(infl), func(i int) bool { return infl[i].at+int64(len(infl[i].plain)) > lo })
+	if i == len(infl) || infl[i].at >= hi {
+		return span64{}
+	}
+	j := sort.Search(len(infl), func(j int) bool { return infl[j].at >= hi })
+	return span64{infl[i].at, infl[j-1].at + int64(len(infl[j-1].plain))}
+}
+
+// membersIn returns the members a window of whole members covers.
+func membersIn(infl []inflatedRef, s span64) []inflatedRef {
+	i := sort.Search(len(infl), func(i int) bool { return infl[i].at >= s.off })
+	j := sort.Search(len(infl), func(j int) bool { return infl[j].at >= s.end })
+	return infl[i:j]
 }
 
 // topVotes returns up to n candidate keys with at least 2 votes, most
@@ -309,6 +478,80 @@ func (c *countWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// readInflatedRefs reads a segment's list of FROM's gzip members and their
+// deflate data from FROM; the segment's worker inflates them.
+func readInflatedRefs(uv func(uint64, string) (uint64, error), from io.ReaderAt, fromSize, refLen int64) ([]gzRef, error) {
+	n, err := uv(maxPackRefs, "inflated reference count")
+	if err != nil {
+		return nil, err
+	}
+	var out []gzRef
+	pos := int64(0)
+	for i := uint64(0); i < n; i++ {
+		d, err := uv(uint64(fromSize), "inflated reference offset")
+		if err != nil {
+			return nil, err
+		}
+		clen, err := uv(maxGzipMember, "inflated reference length")
+		if err != nil {
+			return nil, err
+		}
+		size, err := uv(maxInflated, "inflated reference size")
+		if err != nil {
+			return nil, err
+		}
+		off := pos + int64(d)
+		refLen += int64(size)
+		if off+int64(clen) > fromSize || refLen > maxPackRef {
+			return nil, packErr("inflated reference %d+%d beyond the release or the reference limit", off, clen)
+		}
+		b := make([]byte, clen)
+		if _, err := from.ReadAt(b, off); err != nil {
+			return nil, fmt.Errorf("reading the reference at %d: %w", off, err)
+		}
+		out = append(out, gzRef{off: off, deflated: b, size: int(size)})
+		pos = off + int64(clen)
+	}
+	return out, nil
+}
+
+// gzRef is one of FROM's gzip members as a decoder reads it: its deflate
+// data, to be inflated (size bytes) into the segment's reference.
+type gzRef struct {
+	off      int64
+	deflated []byte
+	size     int
+}
+
+// readTransforms reads a segment's transform list.
+func readTransforms(uv func(uint64, string) (uint64, error)) ([]transform, error) {
+	n, err := uv(maxPackChunks, "transform count")
+	if err != nil {
+		return nil, err
+	}
+	var ts []transform
+	at := 0
+	for i := uint64(0); i < n; i++ {
+		var v [4]uint64
+		for k, what := range []string{"transform offset", "transform length", "transform size", "transform encoder"} {
+			lim := uint64(maxPackSegment)
+			if k == 3 {
+				lim = uint64(len(encoders) - 1)
+			}
+			if v[k], err = uv(lim, what); err != nil {
+				return nil, err
+			}
+		}
+		t := transform{off: at + int(v[0]), n: int(v[1]), size: int(v[2]), enc: int(v[3])}
+		if t.n == 0 || t.off+t.n > maxPackSegment {
+			return nil, packErr("transform %d: %d bytes at %d", i, t.n, t.off)
+		}
+		ts = append(ts, t)
+		at = t.off + t.n
+	}
+	return ts, nil
+}
+
 // ErrPack: a pack could not be used (malformed, or it does not decode to
 // the chunks it names). The caller falls back to fetching chunks.
 var ErrPack = errors.New("delta pack unusable")
@@ -325,8 +568,8 @@ var ErrPack = errors.New("delta pack unusable")
 func DecodePack(ctx context.Context, r io.Reader, from io.ReaderAt, fromSize int64, chunks []manifest.ChunkRef, fn func(chunkstore.Chunk) error, workers int) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.SetLimit(max(workers, 1))
-	err := readPack(ctx, r, from, fromSize, chunks, func(s uint64, frame, ref []byte, crefs []manifest.ChunkRef, total int) {
-		g.Go(func() error { return decodeSegment(s, frame, ref, crefs, total, fn) })
+	err := readPack(ctx, r, from, fromSize, chunks, func(sg segment) {
+		g.Go(func() error { return decodeSegment(sg, fn) })
 	})
 	if werr := g.Wait(); werr != nil {
 		return werr
@@ -336,17 +579,50 @@ func DecodePack(ctx context.Context, r io.Reader, from io.ReaderAt, fromSize int
 
 func packErr(f string, a ...any) error { return fmt.Errorf("%w: "+f, append([]any{ErrPack}, a...)...) }
 
+// segment is one parsed segment of a pack: its frame, its reference (read
+// from FROM), its transforms and the chunks it yields (total bytes).
+type segment struct {
+	n          uint64 // its index
+	frame, ref []byte
+	gz         []gzRef // FROM's members to inflate after ref
+	ts         []transform
+	crefs      []manifest.ChunkRef
+	total      int
+}
+
 // decodeSegment decodes one frame and hands out its verified chunks.
-func decodeSegment(s uint64, frame, ref []byte, crefs []manifest.ChunkRef, total int, fn func(chunkstore.Chunk) error) error {
-	plain, err := chunkstore.DecodeWithDict(frame, ref, total)
-	if err != nil {
-		return packErr("segment %d: %v", s, err)
+func decodeSegment(sg segment, fn func(chunkstore.Chunk) error) error {
+	size := sg.total // of the decoded frame
+	for _, t := range sg.ts {
+		size += t.size - t.n
 	}
-	if len(plain) != total {
-		return packErr("segment %d decodes to %d bytes, its chunks add up to %d", s, len(plain), total)
+	if size > maxPackSegment {
+		return packErr("segment %d decodes to more than %d bytes", sg.n, maxPackSegment)
+	}
+	ref := sg.ref // with room for the inflated members (readPack)
+	if len(sg.gz) > 0 {
+		for _, g := range sg.gz {
+			at := len(ref)
+			var err error
+			ref, err = inflateInto(ref, g.deflated, g.size)
+			if err != nil || len(ref)-at != g.size {
+				return packErr("inflated reference at %d: %v (%d bytes, not %d)", g.off, err, len(ref)-at, g.size)
+			}
+		}
+	}
+	data, err := chunkstore.DecodeWithDict(sg.frame, ref, size)
+	if err != nil {
+		return packErr("segment %d: %v", sg.n, err)
+	}
+	if len(data) != size {
+		return packErr("segment %d decodes to %d bytes, not %d", sg.n, len(data), size)
+	}
+	plain, err := undoTransforms(data, sg.ts, sg.total)
+	if err != nil {
+		return err
 	}
 	off := 0
-	for _, c := range crefs {
+	for _, c := range sg.crefs {
 		n := int(c.Size)
 		ch, err := chunkstore.VerifyPlain(c.ID, plain[off:off+n:off+n])
 		if err != nil {
@@ -362,14 +638,25 @@ func decodeSegment(s uint64, frame, ref []byte, crefs []manifest.ChunkRef, total
 
 // readPack parses a pack and calls seg with each segment's frame, reference
 // (read from FROM) and chunk list, in order.
-func readPack(ctx context.Context, r io.Reader, from io.ReaderAt, fromSize int64, chunks []manifest.ChunkRef, seg func(s uint64, frame, ref []byte, crefs []manifest.ChunkRef, total int)) error {
+func readPack(ctx context.Context, r io.Reader, from io.ReaderAt, fromSize int64, chunks []manifest.ChunkRef, seg func(segment)) error {
 	br := bufio.NewReaderSize(r, 1<<20)
 	bad := packErr
 	magic := make([]byte, len(packMagic))
-	if _, err := io.ReadFull(br, magic); err != nil || (string(magic) != string(packMagic) && string(magic) != string(packMagicV1)) {
-		return bad("not a pack (version 1 or 2)")
+	version := 0
+	if _, err := io.ReadFull(br, magic); err == nil {
+		switch string(magic) {
+		case string(packMagicV1):
+			version = 1
+		case string(packMagicV2):
+			version = 2
+		case string(packMagic):
+			version = 3
+		}
 	}
-	v1 := string(magic) == string(packMagicV1)
+	if version == 0 {
+		return bad("not a pack (version 1, 2 or 3)")
+	}
+	v1 := version == 1
 	next := 0 // chunks handed to segments so far
 	uv := func(max uint64, what string) (uint64, error) {
 		v, err := binary.ReadUvarint(br)
@@ -413,7 +700,21 @@ func readPack(ctx context.Context, r io.Reader, from io.ReaderAt, fromSize int64
 			ranges = append(ranges, span64{off, off + int64(n)})
 			pos = off + int64(n)
 		}
-		ref := make([]byte, refLen)
+		var ts []transform
+		var gz []gzRef
+		inflated := 0 // bytes of FROM's members the reference gets inflated
+		if version >= 3 {
+			if gz, err = readInflatedRefs(uv, from, fromSize, refLen); err != nil {
+				return err
+			}
+			for _, g := range gz {
+				inflated += g.size
+			}
+			if ts, err = readTransforms(uv); err != nil {
+				return err
+			}
+		}
+		ref := make([]byte, refLen, refLen+int64(inflated))
 		at := int64(0)
 		for _, r := range ranges {
 			if _, err := from.ReadAt(ref[at:at+r.end-r.off], r.off); err != nil {
@@ -458,7 +759,10 @@ func readPack(ctx context.Context, r io.Reader, from io.ReaderAt, fromSize int64
 		if _, err := io.ReadFull(br, frame); err != nil {
 			return bad("frame: %v", err)
 		}
-		seg(s, frame, ref, crefs, total)
+		if n := len(ts); n > 0 && ts[n-1].off+ts[n-1].n > total {
+			return bad("segment %d: a transform ends past its %d bytes", s, total)
+		}
+		seg(segment{n: s, frame: frame, ref: ref, gz: gz, ts: ts, crefs: crefs, total: total})
 	}
 	if _, err := br.ReadByte(); err != io.EOF {
 		return bad("trailing bytes")

@@ -38,13 +38,36 @@ type PackRecord struct {
 	// Torrent, if set, is the pack's own single-file BitTorrent torrent
 	// (its info bytes are served beside the record).
 	Torrent *TorrentRef
+	// Regzip is how many bytes of inflated gzip streams a terminal
+	// deflates again to apply Pack (pack format 3; 0: none). Lean, if set,
+	// is the same pack with those streams kept as they are: larger, with
+	// nothing to rebuild, for terminals whose link is fast enough that the
+	// bytes saved take less time than the rebuild (delta.BuildPack,
+	// KeepGzip). Records with either are version 2.
+	Regzip int64
+	Lean   *PackObject
+}
+
+// PackObject is a pack object a record offers besides its main one.
+type PackObject struct {
+	Pack chunkstore.ID
+	Size int64
+}
+
+// Objects lists the pack objects the record offers, the main one first.
+func (r *PackRecord) Objects() []PackObject {
+	out := []PackObject{{r.Pack, r.Size}}
+	if r.Lean != nil {
+		out = append(out, *r.Lean)
+	}
+	return out
 }
 
 var packMagic = [8]byte{'I', 'M', 'G', 'C', 'T', 'L', 'P', 1}
 
 const (
 	packContext       = "imgctl pack record v1\x00"
-	packRecordVersion = 1
+	packRecordVersion = 2 // 1: without Regzip and Lean
 )
 
 // ChunkListDigest is the BLAKE3 of chunk IDs and sizes in order.
@@ -58,7 +81,11 @@ func ChunkListDigest(refs []ChunkRef) chunkstore.ID {
 }
 
 func (r *PackRecord) encode() []byte {
-	b := binary.AppendUvarint(nil, packRecordVersion)
+	v := uint64(packRecordVersion)
+	if r.Regzip == 0 && r.Lean == nil {
+		v = 1 // what terminals before version 2 read
+	}
+	b := binary.AppendUvarint(nil, v)
 	for _, s := range []string{r.Name, r.Channel} {
 		b = binary.AppendUvarint(b, uint64(len(s)))
 		b = append(b, s...)
@@ -74,17 +101,29 @@ func (r *PackRecord) encode() []byte {
 	b = binary.AppendUvarint(b, uint64(r.ChunkBytes))
 	b = binary.AppendVarint(b, r.Created.Unix())
 	if r.Torrent == nil {
+		b = append(b, 0)
+	} else {
+		b = append(b, 1)
+		b = append(b, r.Torrent.InfoHash[:]...)
+		b = binary.AppendUvarint(b, uint64(r.Torrent.InfoSize))
+		b = append(b, r.Torrent.InfoDigest[:]...)
+	}
+	if v == 1 {
+		return b
+	}
+	b = binary.AppendUvarint(b, uint64(r.Regzip))
+	if r.Lean == nil {
 		return append(b, 0)
 	}
 	b = append(b, 1)
-	b = append(b, r.Torrent.InfoHash[:]...)
-	b = binary.AppendUvarint(b, uint64(r.Torrent.InfoSize))
-	return append(b, r.Torrent.InfoDigest[:]...)
+	b = append(b, r.Lean.Pack[:]...)
+	return binary.AppendUvarint(b, uint64(r.Lean.Size))
 }
 
 func decodePackRecord(b []byte) (*PackRecord, error) {
 	d := &decoder{b: b}
-	if v := d.uvarint(); d.err == nil && v != packRecordVersion {
+	v := d.uvarint()
+	if d.err == nil && (v < 1 || v > packRecordVersion) {
 		return nil, &VerifyError{Err: ErrUnknownVersion, Detail: fmt.Sprintf("pack record version %d", v)}
 	}
 	r := &PackRecord{Name: d.str("name"), Channel: d.str("channel")}
@@ -107,6 +146,19 @@ func decodePackRecord(b []byte) (*PackRecord, error) {
 		r.Torrent = t
 	default:
 		d.fail("bad torrent flag")
+	}
+	if v >= 2 {
+		r.Regzip = int64(d.uint(1<<50, "regzip bytes"))
+		switch d.u8() {
+		case 0:
+		case 1:
+			l := &PackObject{}
+			copy(l.Pack[:], d.raw(32))
+			l.Size = int64(d.uint(1<<50, "lean pack size"))
+			r.Lean = l
+		default:
+			d.fail("bad lean pack flag")
+		}
 	}
 	if d.err == nil && d.off != len(b) {
 		d.fail("%d trailing bytes", len(b)-d.off)

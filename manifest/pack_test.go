@@ -36,6 +36,28 @@ func TestPackRecord(t *testing.T) {
 	if *got != *rec {
 		t.Fatalf("round trip:\n%+v\n%+v", got, rec)
 	}
+	// Version 1 is what a record without gzip rebuilds is written as
+	// (terminals before version 2 read it); with them, version 2 keeps
+	// the rebuild size and the lean pack.
+	if payload, _, _ := splitAs(packMagic, env); len(payload) == 0 || payload[0] != 1 {
+		t.Errorf("a record without Regzip and Lean is not version 1")
+	}
+	rec2 := *rec
+	rec2.Regzip, rec2.Lean = 31_000_000, &PackObject{Pack: chunkstore.Sum([]byte("lean")), Size: 23456}
+	env2, err := SignPackRecord(&rec2, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got2, err := VerifyPackRecord(env2, trustOf(k), fromEnv, toEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got2.Regzip != rec2.Regzip || got2.Lean == nil || *got2.Lean != *rec2.Lean {
+		t.Fatalf("version 2 round trip: regzip %d, lean %+v", got2.Regzip, got2.Lean)
+	}
+	if objs := got2.Objects(); len(objs) != 2 || objs[0].Pack != rec.Pack || objs[1] != *rec2.Lean {
+		t.Errorf("objects %+v", objs)
+	}
 	// Another key, other releases, a manifest signature passed off as a
 	// pack record, a flipped byte: all refused.
 	if _, err := VerifyPackRecord(env, trustOf(testKey(2)), fromEnv, toEnv); !errors.Is(err, ErrVerification) {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -48,8 +49,18 @@ type Client struct {
 	base     *url.URL
 	opts     ClientOptions
 	received atomic.Int64
-	batchOK  atomic.Int32 // 0 unknown, 1 yes, -1 no
+	batchOK  atomic.Int32  // 0 unknown, 1 yes, -1 no
+	rate     atomic.Uint64 // bytes/s of the last document of rateMin bytes or more (float64 bits)
 }
+
+// rateMin is the smallest body a rate is measured on.
+const rateMin = 16 << 10
+
+// LinkRate returns the bytes per second at which the last document of 16
+// KiB or more (a release's manifest) came in, from its first byte to its
+// last, or 0 if none did: a terminal's view of its link, for choices such
+// as which of a delta pack's forms to take.
+func (c *Client) LinkRate() float64 { return math.Float64frombits(c.rate.Load()) }
 
 // NewClient returns a client for the server at base (http://host:port).
 func NewClient(base string, opts ClientOptions) (*Client, error) {
@@ -228,10 +239,14 @@ func (c *Client) get(ctx context.Context, req *http.Request, name, channel, r st
 	if resp.ContentLength > max {
 		return nil, nil, permanent{&manifest.VerifyError{Err: manifest.ErrTooLarge, Detail: fmt.Sprintf("GET %s: server declares %d bytes", p, resp.ContentLength)}}
 	}
+	t0 := time.Now()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, max+1))
 	c.received.Add(int64(len(b)))
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: %v", ErrPeerUnavailable, err)
+	}
+	if dt := time.Since(t0).Seconds(); len(b) >= rateMin && dt > 0 {
+		c.rate.Store(math.Float64bits(float64(len(b)) / dt))
 	}
 	if int64(len(b)) > max {
 		return nil, nil, permanent{&manifest.VerifyError{Err: manifest.ErrTooLarge, Detail: fmt.Sprintf("GET %s: more than %d bytes", p, max)}}

@@ -16,7 +16,7 @@ func TestImportDirection(t *testing.T) {
 		"chunkstore":           {},
 		"chunkstore/storetest": {"chunkstore"},
 		"manifest":             {"chunkstore"},
-		"delta":                {"manifest", "chunkstore"},
+		"delta":                {"manifest", "chunkstore", "internal/zdeflate"},
 		"transport":            {"manifest", "chunkstore", "internal/pace"},
 		"transport/swarm":      {"manifest", "chunkstore", "internal/pace"},
 		"internal/pace":        {},

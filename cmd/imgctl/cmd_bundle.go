@@ -58,6 +58,9 @@ func newBundleApplyCommand(g *globalOptions) *cobra.Command {
       --name pos-svc --root /opt/imgctl/pos-svc --json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := o.p2p.check(); err != nil {
+				return err
+			}
 			_, err := runBundleApply(cmd.Context(), g, o)
 			return err
 		},

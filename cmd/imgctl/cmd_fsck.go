@@ -155,7 +155,7 @@ func runFsck(ctx context.Context, g *globalOptions, root string, repair, asJSON 
 	return nil
 }
 
-// checkDeltaPack re-hashes the pack a release's record names.
+// checkDeltaPack re-hashes the packs a release's record names.
 func checkDeltaPack(root string, rels *manifest.Releases, r manifest.Release, from uint64) error {
 	env, err := rels.ReadSide(r.Name, r.Channel, r.Revision, manifest.SidePack(from))
 	if err != nil {
@@ -165,7 +165,16 @@ func checkDeltaPack(root string, rels *manifest.Releases, r manifest.Release, fr
 	if err != nil {
 		return err
 	}
-	f, err := os.Open(manifest.PackPath(root, rec.Pack))
+	for _, o := range rec.Objects() {
+		if err := checkPackObject(root, o); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func checkPackObject(root string, o manifest.PackObject) error {
+	f, err := os.Open(manifest.PackPath(root, o.Pack))
 	if err != nil {
 		return err
 	}
@@ -174,8 +183,8 @@ func checkDeltaPack(root string, rels *manifest.Releases, r manifest.Release, fr
 	if err != nil {
 		return err
 	}
-	if got != rec.Pack || n != rec.Size {
-		return fmt.Errorf("pack %s: %d bytes hashing to %s", rec.Pack.Short(), n, got.Short())
+	if got != o.Pack || n != o.Size {
+		return fmt.Errorf("pack %s: %d bytes hashing to %s", o.Pack.Short(), n, got.Short())
 	}
 	return nil
 }

@@ -121,7 +121,9 @@ func runGC(ctx context.Context, g *globalOptions, root string, keep int, dryRun,
 		for _, from := range rels.PackFroms(r.Name, r.Channel, r.Revision) {
 			if env, err := rels.ReadSide(r.Name, r.Channel, r.Revision, manifest.SidePack(from)); err == nil {
 				if rec, err := manifest.OpenPackRecord(env); err == nil {
-					keptPacks[rec.Pack] = true
+					for _, o := range rec.Objects() {
+						keptPacks[o.Pack] = true
+					}
 				}
 			}
 		}

@@ -139,10 +139,12 @@ func runMirror(ctx context.Context, g *globalOptions, o *mirrorOptions) error {
 		if err != nil {
 			return err
 		}
-		if err := up.Pack(ctx, rec.Pack, rec.Size); err != nil {
-			return err
+		for _, po := range rec.Objects() {
+			if err := up.Pack(ctx, po.Pack, po.Size); err != nil {
+				return err
+			}
+			res.Packs++
 		}
-		res.Packs++
 	}
 	res.BytesFetched = up.Received()
 	if o.json {

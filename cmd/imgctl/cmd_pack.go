@@ -35,6 +35,7 @@ verified, and any failure falls back to the chunks.`,
 type packBuildOptions struct {
 	store, key, channel, encoder string
 	segmentMiB, refMiB           int
+	keepGzip                     bool
 	json                         bool
 }
 
@@ -51,6 +52,10 @@ it takes no lock on the store (it reads committed chunks as serve does and
 only adds files), so it can run in the background while releases are
 published and served: nice -n 19 imgctl pack build ... &, or
 systemd-run --nice=19 -p IOSchedulingClass=idle imgctl pack build ....
+Gzip streams in the new chunks (Debian's changelogs and manual pages) that
+GNU gzip's or zlib's encoder reproduces are carried inflated and deflated
+again by the terminal, bit for bit (pack format 3; --keep-gzip writes format
+2 for terminals that predate it).
 'publish --packs-from N' builds them before publish returns instead.
 Terminals decode either in pure Go.`,
 		Example: `  imgctl pack build --store /srv/imgctl --key keys/release.key terminal-os@41 terminal-os@42 --json`,
@@ -89,6 +94,7 @@ Terminals decode either in pure Go.`,
 	f.StringVar(&o.encoder, "encoder", "go", "go (built in) or zstd (the zstd command, -19: smaller, slower; terminals need nothing)")
 	f.IntVar(&o.segmentMiB, "segment", 0, "MiB of chunks per segment (default 8 for images, 4 for bundles; terminal memory grows with segment + reference)")
 	f.IntVar(&o.refMiB, "reference", 16, "MiB of FROM referenced per segment")
+	f.BoolVar(&o.keepGzip, "keep-gzip", false, "carry gzip streams as they are instead of inflated (pack format 2, which terminals before format 3 read)")
 	f.BoolVar(&o.json, "json", false, "print the result as JSON")
 	return cmd
 }
@@ -107,14 +113,24 @@ type packResult struct {
 	Ratio      float64 `json:"ratio"`
 	Segments   int     `json:"segments,omitempty"` // known when built
 	RefBytes   int64   `json:"reference_bytes,omitempty"`
-	Encoder    string  `json:"encoder,omitempty"`
-	Seconds    float64 `json:"seconds,omitempty"`
+	// Regzipped counts the gzip streams the pack carries inflated (and
+	// the terminal deflates again), and their compressed bytes.
+	Regzipped      int   `json:"regzipped,omitempty"`
+	RegzippedBytes int64 `json:"regzipped_bytes,omitempty"`
+	// Lean is the twin pack that keeps them compressed, for fast links.
+	Lean    *manifest.PackObject `json:"lean,omitempty"`
+	Encoder string               `json:"encoder,omitempty"`
+	Seconds float64              `json:"seconds,omitempty"`
 }
 
 func printPack(w io.Writer, r *packResult) {
 	fmt.Fprintf(w, "pack %s/%s %d→%d: %s for %d chunks (%s one by one, %.0f %%), %d segments, %s of %d referenced; %s\n",
 		r.Name, r.Channel, r.From, r.To, human(r.Size), r.Chunks, human(r.ChunkBytes), 100*r.Ratio, r.Segments,
 		human(r.RefBytes), r.From, r.Pack.Short())
+	if r.Lean != nil {
+		fmt.Fprintf(w, "  %d gzip streams (%s) carried inflated; lean twin for fast links: %s, %s\n",
+			r.Regzipped, human(r.RegzippedBytes), human(r.Lean.Size), r.Lean.Pack.Short())
+	}
 }
 
 // buildPack builds, stores and signs the pack from→to.
@@ -143,7 +159,7 @@ func buildPack(ctx context.Context, g *globalOptions, o *packBuildOptions, key m
 			seg = 4
 		}
 	}
-	opts := delta.PackOptions{SegmentSize: seg << 20, RefBudget: o.refMiB << 20}
+	opts := delta.PackOptions{SegmentSize: seg << 20, RefBudget: o.refMiB << 20, KeepGzip: o.keepGzip}
 	switch o.encoder {
 	case "go", "":
 	case "zstd":
@@ -154,17 +170,6 @@ func buildPack(ctx context.Context, g *globalOptions, o *packBuildOptions, key m
 	default:
 		return nil, usagef("--encoder %q: want go or zstd", o.encoder)
 	}
-	dir := filepath.Dir(manifest.PackPath(o.store, chunkstore.ID{}))
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
-	}
-	tmp, err := os.CreateTemp(dir, ".tmp-*")
-	if err != nil {
-		return nil, err
-	}
-	defer os.Remove(tmp.Name())
-	defer tmp.Close()
-	h := blake3.New()
 	prog := newProgress(g, fmt.Sprintf("pack %d→%d", from.Revision, to.Revision))
 	missing := delta.PackChunks(from, to)
 	var plain int64
@@ -173,24 +178,23 @@ func buildPack(ctx context.Context, g *globalOptions, o *packBuildOptions, key m
 	}
 	prog.Start(plain)
 	opts.Progress = prog.Add
-	st, err := delta.BuildPack(ctx, io.MultiWriter(tmp, h), from, to, delta.StoreReader(ctx, store, from), store, opts)
+	content := delta.StoreReader(ctx, store, from)
+	id, st, err := writePack(ctx, o.store, from, to, content, store, opts)
 	prog.Done()
 	if err != nil {
 		return nil, err
 	}
-	if err := tmp.Chmod(0o644); err != nil {
-		return nil, err
-	}
-	if err := tmp.Sync(); err != nil {
-		return nil, err
-	}
-	var id chunkstore.ID
-	copy(id[:], h.Sum(nil))
-	if err := os.Rename(tmp.Name(), manifest.PackPath(o.store, id)); err != nil {
-		return nil, err
-	}
-	if err := chunkstore.SyncDir(dir); err != nil {
-		return nil, err
+	// A pack with gzip streams to rebuild comes with a lean twin that
+	// keeps them: terminals on a fast link take that one (decisions/0006).
+	var lean *manifest.PackObject
+	if st.Regzipped > 0 {
+		lopts := opts
+		lopts.KeepGzip, lopts.Progress = true, nil
+		lid, lst, err := writePack(ctx, o.store, from, to, content, store, lopts)
+		if err != nil {
+			return nil, err
+		}
+		lean = &manifest.PackObject{Pack: lid, Size: lst.Size}
 	}
 	// The pack's own torrent: terminals with --p2p take it from peers.
 	info, err := swarm.BuildFile(manifest.PackPath(o.store, id))
@@ -209,7 +213,7 @@ func buildPack(ctx context.Context, g *globalOptions, o *packBuildOptions, key m
 	rec := &manifest.PackRecord{Name: to.Name, Channel: to.Channel, From: from.Revision, To: to.Revision, FromID: fid, ToID: tid,
 		FromDigest: from.Digest, Pack: id, Size: st.Size, Chunks: st.Chunks, PlainBytes: st.PlainBytes,
 		ChunksDigest: manifest.ChunkListDigest(missing), ChunkBytes: chunkBytes, Created: g.now().UTC().Truncate(time.Second),
-		Torrent: &tref}
+		Torrent: &tref, Regzip: st.RegzipInflated, Lean: lean}
 	env, err := manifest.SignPackRecord(rec, key)
 	if err != nil {
 		return nil, err
@@ -223,11 +227,45 @@ func buildPack(ctx context.Context, g *globalOptions, o *packBuildOptions, key m
 	}
 	r := &packResult{Name: to.Name, Channel: to.Channel, From: from.Revision, To: to.Revision, Pack: id, Size: st.Size,
 		Chunks: st.Chunks, PlainBytes: st.PlainBytes, ChunkBytes: chunkBytes, Segments: st.Segments, RefBytes: st.RefBytes,
+		Regzipped: st.Regzipped, RegzippedBytes: st.RegzippedBytes, Lean: lean,
 		Encoder: o.encoder, Seconds: g.now().Sub(start).Seconds()}
 	if chunkBytes > 0 {
 		r.Ratio = float64(st.Size) / float64(chunkBytes)
 	}
 	return r, nil
+}
+
+// writePack builds the pack from→to into the store's deltas/ directory (a
+// temporary file, synced and renamed to its BLAKE3) and returns its ID.
+func writePack(ctx context.Context, root string, from, to *manifest.Manifest, content io.ReaderAt, chunks chunkstore.Getter,
+	opts delta.PackOptions) (chunkstore.ID, delta.PackStats, error) {
+	var id chunkstore.ID
+	dir := filepath.Dir(manifest.PackPath(root, chunkstore.ID{}))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return id, delta.PackStats{}, err
+	}
+	tmp, err := os.CreateTemp(dir, ".tmp-*")
+	if err != nil {
+		return id, delta.PackStats{}, err
+	}
+	defer os.Remove(tmp.Name())
+	defer tmp.Close()
+	h := blake3.New()
+	st, err := delta.BuildPack(ctx, io.MultiWriter(tmp, h), from, to, content, chunks, opts)
+	if err != nil {
+		return id, st, err
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		return id, st, err
+	}
+	if err := tmp.Sync(); err != nil {
+		return id, st, err
+	}
+	copy(id[:], h.Sum(nil))
+	if err := os.Rename(tmp.Name(), manifest.PackPath(root, id)); err != nil {
+		return id, st, err
+	}
+	return id, st, chunkstore.SyncDir(dir)
 }
 
 // zstdCommandEncoder encodes a segment with the zstd command against its

@@ -93,6 +93,9 @@ again fetches only what it still lacks.`,
       --seed /dev/mmcblk0p2 --out /dev/mmcblk0p3 --json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := o.p2p.check(); err != nil {
+				return err
+			}
 			if o.slots != "" {
 				_, err := runPullSlots(cmd.Context(), g, o)
 				return err
@@ -118,16 +121,19 @@ type pullResult struct {
 	BytesFromCache int64         `json:"bytes_from_cache"`
 	// BytesFromPacks is what was read of a delta pack (also counted in
 	// bytes_fetched); its chunks count as fetched.
-	BytesFromPacks int64        `json:"bytes_from_packs"`
-	BytesInPlace   int64        `json:"bytes_in_place"`
-	ChunksFetched  int          `json:"chunks_fetched"`
-	PlainFetched   int64        `json:"plain_bytes_fetched"`
-	Chunks         int          `json:"chunks"`
-	ZeroBytes      int64        `json:"zero_bytes"`
-	Fallbacks      int          `json:"fallbacks"`
-	Plan           delta.Report `json:"plan"`
-	Verified       bool         `json:"verified"`
-	Seconds        float64      `json:"seconds"`
+	BytesFromPacks int64 `json:"bytes_from_packs"`
+	// PackLean: the pack was the lean form of its record (gzip streams
+	// kept as they are), taken because the link is fast.
+	PackLean      bool         `json:"pack_lean,omitempty"`
+	BytesInPlace  int64        `json:"bytes_in_place"`
+	ChunksFetched int          `json:"chunks_fetched"`
+	PlainFetched  int64        `json:"plain_bytes_fetched"`
+	Chunks        int          `json:"chunks"`
+	ZeroBytes     int64        `json:"zero_bytes"`
+	Fallbacks     int          `json:"fallbacks"`
+	Plan          delta.Report `json:"plan"`
+	Verified      bool         `json:"verified"`
+	Seconds       float64      `json:"seconds"`
 	// Phases are wall-clock milliseconds per step, for diagnosis.
 	Phases map[string]int64 `json:"phases_ms"`
 	// Slot pulls: the slot written and the slot running.
@@ -508,7 +514,7 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 	res := &pullResult{
 		Name: m.Name, Channel: m.Channel, Revision: m.Revision, ID: id, Size: m.Size, Out: outPath,
 		BytesFetched: client.Received(), ManifestBytes: len(env), BytesFromSeed: st.SeedBytes,
-		BytesFromCache: st.CacheBytes, BytesFromPacks: pack.used(), BytesInPlace: st.InPlaceBytes, ChunksFetched: st.FetchChunks,
+		BytesFromCache: st.CacheBytes, BytesFromPacks: pack.used(), PackLean: pack.leanUsed(), BytesInPlace: st.InPlaceBytes, ChunksFetched: st.FetchChunks,
 		PlainFetched: st.FetchBytes, Chunks: len(m.Chunks), ZeroBytes: plan.Report.ZeroBytes,
 		Fallbacks: st.Fallbacks, Plan: plan.Report, Verified: true, Seconds: g.now().Sub(start).Seconds(), Phases: timer.ms,
 		Slot: o.slot, Booted: o.booted,

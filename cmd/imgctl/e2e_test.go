@@ -190,6 +190,7 @@ type pullJSON struct {
 	Chunks         int    `json:"chunks"`
 	ManifestBytes  int    `json:"manifest_bytes"`
 	BytesFromPacks int64  `json:"bytes_from_packs"`
+	PackLean       bool   `json:"pack_lean"`
 	Fallbacks      int    `json:"fallbacks"`
 }
 

@@ -36,6 +36,9 @@ type p2pOptions struct {
 	downloadLimit string
 	maxPeers      int
 	timeout       time.Duration
+	// linkRate, if set, is the terminal's link rate for choosing a delta
+	// pack's form (instead of what the manifest's download measured).
+	linkRate string
 }
 
 func (o *p2pOptions) AddFlags(f *pflag.FlagSet) {
@@ -51,6 +54,27 @@ func (o *p2pOptions) AddFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.downloadLimit, "p2p-download-limit", "0", "cap on BitTorrent and webseed download (0: none)")
 	f.IntVar(&o.maxPeers, "max-peers", 8, "connections per torrent (0: the library's 50; in a dense LAN swarm each extra connection costs CPU in have and request traffic)")
 	f.DurationVar(&o.timeout, "p2p-timeout", 10*time.Minute, "how long the swarm may take before the rest is fetched over HTTP")
+	f.StringVar(&o.linkRate, "link-rate", "", "this terminal's download rate, e.g. 1.25MB/s or 50MB/s, for choosing between a delta pack's smallest form and its lean one (default: measured on the manifest)")
+}
+
+// check refuses transfer options that do not parse, before anything runs.
+func (o *p2pOptions) check() error {
+	if _, err := o.rate(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// rate is --link-rate in bytes a second (0: not given).
+func (o *p2pOptions) rate() (float64, error) {
+	if o == nil || o.linkRate == "" {
+		return 0, nil
+	}
+	r, err := transport.ParseRate(o.linkRate)
+	if err != nil || r <= 0 {
+		return 0, usagef("--link-rate %q: want a rate such as 1.25MB/s or 50MB/s", o.linkRate)
+	}
+	return float64(r), nil
 }
 
 func (o *p2pOptions) active() bool { return o.enabled || o.magnet != "" }

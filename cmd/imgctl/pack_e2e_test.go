@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -518,5 +519,87 @@ func TestPackBuildWithoutStoreLock(t *testing.T) {
 	if len(ls) != 1 || ls[0]["from"] != float64(1) || ls[0]["to"] != float64(2) || ls[0]["pack"] != j["pack"] ||
 		ls[0]["chunk_bytes"] != j["chunk_bytes"] || ls[0]["ratio"].(float64) <= 0 || ls[0]["ratio"].(float64) >= 1 {
 		t.Fatalf("pack ls after the build: %v (built: %v)", ls, j)
+	}
+}
+
+// gzipImage writes an image of binary filler and documents compressed by
+// the gzip command (gzip -9n, as Debian's changelogs are), the documents
+// of generation gen: each later generation adds lines to every document.
+func gzipImage(t *testing.T, path string, gen int) {
+	t.Helper()
+	r := rand.New(rand.NewPCG(7, 7))
+	var img []byte
+	for d := 0; d < 40; d++ {
+		var doc bytes.Buffer
+		for e := gen; e >= 0; e-- {
+			fmt.Fprintf(&doc, "pkg%d (1.%d) stable; urgency=medium\n\n", d, e)
+			for l := 0; l < 40+d; l++ {
+				fmt.Fprintf(&doc, "  * change %d.%d.%d: fix issue #%d in module %x\n", d, e, l, (d*7919+e*104729+l*31)%100000, (d*l+e)%4096)
+			}
+			fmt.Fprintf(&doc, "\n -- Maintainer <m@example.org>  Mon, %02d Jan 2026 10:00:00 +0000\n\n", 1+e%28)
+		}
+		cmd := exec.Command("gzip", "-9n")
+		cmd.Stdin = &doc
+		gz, err := cmd.Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		filler := make([]byte, 20<<10)
+		for i := range filler {
+			filler[i] = byte(r.Uint32())
+		}
+		img = append(append(img, filler...), gz...)
+	}
+	if err := os.WriteFile(path, img, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A pack whose new chunks hold gzip streams is published in two forms: the
+// smallest, which carries the streams inflated (the terminal rebuilds them
+// bit for bit), and a lean twin that keeps them. A terminal whose link is
+// slow takes the smallest, a fast one the lean form; both write the exact
+// release.
+func TestPackRegzipForms(t *testing.T) {
+	if _, err := exec.LookPath("gzip"); err != nil {
+		t.Skip("needs the gzip command (Debian package gzip)")
+	}
+	f := newFixture(t, 1<<20)
+	img1, img2 := filepath.Join(f.dir, "g1.img"), filepath.Join(f.dir, "g2.img")
+	gzipImage(t, img1, 1)
+	gzipImage(t, img2, 2)
+	f.publish(t, img1)
+	p := f.publish(t, img2, "--packs-from", "1")
+	packs, _ := p["packs"].([]any)
+	if len(packs) != 1 {
+		t.Fatalf("packs: %v", p["packs"])
+	}
+	pk := packs[0].(map[string]any)
+	lean, _ := pk["lean"].(map[string]any)
+	if pk["regzipped"] != float64(40) || lean == nil || lean["Size"].(float64) <= pk["size"].(float64) {
+		t.Fatalf("pack: %v", pk)
+	}
+	url := serve(t, f.store)
+	out1 := filepath.Join(f.dir, "out1.img")
+	if _, r := f.pull(t, url, filepath.Join(f.dir, "c1"), out1, "--revision", "1"); r.code != 0 {
+		t.Fatalf("pull 1: %s", r.stderr)
+	}
+	seed := out1 + ":" + filepath.Join(f.store, "manifests", "os", "stable", "1.imgm")
+	var got [2]pullJSON
+	for i, rate := range []string{"100kB/s", "1GB/s"} {
+		out := filepath.Join(f.dir, fmt.Sprintf("out-%d.img", i))
+		j, r := f.pull(t, url, filepath.Join(f.dir, fmt.Sprintf("c-%d", i)), out, "--seed", seed, "--link-rate", rate)
+		if r.code != 0 {
+			t.Fatalf("pull at %s: exit %d\n%s", rate, r.code, r.stderr)
+		}
+		sameFile(t, out, img2)
+		got[i] = j
+	}
+	t.Logf("slow link: %d bytes of pack (lean %v); fast link: %d (lean %v)", got[0].BytesFromPacks, got[0].PackLean, got[1].BytesFromPacks, got[1].PackLean)
+	if got[0].PackLean || !got[1].PackLean || got[0].BytesFromPacks == 0 || got[0].BytesFromPacks >= got[1].BytesFromPacks {
+		t.Fatalf("slow link %+v, fast link %+v", got[0], got[1])
+	}
+	if r := imgctl(t, nil, "pull", "--from", url, "--trust", f.pub, "--name", "os", "--out", filepath.Join(f.dir, "x.img"), "--link-rate", "fast"); r.code != 2 {
+		t.Errorf("--link-rate fast: exit %d, want 2", r.code)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -87,7 +88,18 @@ func usePack(ctx context.Context, g *globalOptions, src source, trust *manifest.
 				needed = append(needed, c)
 			}
 		}
-		f := &packFetcher{g: g, ps: ps, rec: rec, chunks: refs, held: h, next: next, sw: sw, p2p: p2p, cacheDir: cacheDir}
+		lean, err := takeLean(rec, src, sw, p2p)
+		if err != nil {
+			return nil, err
+		}
+		if lean {
+			g.logf("pack %d→%d: the lean form (%s; rebuilding %s of gzip streams would take longer than the %s it saves)",
+				rec.From, rec.To, human(rec.Lean.Size), human(rec.Regzip), human(rec.Lean.Size-rec.Size))
+			r := *rec
+			r.Pack, r.Size, r.Torrent = rec.Lean.Pack, rec.Lean.Size, nil
+			rec = &r
+		}
+		f := &packFetcher{g: g, ps: ps, rec: rec, lean: lean, chunks: refs, held: h, next: next, sw: sw, p2p: p2p, cacheDir: cacheDir}
 		if len(needed) == 0 || !f.pays(needed) {
 			g.logf("pack %d→%d (%s) is not smaller than the chunks it would replace here", rec.From, rec.To, human(rec.Size))
 			continue
@@ -95,6 +107,35 @@ func usePack(ctx context.Context, g *globalOptions, src source, trust *manifest.
 		return f, nil
 	}
 	return nil, nil
+}
+
+// regzipSpeed is the rate (inflated bytes a second) at which a terminal
+// deflates a pack's gzip streams again: zdeflate at -9 on Debian's text
+// runs at ~15-30 MB/s a core; two cores, taken low.
+const regzipSpeed = 20e6
+
+// takeLean tells whether a terminal takes a record's lean pack (gzip
+// streams kept) rather than its smallest one: when rebuilding the streams
+// would take longer than the whole lean pack takes to arrive (the rebuild
+// runs while the pack streams in, so only the longer of the two counts).
+// The link's rate is what the source measured on the release's manifest;
+// a store directory is local (lean), an unknown rate means a slow link,
+// and a --p2p pull keeps the pack that has a torrent.
+func takeLean(rec *manifest.PackRecord, src source, sw *pullSwarm, o *p2pOptions) (bool, error) {
+	if rec.Lean == nil || rec.Regzip <= 0 || (sw != nil && rec.Torrent != nil) {
+		return false, nil
+	}
+	rate := math.Inf(1)
+	if r, err := o.rate(); err != nil {
+		return false, err
+	} else if r > 0 {
+		rate = r
+	} else if hc, ok := src.(*transport.Client); ok {
+		if rate = hc.LinkRate(); rate <= 0 {
+			return false, nil
+		}
+	}
+	return float64(rec.Regzip)/regzipSpeed > float64(rec.Lean.Size)/rate, nil
 }
 
 // packWorkers is how many pack segments a terminal decodes at once: two
@@ -113,6 +154,7 @@ type packFetcher struct {
 	chunks []manifest.ChunkRef
 	held   heldRelease
 	next   delta.Fetcher
+	lean   bool // rec names the record's lean pack
 	// bytes is how much of the pack was read.
 	bytes atomic.Int64
 	// failed is set when the pack could not be used to the end.
@@ -338,7 +380,7 @@ func (f *packFetcher) Fetch(ctx context.Context, refs []manifest.ChunkRef, fn fu
 					return err
 				}
 				return nil
-			}, packWorkers)
+			}, f.workers())
 	}()
 	if outErr != nil {
 		return outErr
@@ -390,6 +432,19 @@ func (f *packFetcher) httpPart() string {
 }
 
 // used returns the pack bytes read (0 without a pack).
+// workers is how many segments to decode at once: one when the pack has
+// gzip streams to rebuild (a segment's rebuild runs on all cores by
+// itself, and a second segment in flight would hold another ~40 MB).
+func (f *packFetcher) workers() int {
+	if f.rec.Regzip > 0 && !f.lean {
+		return 1
+	}
+	return packWorkers
+}
+
+// leanUsed tells whether the pull took a record's lean pack.
+func (f *packFetcher) leanUsed() bool { return f != nil && f.lean && f.used() > 0 }
+
 func (f *packFetcher) used() int64 {
 	if f == nil {
 		return 0
