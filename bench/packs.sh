@@ -84,12 +84,16 @@ import json, sys
 w = sys.argv[1]
 for name in ("os", "go"):
     p = json.load(open(f"{w}/pub-{name}.json"))["packs"][0]
+    lean = p.get("lean")
     print(f"{name}: pack {p['size']/1e6:.2f} MB for {p['chunks']} chunks ({p['chunk_bytes']/1e6:.2f} MB one by one, ratio {p['ratio']:.3f}), "
-          f"{p['segments']} segments, built in {p['seconds']:.1f} s")
+          f"{p['segments']} segments, built in {p['seconds']:.1f} s"
+          + (f"; {p['regzipped']} gzip streams inflated, lean twin {lean['Size']/1e6:.2f} MB (ratio {lean['Size']/p['chunk_bytes']:.3f})" if lean else ""))
 PY
-printf 'image v1->v2 pull, loopback: pack %s s (%s MB fetched, RSS %s KB) | chunks %s s (%s MB, RSS %s KB)\n' \
-	"$(med "$tp")" "$(mb "$(field "$W/pack.json" bytes_fetched)")" "$(med "$rp")" \
+form() { [ "$(python3 -c "import json,sys; print(json.load(open(sys.argv[1])).get('pack_lean', False))" "$1")" = True ] && echo lean || echo smallest; }
+printf 'image v1->v2 pull, loopback: pack %s s (%s MB fetched, %s form, RSS %s KB) | chunks %s s (%s MB, RSS %s KB)\n' \
+	"$(med "$tp")" "$(mb "$(field "$W/pack.json" bytes_fetched)")" "$(form "$W/pack.json")" "$(med "$rp")" \
 	"$(med "$tc_")" "$(mb "$(field "$W/chunks.json" bytes_fetched)")" "$(med "$rc")"
-printf 'image v1->v2 pull, 10 Mbit/s: pack %s s | chunks %s s\n' "$slowp" "$slowc"
+printf 'image v1->v2 pull, 10 Mbit/s: pack %s s (%s MB fetched, %s form, RSS %s KB) | chunks %s s\n' \
+	"$slowp" "$(mb "$(field "$W/slowpack.json" bytes_fetched)")" "$(form "$W/slowpack.json")" "$(cut -d' ' -f2 "$W/time-slowpack")" "$slowc"
 printf 'bundle go1.22.0->1.22.1 apply, loopback: pack %s s (%s MB fetched) | chunks %s s (%s MB)\n' \
 	"$(med "$ta")" "$(mb "$(field "$W/bpack.json" bytes_fetched)")" "$(med "$tb")" "$(mb "$(field "$W/bchunks.json" bytes_fetched)")"

@@ -566,10 +566,19 @@ var ErrPack = errors.New("delta pack unusable")
 // Up to workers segments (0: one) are decoded at once, each holding its
 // segment and reference: fn may be called from several goroutines.
 func DecodePack(ctx context.Context, r io.Reader, from io.ReaderAt, fromSize int64, chunks []manifest.ChunkRef, fn func(chunkstore.Chunk) error, workers int) error {
+	return DecodePackBatches(ctx, r, from, fromSize, chunks, func() (func(chunkstore.Chunk) error, func() error) { return fn, nil }, workers)
+}
+
+// DecodePackBatches is DecodePack that hands out each segment's chunks as a
+// batch (the shape of BatchFetcher): open is called from the goroutine that
+// decoded the segment, its put gets the segment's chunks in order, then done
+// (if not nil) is called; an error from either stops the decoding.
+func DecodePackBatches(ctx context.Context, r io.Reader, from io.ReaderAt, fromSize int64, chunks []manifest.ChunkRef,
+	open func() (put func(chunkstore.Chunk) error, done func() error), workers int) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.SetLimit(max(workers, 1))
 	err := readPack(ctx, r, from, fromSize, chunks, func(sg segment) {
-		g.Go(func() error { return decodeSegment(sg, fn) })
+		g.Go(func() error { return decodeSegment(sg, open) })
 	})
 	if werr := g.Wait(); werr != nil {
 		return werr
@@ -591,7 +600,7 @@ type segment struct {
 }
 
 // decodeSegment decodes one frame and hands out its verified chunks.
-func decodeSegment(sg segment, fn func(chunkstore.Chunk) error) error {
+func decodeSegment(sg segment, open func() (func(chunkstore.Chunk) error, func() error)) error {
 	size := sg.total // of the decoded frame
 	for _, t := range sg.ts {
 		size += t.size - t.n
@@ -621,17 +630,26 @@ func decodeSegment(sg segment, fn func(chunkstore.Chunk) error) error {
 	if err != nil {
 		return err
 	}
+	fn, done := open()
 	off := 0
 	for _, c := range sg.crefs {
 		n := int(c.Size)
 		ch, err := chunkstore.VerifyPlain(c.ID, plain[off:off+n:off+n])
-		if err != nil {
-			return packErr("%v", err)
+		if err == nil {
+			err = fn(ch)
+		} else {
+			err = packErr("%v", err)
 		}
-		if err := fn(ch); err != nil {
+		if err != nil {
+			if done != nil {
+				done()
+			}
 			return err
 		}
 		off += n
+	}
+	if done != nil {
+		return done()
 	}
 	return nil
 }

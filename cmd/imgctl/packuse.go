@@ -343,12 +343,18 @@ func (f *packFetcher) fromPeers() int64 {
 }
 
 func (f *packFetcher) Fetch(ctx context.Context, refs []manifest.ChunkRef, fn func(chunkstore.Chunk) error) error {
+	return f.FetchBatches(ctx, refs, func() (func(chunkstore.Chunk) error, func() error) { return fn, nil })
+}
+
+// FetchBatches is Fetch that hands out each pack segment's chunks as a
+// batch (delta.BatchFetcher), so the assembler writes them in runs.
+func (f *packFetcher) FetchBatches(ctx context.Context, refs []manifest.ChunkRef, open func() (func(chunkstore.Chunk) error, func() error)) error {
 	if f.tried.Swap(true) {
-		return f.next.Fetch(ctx, refs, fn)
+		return fetchNext(ctx, f.next, refs, open)
 	}
 	if !f.pays(refs) {
 		f.g.logf("pack %d→%d: not worth it for the %d chunks asked for", f.rec.From, f.rec.To, len(refs))
-		return f.next.Fetch(ctx, refs, fn)
+		return fetchNext(ctx, f.next, refs, open)
 	}
 	want := make(map[chunkstore.ID]bool, len(refs))
 	for _, r := range refs {
@@ -356,7 +362,7 @@ func (f *packFetcher) Fetch(ctx context.Context, refs []manifest.ChunkRef, fn fu
 	}
 	done := map[chunkstore.ID]bool{}
 	var mu sync.Mutex
-	var outErr error // from fn: the output failed, not the pack
+	var outErr error // from the output: it failed, not the pack
 	err := func() error {
 		body, err := f.open(ctx)
 		if err != nil {
@@ -364,22 +370,32 @@ func (f *packFetcher) Fetch(ctx context.Context, refs []manifest.ChunkRef, fn fu
 		}
 		defer body.Close()
 		counted := transport.CountReader(body, &f.bytes)
-		return delta.DecodePack(ctx, counted, f.held.content, f.held.m.Size, f.chunks,
-			func(c chunkstore.Chunk) error {
-				mu.Lock()
-				if !want[c.ID()] || done[c.ID()] {
-					mu.Unlock()
-					return nil // held elsewhere (cache, seeds): the plan does not need it from here
-				}
-				done[c.ID()] = true
-				mu.Unlock()
-				if err := fn(c); err != nil {
-					mu.Lock()
-					outErr = err
-					mu.Unlock()
+		return delta.DecodePackBatches(ctx, counted, f.held.content, f.held.m.Size, f.chunks,
+			func() (func(chunkstore.Chunk) error, func() error) {
+				put, end := open()
+				keep := func(err error) error {
+					if err != nil {
+						mu.Lock()
+						outErr = err
+						mu.Unlock()
+					}
 					return err
 				}
-				return nil
+				return func(c chunkstore.Chunk) error {
+						mu.Lock()
+						if !want[c.ID()] || done[c.ID()] {
+							mu.Unlock()
+							return nil // held elsewhere (cache, seeds): the plan does not need it from here
+						}
+						done[c.ID()] = true
+						mu.Unlock()
+						return keep(put(c))
+					}, func() error {
+						if end == nil {
+							return nil
+						}
+						return keep(end())
+					}
 			}, f.workers())
 	}()
 	if outErr != nil {
@@ -404,7 +420,28 @@ func (f *packFetcher) Fetch(ctx context.Context, refs []manifest.ChunkRef, fn fu
 	if len(rest) == 0 {
 		return nil
 	}
-	return f.next.Fetch(ctx, rest, fn)
+	return fetchNext(ctx, f.next, rest, open)
+}
+
+// fetchNext fetches refs from next in batches when it can, else as one.
+func fetchNext(ctx context.Context, next delta.Fetcher, refs []manifest.ChunkRef, open func() (func(chunkstore.Chunk) error, func() error)) error {
+	if bf, ok := next.(delta.BatchFetcher); ok {
+		return bf.FetchBatches(ctx, refs, open)
+	}
+	// One batch, fed from the fetcher's goroutines one chunk at a time.
+	put, end := open()
+	var mu sync.Mutex
+	err := next.Fetch(ctx, refs, func(c chunkstore.Chunk) error {
+		mu.Lock()
+		defer mu.Unlock()
+		return put(c)
+	})
+	if end != nil {
+		if e := end(); err == nil {
+			err = e
+		}
+	}
+	return err
 }
 
 // pays reports whether what is left to download of the pack (less what an

@@ -301,8 +301,10 @@ func (tr *trees) buildTree(desc *treeDesc) {
 	genCodes(t, maxCode, &tr.blCount)
 }
 
-// scanTree counts the bit-length codes a tree's lengths will be sent with.
-func (tr *trees) scanTree(t *tree, maxCode int) {
+// lengthCodes walks a tree's code lengths (0..maxCode) as the bit-length
+// code sends them, run-length coded, calling sym with each bit-length
+// symbol and its extra bits.
+func lengthCodes(t *tree, maxCode int, sym func(code, extra, bits int)) {
 	prevLen, next := -1, t.len[0]
 	count, maxCount, minCount := 0, 7, 4
 	if next == 0 {
@@ -318,16 +320,19 @@ func (tr *trees) scanTree(t *tree, maxCode int) {
 		}
 		switch {
 		case count < minCount:
-			tr.bltree.freq[cur] += count
+			for ; count > 0; count-- {
+				sym(cur, 0, 0)
+			}
 		case cur != 0:
 			if cur != prevLen {
-				tr.bltree.freq[cur]++
+				sym(cur, 0, 0)
+				count--
 			}
-			tr.bltree.freq[rep3to6]++
+			sym(rep3to6, count-3, 2)
 		case count <= 10:
-			tr.bltree.freq[repz3to10]++
+			sym(repz3to10, count-3, 3)
 		default:
-			tr.bltree.freq[repz11to]++
+			sym(repz11to, count-11, 7)
 		}
 		count, prevLen = 0, cur
 		switch {
@@ -341,51 +346,20 @@ func (tr *trees) scanTree(t *tree, maxCode int) {
 	}
 }
 
+// scanTree counts the bit-length codes a tree's lengths will be sent with.
+func (tr *trees) scanTree(t *tree, maxCode int) {
+	lengthCodes(t, maxCode, func(code, _, _ int) { tr.bltree.freq[code]++ })
+}
+
 // sendTree writes a tree's lengths with the bit-length code.
 func (d *deflater) sendTree(t *tree, maxCode int) {
 	bl := &d.bltree
-	send := func(c int) { d.bits.put(bl.code[c], bl.len[c]) }
-	prevLen, next := -1, t.len[0]
-	count, maxCount, minCount := 0, 7, 4
-	if next == 0 {
-		maxCount, minCount = 138, 3
-	}
-	for n := 0; n <= maxCode; n++ {
-		cur := next
-		next = t.len[n+1]
-		count++
-		if count < maxCount && cur == next {
-			continue
+	lengthCodes(t, maxCode, func(code, extra, bits int) {
+		d.bits.put(bl.code[code], bl.len[code])
+		if bits > 0 {
+			d.bits.put(extra, bits)
 		}
-		switch {
-		case count < minCount:
-			for ; count > 0; count-- {
-				send(cur)
-			}
-		case cur != 0:
-			if cur != prevLen {
-				send(cur)
-				count--
-			}
-			send(rep3to6)
-			d.bits.put(count-3, 2)
-		case count <= 10:
-			send(repz3to10)
-			d.bits.put(count-3, 3)
-		default:
-			send(repz11to)
-			d.bits.put(count-11, 7)
-		}
-		count, prevLen = 0, cur
-		switch {
-		case next == 0:
-			maxCount, minCount = 138, 3
-		case cur == next:
-			maxCount, minCount = 6, 3
-		default:
-			maxCount, minCount = 7, 4
-		}
-	}
+	})
 }
 
 // flushTrees writes the block of the tallied symbols as zlib's
