@@ -59,7 +59,9 @@ var (
 // PackOptions tune BuildPack. The zero value is the default.
 type PackOptions struct {
 	SegmentSize int // plain bytes of chunks per segment (default 8 MiB)
-	RefBudget   int // bytes of FROM referenced per segment (default 16 MiB)
+	// RefBudget is how many bytes of FROM a segment references (default
+	// 16 MiB), and again how many of FROM's inflated gzip members.
+	RefBudget int
 	// Margin is how much of FROM around a similar region is referenced
 	// (default 64 KiB).
 	Margin int64
@@ -272,8 +274,7 @@ func BuildPack(ctx context.Context, w io.Writer, from, to *manifest.Manifest, fr
 		// FROM's ranges in address order and would otherwise find it spent.
 		sort.Slice(wins, func(a, b int) bool { return wins[a].off < wins[b].off })
 		var merged []span64
-		var budget [2]int64 // FROM's ranges, inflated members
-		limit := [2]int64{int64(opts.RefBudget), int64(opts.RefBudget)}
+		var budget [2]int64 // FROM's ranges, inflated members: RefBudget each
 		for _, s := range wins {
 			if s.end <= s.off {
 				continue
@@ -283,13 +284,13 @@ func BuildPack(ctx context.Context, w io.Writer, from, to *manifest.Manifest, fr
 				kind = 1
 			}
 			if k := len(merged) - 1; k >= 0 && s.off <= merged[k].end && (merged[k].off >= from.Size) == (kind == 1) {
-				if grow := s.end - merged[k].end; grow > 0 && budget[kind]+grow <= limit[kind] {
+				if grow := s.end - merged[k].end; grow > 0 && budget[kind]+grow <= int64(opts.RefBudget) {
 					merged[k].end = s.end
 					budget[kind] += grow
 				}
 				continue
 			}
-			if budget[kind]+s.end-s.off > limit[kind] {
+			if budget[kind]+s.end-s.off > int64(opts.RefBudget) {
 				continue
 			}
 			merged = append(merged, s)

@@ -151,7 +151,7 @@ type transform struct {
 }
 
 // regzippable returns the transforms of a segment's bytes: the gzip members
-// zlib's encoder reproduces exactly.
+// one of encoders reproduces exactly.
 func regzippable(ctx context.Context, b []byte) []transform {
 	var out []transform
 	var buf []byte
