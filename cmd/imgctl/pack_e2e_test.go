@@ -63,11 +63,7 @@ func TestPackPullAndFallback(t *testing.T) {
 		t.Fatalf("diff does not show the pack:\n%s", d)
 	}
 	url := serve(t, f.store)
-	out1 := filepath.Join(f.dir, "out1.img")
-	if _, r := f.pull(t, url, filepath.Join(f.dir, "c1"), out1, "--revision", "1"); r.code != 0 {
-		t.Fatalf("pull 1: %s", r.stderr)
-	}
-	seed := out1 + ":" + filepath.Join(f.store, "manifests", "os", "stable", "1.imgm")
+	seed := f.holdRelease1(t, url)
 	pull2 := func(name string, extra ...string) pullJSON {
 		t.Helper()
 		out := filepath.Join(f.dir, name+".img")
@@ -580,11 +576,7 @@ func TestPackRegzipForms(t *testing.T) {
 		t.Fatalf("pack: %v", pk)
 	}
 	url := serve(t, f.store)
-	out1 := filepath.Join(f.dir, "out1.img")
-	if _, r := f.pull(t, url, filepath.Join(f.dir, "c1"), out1, "--revision", "1"); r.code != 0 {
-		t.Fatalf("pull 1: %s", r.stderr)
-	}
-	seed := out1 + ":" + filepath.Join(f.store, "manifests", "os", "stable", "1.imgm")
+	seed := f.holdRelease1(t, url)
 	var got [2]pullJSON
 	for i, rate := range []string{"100kB/s", "1GB/s"} {
 		out := filepath.Join(f.dir, fmt.Sprintf("out-%d.img", i))
