@@ -187,7 +187,7 @@ func TestFetchFromPeer(t *testing.T) {
 		return nil
 	})
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v (leech %+v; the seeder sent %d bytes)", err, h.Stats(), seeder.Uploaded())
 	}
 	for _, c := range rel.chunks {
 		if got[c.ID()] != 1 {
