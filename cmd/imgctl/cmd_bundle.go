@@ -98,6 +98,7 @@ type bundleResult struct {
 	BytesFromSeed  int64         `json:"bytes_from_seed"`
 	BytesFromCache int64         `json:"bytes_from_cache"`
 	BytesFromPacks int64         `json:"bytes_from_packs"`
+	PackLean       bool          `json:"pack_lean,omitempty"` // as pull's
 	ChunksFetched  int           `json:"chunks_fetched"`
 	Fallbacks      int           `json:"fallbacks"`
 	Mandatory      bool          `json:"mandatory"`
@@ -232,7 +233,7 @@ func runBundleApply(ctx context.Context, g *globalOptions, o *bundleApplyOptions
 		}
 		st := in.stats
 		res.BytesFromSeed, res.BytesFromCache, res.ChunksFetched, res.Fallbacks = st.SeedBytes, st.CacheBytes, st.FetchChunks, st.Fallbacks
-		res.BytesFromPacks = in.packBytes
+		res.BytesFromPacks, res.PackLean = in.packBytes, in.packLean
 		if in.peers != nil {
 			res.BytesFromPeers, res.BytesFromWebSeeds = in.peers, in.webSeeds
 			res.BytesFetched += *in.peers + *in.webSeeds
@@ -271,6 +272,7 @@ func runBundleApply(ctx context.Context, g *globalOptions, o *bundleApplyOptions
 type bundleInstall struct {
 	stats     delta.Stats
 	packBytes int64 // of a delta pack read
+	packLean  bool  // the pack was its record's lean form
 	// With --p2p: payload from peers (release torrent and pack) and from
 	// webseeds.
 	peers, webSeeds *int64
@@ -297,7 +299,7 @@ func installBundle(ctx context.Context, g *globalOptions, o *bundleApplyOptions,
 	}
 	var seedIdx []delta.SeedIndex
 	defer func() {
-		in.packBytes = pack.used()
+		in.packBytes, in.packLean = pack.used(), pack.leanUsed()
 		pack.remove()
 		if sw != nil {
 			s := sw.h.Stats()

@@ -122,22 +122,41 @@ func TestPackPullAndFallback(t *testing.T) {
 
 // bundle apply takes a pack when the installed release is the pack's FROM.
 func TestPackBundleApply(t *testing.T) {
+	if _, err := exec.LookPath("gzip"); err != nil {
+		t.Skip("needs the gzip command (Debian package gzip)")
+	}
 	f := newBundleFixture(t)
+	// Changelogs in both trees, updated in the second: the pack carries
+	// them inflated and the terminal (told its link is slow, so it takes
+	// that form) deflates them again inside the installed tree's files.
+	for gen, tree := range []string{f.tree1, f.tree2} {
+		for d := 0; d < 8; d++ {
+			p := filepath.Join(tree, "share", "doc", fmt.Sprintf("pkg%d", d), "changelog.gz")
+			os.MkdirAll(filepath.Dir(p), 0o755)
+			if err := os.WriteFile(p, changelog(t, d, gen+1), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 	f.publish(t, f.tree1)
-	f.publish(t, f.tree2, "--packs-from", "1")
+	p := f.publish(t, f.tree2, "--packs-from", "1")
+	if packs, _ := p["packs"].([]any); len(packs) != 1 || packs[0].(map[string]any)["regzipped"] == nil {
+		t.Fatalf("packs: %v", p["packs"])
+	}
 	url := serve(t, f.store)
 	f.mustApply(t, url, "--revision", "1")
 	r := imgctl(t, nil, "bundle", "apply", "--from", url, "--trust", f.pub, "--name", "svc", "--root", f.root,
-		"--cache", f.cache, "--state-dir", f.state, "--json", "-q")
+		"--cache", f.cache, "--state-dir", f.state, "--json", "-q", "--link-rate", "100kB/s")
 	if r.code != 0 {
 		t.Fatalf("apply: %s", r.stderr)
 	}
 	j := decode[struct {
 		FromPacks int64 `json:"bytes_from_packs"`
 		Fetched   int64 `json:"bytes_fetched"`
+		Lean      bool  `json:"pack_lean"`
 	}](t, r.stdout)
 	sameTree(t, f.tree2, filepath.Join(f.root, "current"))
-	if j.FromPacks == 0 {
+	if j.FromPacks == 0 || j.Lean {
 		t.Fatalf("no pack used: %s", r.stdout)
 	}
 	// The installed release's manifest is the base of a manifest delta.
@@ -518,33 +537,40 @@ func TestPackBuildWithoutStoreLock(t *testing.T) {
 	}
 }
 
-// gzipImage writes an image of binary filler and documents compressed by
-// the gzip command (gzip -9n, as Debian's changelogs are), the documents
-// of generation gen: each later generation adds lines to every document.
+// changelog is document d of generation gen, gzip'd by the gzip command
+// (gzip -9n, as Debian's changelogs are): each later generation adds an
+// entry at its top.
+func changelog(t *testing.T, d, gen int) []byte {
+	t.Helper()
+	var doc bytes.Buffer
+	for e := gen; e >= 0; e-- {
+		fmt.Fprintf(&doc, "pkg%d (1.%d) stable; urgency=medium\n\n", d, e)
+		for l := 0; l < 40+d; l++ {
+			fmt.Fprintf(&doc, "  * change %d.%d.%d: fix issue #%d in module %x\n", d, e, l, (d*7919+e*104729+l*31)%100000, (d*l+e)%4096)
+		}
+		fmt.Fprintf(&doc, "\n -- Maintainer <m@example.org>  Mon, %02d Jan 2026 10:00:00 +0000\n\n", 1+e%28)
+	}
+	cmd := exec.Command("gzip", "-9n")
+	cmd.Stdin = &doc
+	gz, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return gz
+}
+
+// gzipImage writes an image of binary filler and 40 changelogs of
+// generation gen.
 func gzipImage(t *testing.T, path string, gen int) {
 	t.Helper()
 	r := rand.New(rand.NewPCG(7, 7))
 	var img []byte
 	for d := 0; d < 40; d++ {
-		var doc bytes.Buffer
-		for e := gen; e >= 0; e-- {
-			fmt.Fprintf(&doc, "pkg%d (1.%d) stable; urgency=medium\n\n", d, e)
-			for l := 0; l < 40+d; l++ {
-				fmt.Fprintf(&doc, "  * change %d.%d.%d: fix issue #%d in module %x\n", d, e, l, (d*7919+e*104729+l*31)%100000, (d*l+e)%4096)
-			}
-			fmt.Fprintf(&doc, "\n -- Maintainer <m@example.org>  Mon, %02d Jan 2026 10:00:00 +0000\n\n", 1+e%28)
-		}
-		cmd := exec.Command("gzip", "-9n")
-		cmd.Stdin = &doc
-		gz, err := cmd.Output()
-		if err != nil {
-			t.Fatal(err)
-		}
 		filler := make([]byte, 20<<10)
 		for i := range filler {
 			filler[i] = byte(r.Uint32())
 		}
-		img = append(append(img, filler...), gz...)
+		img = append(append(img, filler...), changelog(t, d, gen)...)
 	}
 	if err := os.WriteFile(path, img, 0o644); err != nil {
 		t.Fatal(err)
