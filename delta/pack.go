@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"slices"
 	"sort"
 
 	"github.com/imgctl/imgctl/chunkstore"
@@ -34,13 +35,16 @@ import (
 //	                       uvarint inflated length)                   ascending) joining the reference inflated
 //	  uvarint transforms; × (uvarint offset delta, uvarint length,   deflate data in the segment's bytes that
 //	                       uvarint inflated length, uvarint encoder)  the frame carries inflated (regzip.go)
+//	  uvarint filter                                               0, or 1: x86 branch filter on the segment's
+//	                                                               bytes and its reference (bcj.go)
 //	  uvarint chunks                                               how many of the pack's chunks the frame yields
 //	  uvarint frame length; the zstd frame
 //
 // A segment's reference is its ranges of FROM, then its inflated members,
 // one after the other. Its frame decodes to its chunks' bytes with each
-// transform's deflate data inflated; the decoder deflates them again
-// (internal/zdeflate) before it verifies the chunks. Version 2 is version 3
+// transform's deflate data inflated (and, with the x86 filter, filtered,
+// against a filtered reference); the decoder undoes the filter and deflates
+// the transforms again (internal/zdeflate) before it verifies the chunks. Version 2 is version 3
 // without the inflated and transform lists (what BuildPack writes with
 // KeepGzip).
 //
@@ -113,6 +117,8 @@ type PackStats struct {
 	// RegzipInflated is what those streams inflate to: the bytes a
 	// terminal deflates again.
 	RegzipInflated int64 `json:"regzip_inflated,omitempty"`
+	// Filtered counts the segments encoded through the x86 filter.
+	Filtered int `json:"filtered,omitempty"`
 }
 
 // PackChunks returns the chunks a pack from→to carries: those of to that
@@ -338,6 +344,20 @@ func BuildPack(ctx context.Context, w io.Writer, from, to *manifest.Manifest, fr
 				st.RegzippedBytes += int64(t.n)
 				st.RegzipInflated += int64(t.size)
 			}
+		}
+		if !opts.KeepGzip {
+			// The x86 filter, where a quick encoding says it pays.
+			fd, fr := slices.Clone(data), slices.Clone(ref)
+			bcjX86(fd, true)
+			bcjX86(fr, true)
+			a, err1 := chunkstore.EncodeWithDict(data, ref, chunkstore.LevelDefault)
+			b, err2 := chunkstore.EncodeWithDict(fd, fr, chunkstore.LevelDefault)
+			filter := filterNone
+			if err1 == nil && err2 == nil && len(b) < len(a) {
+				filter, data, ref = filterX86, fd, fr
+				st.Filtered++
+			}
+			h = binary.AppendUvarint(h, uint64(filter))
 		}
 		encode := func(plain, ref []byte) ([]byte, error) {
 			return chunkstore.EncodeWithDict(plain, ref, chunkstore.LevelBest)
@@ -596,6 +616,7 @@ type segment struct {
 	frame, ref []byte
 	gz         []gzRef // FROM's members to inflate after ref
 	ts         []transform
+	filter     int
 	crefs      []manifest.ChunkRef
 	total      int
 }
@@ -620,12 +641,18 @@ func decodeSegment(sg segment, open func() (func(chunkstore.Chunk) error, func()
 			}
 		}
 	}
+	if sg.filter == filterX86 {
+		bcjX86(ref, true)
+	}
 	data, err := chunkstore.DecodeWithDict(sg.frame, ref, size)
 	if err != nil {
 		return packErr("segment %d: %v", sg.n, err)
 	}
 	if len(data) != size {
 		return packErr("segment %d decodes to %d bytes, not %d", sg.n, len(data), size)
+	}
+	if sg.filter == filterX86 {
+		bcjX86(data, false)
 	}
 	plain, err := undoTransforms(data, sg.ts, sg.total)
 	if err != nil {
@@ -721,6 +748,7 @@ func readPack(ctx context.Context, r io.Reader, from io.ReaderAt, fromSize int64
 		}
 		var ts []transform
 		var gz []gzRef
+		filter := filterNone
 		inflated := 0 // bytes of FROM's members the reference gets inflated
 		if version >= 3 {
 			if gz, err = readInflatedRefs(uv, from, fromSize, refLen); err != nil {
@@ -732,6 +760,11 @@ func readPack(ctx context.Context, r io.Reader, from io.ReaderAt, fromSize int64
 			if ts, err = readTransforms(uv); err != nil {
 				return err
 			}
+			f, err := uv(filterX86, "segment filter")
+			if err != nil {
+				return err
+			}
+			filter = int(f)
 		}
 		ref := make([]byte, refLen, refLen+int64(inflated))
 		at := int64(0)
@@ -781,7 +814,7 @@ func readPack(ctx context.Context, r io.Reader, from io.ReaderAt, fromSize int64
 		if n := len(ts); n > 0 && ts[n-1].off+ts[n-1].n > total {
 			return bad("segment %d: a transform ends past its %d bytes", s, total)
 		}
-		seg(segment{n: s, frame: frame, ref: ref, gz: gz, ts: ts, crefs: crefs, total: total})
+		seg(segment{n: s, frame: frame, ref: ref, gz: gz, ts: ts, filter: filter, crefs: crefs, total: total})
 	}
 	if _, err := br.ReadByte(); err != io.EOF {
 		return bad("trailing bytes")

@@ -117,6 +117,8 @@ type packResult struct {
 	// the terminal deflates again), and their compressed bytes.
 	Regzipped      int   `json:"regzipped,omitempty"`
 	RegzippedBytes int64 `json:"regzipped_bytes,omitempty"`
+	// Filtered counts segments encoded through the x86 filter.
+	Filtered int `json:"filtered,omitempty"`
 	// Lean is the twin pack that keeps them compressed, for fast links.
 	Lean    *manifest.PackObject `json:"lean,omitempty"`
 	Encoder string               `json:"encoder,omitempty"`
@@ -227,7 +229,7 @@ func buildPack(ctx context.Context, g *globalOptions, o *packBuildOptions, key m
 	}
 	r := &packResult{Name: to.Name, Channel: to.Channel, From: from.Revision, To: to.Revision, Pack: id, Size: st.Size,
 		Chunks: st.Chunks, PlainBytes: st.PlainBytes, ChunkBytes: chunkBytes, Segments: st.Segments, RefBytes: st.RefBytes,
-		Regzipped: st.Regzipped, RegzippedBytes: st.RegzippedBytes, Lean: lean,
+		Regzipped: st.Regzipped, RegzippedBytes: st.RegzippedBytes, Filtered: st.Filtered, Lean: lean,
 		Encoder: o.encoder, Seconds: g.now().Sub(start).Seconds()}
 	if chunkBytes > 0 {
 		r.Ratio = float64(st.Size) / float64(chunkBytes)
