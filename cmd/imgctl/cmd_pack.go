@@ -54,8 +54,10 @@ published and served: nice -n 19 imgctl pack build ... &, or
 systemd-run --nice=19 -p IOSchedulingClass=idle imgctl pack build ....
 Gzip streams in the new chunks (Debian's changelogs and manual pages) that
 GNU gzip's or zlib's encoder reproduces are carried inflated and deflated
-again by the terminal, bit for bit (pack format 3; --keep-gzip writes format
-2 for terminals that predate it).
+again by the terminal, bit for bit, and segments of machine code may go
+through an x86 branch filter (pack format 3; --keep-gzip writes format 2 for
+terminals that predate it). Such a pack gets a lean twin that keeps the gzip
+streams, which terminals on fast links take.
 'publish --packs-from N' builds them before publish returns instead.
 Terminals decode either in pure Go.`,
 		Example: `  imgctl pack build --store /srv/imgctl --key keys/release.key terminal-os@41 terminal-os@42 --json`,
