@@ -253,6 +253,25 @@ func FuzzDecodePack(f *testing.F) {
 	})
 }
 
+// decodeAll decodes pack against from with two workers and returns how many
+// chunks it handed out; every one must verify.
+func decodeAll(t *testing.T, pack, from []byte, chunks []manifest.ChunkRef) (int, error) {
+	t.Helper()
+	n := 0
+	var mu sync.Mutex
+	err := delta.DecodePack(context.Background(), bytes.NewReader(pack), bytes.NewReader(from), int64(len(from)), chunks,
+		func(c chunkstore.Chunk) error {
+			if chunkstore.Sum(c.Plain()) != c.ID() {
+				t.Error("unverified chunk delivered")
+			}
+			mu.Lock()
+			n++
+			mu.Unlock()
+			return nil
+		}, 2)
+	return n, err
+}
+
 // gzipMember wraps deflate data as a gzip member (no name, as gzip -n).
 func gzipMember(deflated, plain []byte) []byte {
 	m := []byte{0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 3}
@@ -330,19 +349,7 @@ func TestPackRegzip(t *testing.T) {
 		t.Errorf("pack with inflated streams %d bytes, with gzip kept %d: want at most 60 %%", st3.Size, st2.Size)
 	}
 	for name, p := range map[string][]byte{"version 3": p3, "version 2": p2} {
-		n := 0
-		var mu sync.Mutex
-		err := delta.DecodePack(context.Background(), bytes.NewReader(p), bytes.NewReader(old), int64(len(old)), missing,
-			func(c chunkstore.Chunk) error {
-				if chunkstore.Sum(c.Plain()) != c.ID() {
-					t.Error("unverified chunk delivered")
-				}
-				mu.Lock()
-				n++
-				mu.Unlock()
-				return nil
-			}, 2)
-		if err != nil || n != len(missing) {
+		if n, err := decodeAll(t, p, old, missing); err != nil || n != len(missing) {
 			t.Errorf("%s: %d of %d chunks, %v", name, n, len(missing), err)
 		}
 	}
@@ -357,13 +364,7 @@ func TestPackRegzip(t *testing.T) {
 		i += k
 		drifted[i+40] ^= 0x10
 	}
-	err := delta.DecodePack(context.Background(), bytes.NewReader(p3), bytes.NewReader(drifted), int64(len(drifted)), missing,
-		func(c chunkstore.Chunk) error {
-			if chunkstore.Sum(c.Plain()) != c.ID() {
-				t.Error("unverified chunk delivered")
-			}
-			return nil
-		}, 2)
+	_, err := decodeAll(t, p3, drifted, missing)
 	if !errors.Is(err, delta.ErrPack) {
 		t.Errorf("FROM's gzip members drifted: %v, want ErrPack", err)
 	}
@@ -414,19 +415,7 @@ func TestPackX86Filter(t *testing.T) {
 	if st3.Filtered == 0 || st3.Size >= st2.Size {
 		t.Fatalf("filtered %d segments, %d bytes against %d", st3.Filtered, st3.Size, st2.Size)
 	}
-	n := 0
-	var mu sync.Mutex
-	err = delta.DecodePack(context.Background(), bytes.NewReader(p3.Bytes()), bytes.NewReader(old), int64(len(old)), missing,
-		func(c chunkstore.Chunk) error {
-			if chunkstore.Sum(c.Plain()) != c.ID() {
-				t.Error("unverified chunk delivered")
-			}
-			mu.Lock()
-			n++
-			mu.Unlock()
-			return nil
-		}, 2)
-	if err != nil || n != len(missing) {
+	if n, err := decodeAll(t, p3.Bytes(), old, missing); err != nil || n != len(missing) {
 		t.Fatalf("%d of %d chunks, %v", n, len(missing), err)
 	}
 }
