@@ -328,7 +328,7 @@ func newPackLsCommand(g *globalOptions) *cobra.Command {
 						continue
 					}
 					r := &packResult{Name: rec.Name, Channel: rec.Channel, From: rec.From, To: rec.To, Pack: rec.Pack,
-						Size: rec.Size, Chunks: rec.Chunks, PlainBytes: rec.PlainBytes, ChunkBytes: rec.ChunkBytes}
+						Size: rec.Size, Chunks: rec.Chunks, PlainBytes: rec.PlainBytes, ChunkBytes: rec.ChunkBytes, Lean: rec.Lean}
 					if rec.ChunkBytes > 0 {
 						r.Ratio = float64(rec.Size) / float64(rec.ChunkBytes)
 					}
@@ -344,6 +344,9 @@ func newPackLsCommand(g *globalOptions) *cobra.Command {
 			for _, r := range out {
 				fmt.Fprintf(g.stdout, "%s/%s %d→%d  %s  %d chunks (%s plain, %s as chunks: %.0f %%)  %s\n", r.Name, r.Channel, r.From, r.To,
 					human(r.Size), r.Chunks, human(r.PlainBytes), human(r.ChunkBytes), 100*r.Ratio, r.Pack.Short())
+				if r.Lean != nil {
+					fmt.Fprintf(g.stdout, "  lean twin (gzip streams kept, for fast links)  %s  %s\n", human(r.Lean.Size), r.Lean.Pack.Short())
+				}
 			}
 			return nil
 		},

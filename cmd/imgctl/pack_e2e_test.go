@@ -601,6 +601,9 @@ func TestPackRegzipForms(t *testing.T) {
 	if pk["regzipped"] != float64(40) || lean == nil || lean["Size"].(float64) <= pk["size"].(float64) {
 		t.Fatalf("pack: %v", pk)
 	}
+	if ls := mustRun(t, "pack", "ls", "--store", f.store, "os"); !strings.Contains(ls, "lean twin") {
+		t.Fatalf("pack ls does not show the lean twin:\n%s", ls)
+	}
 	url := serve(t, f.store)
 	seed := f.holdRelease1(t, url)
 	var got [2]pullJSON
