@@ -119,6 +119,8 @@ type PackStats struct {
 	RegzipInflated int64 `json:"regzip_inflated,omitempty"`
 	// Filtered counts the segments encoded through the x86 filter.
 	Filtered int `json:"filtered,omitempty"`
+	// Format is the pack format version written (2 with KeepGzip, else 3).
+	Format int `json:"format"`
 }
 
 // PackChunks returns the chunks a pack from→to carries: those of to that
@@ -218,8 +220,10 @@ func BuildPack(ctx context.Context, w io.Writer, from, to *manifest.Manifest, fr
 	cw := &countWriter{w: bw}
 	if opts.KeepGzip {
 		cw.Write(packMagicV2)
+		st.Format = 2
 	} else {
 		cw.Write(packMagic)
+		st.Format = 3
 	}
 	// Segments: consecutive chunks up to SegmentSize.
 	var segs [][]manifest.ChunkRef

@@ -43,9 +43,14 @@ type PackRecord struct {
 	// is the same pack with those streams kept as they are: larger, with
 	// nothing to rebuild, for terminals whose link is fast enough that the
 	// bytes saved take less time than the rebuild (delta.BuildPack,
-	// KeepGzip). Records with either are version 2.
+	// KeepGzip). Records with either, or with a pack of format 3 or
+	// later, are version 2.
 	Regzip int64
 	Lean   *PackObject
+	// Format is the main pack's format version (delta's pack magic); 3
+	// and later need record version 2, so that terminals which cannot
+	// read the pack refuse the record instead of downloading it.
+	Format int
 }
 
 // PackObject is a pack object a record offers besides its main one.
@@ -82,7 +87,7 @@ func ChunkListDigest(refs []ChunkRef) chunkstore.ID {
 
 func (r *PackRecord) encode() []byte {
 	v := uint64(packRecordVersion)
-	if r.Regzip == 0 && r.Lean == nil {
+	if r.Regzip == 0 && r.Lean == nil && r.Format <= 2 {
 		v = 1 // what terminals before version 2 read
 	}
 	b := binary.AppendUvarint(nil, v)
@@ -111,6 +116,7 @@ func (r *PackRecord) encode() []byte {
 	if v == 1 {
 		return b
 	}
+	b = binary.AppendUvarint(b, uint64(r.Format))
 	b = binary.AppendUvarint(b, uint64(r.Regzip))
 	if r.Lean == nil {
 		return append(b, 0)
@@ -148,6 +154,7 @@ func decodePackRecord(b []byte) (*PackRecord, error) {
 		d.fail("bad torrent flag")
 	}
 	if v >= 2 {
+		r.Format = int(d.uint(255, "pack format"))
 		r.Regzip = int64(d.uint(1<<50, "regzip bytes"))
 		switch d.u8() {
 		case 0:

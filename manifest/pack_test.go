@@ -43,7 +43,7 @@ func TestPackRecord(t *testing.T) {
 		t.Errorf("a record without Regzip and Lean is not version 1")
 	}
 	rec2 := *rec
-	rec2.Regzip, rec2.Lean = 31_000_000, &PackObject{Pack: chunkstore.Sum([]byte("lean")), Size: 23456}
+	rec2.Regzip, rec2.Lean, rec2.Format = 31_000_000, &PackObject{Pack: chunkstore.Sum([]byte("lean")), Size: 23456}, 3
 	env2, err := SignPackRecord(&rec2, k)
 	if err != nil {
 		t.Fatal(err)
@@ -52,11 +52,19 @@ func TestPackRecord(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got2.Regzip != rec2.Regzip || got2.Lean == nil || *got2.Lean != *rec2.Lean {
+	if got2.Regzip != rec2.Regzip || got2.Lean == nil || *got2.Lean != *rec2.Lean || got2.Format != 3 {
 		t.Fatalf("version 2 round trip: regzip %d, lean %+v", got2.Regzip, got2.Lean)
 	}
 	if objs := got2.Objects(); len(objs) != 2 || objs[0].Pack != rec.Pack || objs[1] != *rec2.Lean {
 		t.Errorf("objects %+v", objs)
+	}
+	// A format 3 pack alone also makes a version 2 record: terminals that
+	// cannot read the pack must refuse the record, not download the pack.
+	rec3 := *rec
+	rec3.Format = 3
+	env3, _ := SignPackRecord(&rec3, k)
+	if payload, _, _ := splitAs(packMagic, env3); len(payload) == 0 || payload[0] != 2 {
+		t.Errorf("a record of a format 3 pack is not version 2")
 	}
 	// Another key, other releases, a manifest signature passed off as a
 	// pack record, a flipped byte: all refused.

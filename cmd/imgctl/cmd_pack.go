@@ -217,7 +217,7 @@ func buildPack(ctx context.Context, g *globalOptions, o *packBuildOptions, key m
 	rec := &manifest.PackRecord{Name: to.Name, Channel: to.Channel, From: from.Revision, To: to.Revision, FromID: fid, ToID: tid,
 		FromDigest: from.Digest, Pack: id, Size: st.Size, Chunks: st.Chunks, PlainBytes: st.PlainBytes,
 		ChunksDigest: manifest.ChunkListDigest(missing), ChunkBytes: chunkBytes, Created: g.now().UTC().Truncate(time.Second),
-		Torrent: &tref, Regzip: st.RegzipInflated, Lean: lean}
+		Torrent: &tref, Regzip: st.RegzipInflated, Lean: lean, Format: st.Format}
 	env, err := manifest.SignPackRecord(rec, key)
 	if err != nil {
 		return nil, err
