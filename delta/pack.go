@@ -97,10 +97,14 @@ func (o *PackOptions) defaults() {
 // Limits a decoder enforces on a pack (a pack is untrusted until its chunks
 // verify).
 const (
-	maxPackSegment = 64 << 20
-	maxPackRef     = 256 << 20
-	maxPackRefs    = 1 << 16
-	maxPackChunks  = 1 << 20
+	// maxDeflateRatio bounds what n bytes of DEFLATE data can inflate to
+	// (258 bytes for each 2-bit match code at best, ~1032:1): a claimed
+	// size beyond it is a lie, refused before anything is allocated.
+	maxDeflateRatio = 1032
+	maxPackSegment  = 64 << 20
+	maxPackRef      = 256 << 20
+	maxPackRefs     = 1 << 16
+	maxPackChunks   = 1 << 20
 )
 
 // PackStats describes a built pack.
@@ -525,6 +529,7 @@ func readInflatedRefs(uv func(uint64, string) (uint64, error), from io.ReaderAt,
 	}
 	var out []gzRef
 	pos := int64(0)
+	read := int64(0) // deflate bytes read from FROM
 	for i := uint64(0); i < n; i++ {
 		d, err := uv(uint64(fromSize), "inflated reference offset")
 		if err != nil {
@@ -540,8 +545,9 @@ func readInflatedRefs(uv func(uint64, string) (uint64, error), from io.ReaderAt,
 		}
 		off := pos + int64(d)
 		refLen += int64(size)
-		if off+int64(clen) > fromSize || refLen > maxPackRef {
-			return nil, packErr("inflated reference %d+%d beyond the release or the reference limit", off, clen)
+		read += int64(clen)
+		if clen == 0 || size == 0 || size > maxDeflateRatio*clen || off+int64(clen) > fromSize || refLen > maxPackRef || read > maxPackRef {
+			return nil, packErr("inflated reference %d: %d bytes at %d inflating to %d, beyond the release or the reference limits", i, clen, off, size)
 		}
 		b := make([]byte, clen)
 		if _, err := from.ReadAt(b, off); err != nil {
@@ -563,7 +569,7 @@ type gzRef struct {
 
 // readTransforms reads a segment's transform list.
 func readTransforms(uv func(uint64, string) (uint64, error)) ([]transform, error) {
-	n, err := uv(maxPackChunks, "transform count")
+	n, err := uv(maxPackRefs, "transform count")
 	if err != nil {
 		return nil, err
 	}
@@ -581,7 +587,7 @@ func readTransforms(uv func(uint64, string) (uint64, error)) ([]transform, error
 			}
 		}
 		t := transform{off: at + int(v[0]), n: int(v[1]), size: int(v[2]), enc: int(v[3])}
-		if t.n == 0 || t.off+t.n > maxPackSegment {
+		if t.n < minRegzip || t.size == 0 || t.size > maxDeflateRatio*t.n || t.off+t.n > maxPackSegment {
 			return nil, packErr("transform %d: %d bytes at %d", i, t.n, t.off)
 		}
 		ts = append(ts, t)
