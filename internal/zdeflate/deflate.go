@@ -71,10 +71,10 @@ type deflater struct {
 	prev   [wSize]uint16
 	insH   int
 
-	strstart, lookahead, blockStart, insert int
-	matchStart, matchLength                 int
-	prevMatch, prevLength                   int
-	matchAvailable                          bool
+	strstart, lookahead, blockStart int
+	matchStart, matchLength         int
+	prevMatch, prevLength           int
+	matchAvailable                  bool
 
 	syms []symbol
 	// Block ends: after litBuf-1 symbols (zlib: 16K; GNU gzip: 32K), and
@@ -88,30 +88,23 @@ type deflater struct {
 
 // Deflate appends to dst the raw DEFLATE stream zlib writes for src at the
 // given level (4..9) and returns it.
-func Deflate(dst, src []byte, level int) ([]byte, error) {
-	if level < 4 || level > 9 {
-		return dst, fmt.Errorf("zdeflate: level %d: only 4..9 are implemented", level)
-	}
-	return deflate(dst, src, level, false)
-}
+func Deflate(dst, src []byte, level int) ([]byte, error) { return deflate(dst, src, level, false) }
 
 // DeflateGzip is Deflate as GNU gzip writes (gzip -N for level N, the deflate
 // data between its header and trailer), which differs from zlib in where it
 // ends blocks: after up to 32K symbols instead of 16K, and earlier when a
 // block compresses to less than half (the rule zlib keeps, unused, under
 // TRUNCATE_BLOCK, checked every 4096 symbols).
-func DeflateGzip(dst, src []byte, level int) ([]byte, error) {
-	if level < 4 || level > 9 {
-		return dst, fmt.Errorf("zdeflate: level %d: only 4..9 are implemented", level)
-	}
-	return deflate(dst, src, level, true)
-}
+func DeflateGzip(dst, src []byte, level int) ([]byte, error) { return deflate(dst, src, level, true) }
 
 // pool keeps deflaters (~400 KB of tables each) between calls: a release's
 // streams are many and small.
 var pool = sync.Pool{New: func() any { return new(deflater) }}
 
 func deflate(dst, src []byte, level int, gzip bool) ([]byte, error) {
+	if level < 4 || level > 9 {
+		return dst, fmt.Errorf("zdeflate: level %d: only 4..9 are implemented", level)
+	}
 	d := pool.Get().(*deflater)
 	syms := d.syms
 	*d = deflater{cfg: configs[level], in: src, litBuf: litBufLen, gzipRule: gzip}
@@ -155,23 +148,8 @@ func (d *deflater) fillWindow() {
 			d.matchStart -= wSize
 			d.strstart -= wSize
 			d.blockStart -= wSize
-			if d.insert > d.strstart {
-				d.insert = d.strstart
-			}
-			for i, m := range d.head {
-				if int(m) >= wSize {
-					d.head[i] = m - wSize
-				} else {
-					d.head[i] = 0
-				}
-			}
-			for i, m := range d.prev {
-				if int(m) >= wSize {
-					d.prev[i] = m - wSize
-				} else {
-					d.prev[i] = 0
-				}
-			}
+			slide(d.head[:])
+			slide(d.prev[:])
 			more += wSize
 		}
 		if len(d.in) == 0 {
@@ -180,23 +158,27 @@ func (d *deflater) fillWindow() {
 		n := copy(d.window[d.strstart+d.lookahead:d.strstart+d.lookahead+more], d.in)
 		d.in = d.in[n:]
 		d.lookahead += n
-		if d.lookahead+d.insert >= minMatch {
-			str := d.strstart - d.insert
-			d.insH = int(d.window[str])
-			d.updateHash(d.window[str+1])
-			for d.insert > 0 {
-				d.updateHash(d.window[str+minMatch-1])
-				d.prev[str&wMask] = d.head[d.insH]
-				d.head[d.insH] = uint16(str)
-				str++
-				d.insert--
-				if d.lookahead+d.insert < minMatch {
-					break
-				}
-			}
+		// The running hash starts again from the first two bytes at
+		// strstart (zlib does this on every read; with all input given at
+		// once it never has strings left to insert here).
+		if d.lookahead >= minMatch {
+			d.insH = int(d.window[d.strstart])
+			d.updateHash(d.window[d.strstart+1])
 		}
 		if d.lookahead >= minLook || len(d.in) == 0 {
 			return
+		}
+	}
+}
+
+// slide moves hash chain positions down by wSize after the window slid;
+// those that fell out of it end their chains.
+func slide(a []uint16) {
+	for i, m := range a {
+		if int(m) >= wSize {
+			a[i] = m - wSize
+		} else {
+			a[i] = 0
 		}
 	}
 }
