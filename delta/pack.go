@@ -44,9 +44,9 @@ import (
 // one after the other. Its frame decodes to its chunks' bytes with each
 // transform's deflate data inflated (and, with the x86 filter, filtered,
 // against a filtered reference); the decoder undoes the filter and deflates
-// the transforms again (internal/zdeflate) before it verifies the chunks. Version 2 is version 3
-// without the inflated and transform lists (what BuildPack writes with
-// KeepGzip).
+// the transforms again (internal/zdeflate) before it verifies the chunks.
+// Version 2 is version 3 without the inflated and transform lists and the
+// filter (what BuildPack writes with KeepGzip).
 //
 // The chunks themselves are not in the pack: they are PackChunks(FROM, TO),
 // which a terminal computes from the two manifests it holds and the signed
@@ -216,10 +216,6 @@ func BuildPack(ctx context.Context, w io.Writer, from, to *manifest.Manifest, fr
 			})
 		}
 	}
-	end := from.Size // of the index's address space
-	if len(infl) > 0 {
-		end = infl[len(infl)-1].at + int64(len(infl[len(infl)-1].plain))
-	}
 	bw := bufio.NewWriterSize(w, 1<<20)
 	cw := &countWriter{w: bw}
 	if opts.KeepGzip {
@@ -278,7 +274,7 @@ func BuildPack(ctx context.Context, w io.Writer, from, to *manifest.Manifest, fr
 				if k<<12 < from.Size {
 					wins = append(wins, span64{max(lo, 0), min(hi, from.Size)})
 				} else {
-					wins = append(wins, wholeMembers(infl, max(lo, from.Size), min(hi, end)))
+					wins = append(wins, wholeMembers(infl, max(lo, from.Size), hi))
 				}
 			}
 		}
@@ -310,20 +306,27 @@ func BuildPack(ctx context.Context, w io.Writer, from, to *manifest.Manifest, fr
 			merged = append(merged, s)
 			budget[kind] += s.end - s.off
 		}
+		// The header: FROM's ranges (read into the reference as they are
+		// listed), then, in format 3, its inflated members and transforms.
 		ref := make([]byte, 0, budget[0]+budget[1])
-		nraw := 0
+		var ranges []byte
+		nraw, prev := 0, int64(0)
 		for _, s := range merged {
 			if s.off >= from.Size {
 				continue
 			}
-			b := make([]byte, s.end-s.off)
+			ref = slices.Grow(ref, int(s.end-s.off))
+			b := ref[len(ref) : len(ref)+int(s.end-s.off)]
 			if _, err := fromContent.ReadAt(b, s.off); err != nil {
 				return st, fmt.Errorf("reading revision %d at %d: %w", from.Revision, s.off, err)
 			}
-			ref = append(ref, b...)
+			ref = ref[:len(ref)+len(b)]
+			ranges = binary.AppendUvarint(ranges, uint64(s.off-prev))
+			ranges = binary.AppendUvarint(ranges, uint64(s.end-s.off))
+			prev = s.end
 			nraw++
 		}
-		h := appendRanges(binary.AppendUvarint(nil, uint64(nraw)), merged, from.Size)
+		h := append(binary.AppendUvarint(nil, uint64(nraw)), ranges...)
 		if !opts.KeepGzip {
 			var used []inflatedRef
 			for _, s := range merged {
@@ -332,7 +335,7 @@ func BuildPack(ctx context.Context, w io.Writer, from, to *manifest.Manifest, fr
 				}
 			}
 			h = binary.AppendUvarint(h, uint64(len(used)))
-			prev := int64(0)
+			prev = 0
 			for _, m := range used {
 				ref = append(ref, m.plain...)
 				h = binary.AppendUvarint(h, uint64(m.off-prev))
@@ -412,21 +415,6 @@ func BuildPack(ctx context.Context, w io.Writer, from, to *manifest.Manifest, fr
 	return st, nil
 }
 
-// appendRanges appends the header entries (offset delta, length) of the
-// spans below limit.
-func appendRanges(h []byte, spans []span64, limit int64) []byte {
-	prev := int64(0)
-	for _, s := range spans {
-		if s.off >= limit {
-			continue
-		}
-		h = binary.AppendUvarint(h, uint64(s.off-prev))
-		h = binary.AppendUvarint(h, uint64(s.end-s.off))
-		prev = s.end
-	}
-	return h
-}
-
 // pieces cuts a segment's data (its bytes with transforms applied) into the
 // parts that vote for reference windows: its chunks, except that inflated
 // text goes in pieces of up to 16 KiB of its own. cuts are the chunk
@@ -445,11 +433,11 @@ func pieces(cuts []int, ts []transform) []span {
 				out = append(out, span{last, t.off + shift})
 			}
 			at := t.off + shift
-			for p := at; p < at+len(t.plain); p += most {
-				out = append(out, span{p, min(p+most, at+len(t.plain))})
+			for p := at; p < at+t.size; p += most {
+				out = append(out, span{p, min(p+most, at+t.size)})
 			}
-			shift += len(t.plain) - t.n
-			last = at + len(t.plain)
+			shift += t.size - t.n
+			last = at + t.size
 			k++
 		}
 		if k < len(ts) && ts[k].off < c {
@@ -654,14 +642,10 @@ func decodeSegment(sg segment, open func() (func(chunkstore.Chunk) error, func()
 		return packErr("segment %d decodes to more than %d bytes", sg.n, maxPackSegment)
 	}
 	ref := sg.ref // with room for the inflated members (readPack)
-	if len(sg.gz) > 0 {
-		for _, g := range sg.gz {
-			at := len(ref)
-			var err error
-			ref, err = inflateInto(ref, g.deflated, g.size)
-			if err != nil || len(ref)-at != g.size {
-				return packErr("inflated reference at %d: %v (%d bytes, not %d)", g.off, err, len(ref)-at, g.size)
-			}
+	for _, g := range sg.gz {
+		var err error
+		if ref, err = inflateInto(ref, g.deflated, g.size); err != nil {
+			return packErr("inflated reference at %d (%d bytes): %v", g.off, g.size, err)
 		}
 	}
 	if sg.filter == filterX86 {

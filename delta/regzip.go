@@ -40,14 +40,13 @@ const (
 // of one zlib block gzip and zlib agree). A transform names its encoder by
 // its index here, so the list only grows at its end.
 var encoders = []struct {
-	name  string
 	level int
 	fn    func(dst, src []byte, level int) ([]byte, error)
 }{
-	{"gzip -9", 9, zdeflate.DeflateGzip},
-	{"zlib 9", 9, zdeflate.Deflate},
-	{"gzip -6", 6, zdeflate.DeflateGzip},
-	{"zlib 6", 6, zdeflate.Deflate},
+	{9, zdeflate.DeflateGzip}, // gzip -9
+	{9, zdeflate.Deflate},     // zlib level 9
+	{6, zdeflate.DeflateGzip}, // gzip -6
+	{6, zdeflate.Deflate},     // zlib level 6
 }
 
 // gzMember is the deflate data of one gzip member inside some bytes.
