@@ -59,10 +59,8 @@ func (o *p2pOptions) AddFlags(f *pflag.FlagSet) {
 
 // check refuses transfer options that do not parse, before anything runs.
 func (o *p2pOptions) check() error {
-	if _, err := o.rate(); err != nil {
-		return err
-	}
-	return nil
+	_, err := o.rate()
+	return err
 }
 
 // rate is --link-rate in bytes a second (0: not given).
