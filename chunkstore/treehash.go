@@ -108,6 +108,14 @@ func (d *TreeDigest) ReadBlock(i int, r io.ReaderAt, holes HoleMap, buf []byte) 
 // hash blocks in parallel), unlike guts.CompressEigentree, which starts a
 // goroutine per 16 chunks.
 func subtreeCV(data []byte, counter uint64) [8]uint32 {
+	if cv, ok := subtreeCVAVX2(data, counter); ok {
+		return cv
+	}
+	return subtreeCVGuts(data, counter)
+}
+
+// subtreeCVGuts is subtreeCV with lukechampine's kernels.
+func subtreeCVGuts(data []byte, counter uint64) [8]uint32 {
 	const group = guts.MaxSIMD * guts.ChunkSize
 	cvs := make([][8]uint32, len(data)/group)
 	for j := range cvs {

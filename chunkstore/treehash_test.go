@@ -114,3 +114,45 @@ func TestZeroTable(t *testing.T) {
 type zeroReader struct{}
 
 func (zeroReader) Read(p []byte) (int, error) { clear(p); return len(p), nil }
+
+// Both kernels give the same chaining value for subtrees of every size a
+// digest uses and at several positions, and where AVX2 runs it is used.
+func TestSubtreeKernels(t *testing.T) {
+	data := make([]byte, TreeBlock)
+	rand.NewChaCha8([32]byte{9}).Read(data)
+	for _, n := range []int{16 << 10, 1 << 20, TreeBlock} {
+		for _, counter := range []uint64{0, uint64(n / 1024), 3 << treeBlockHeight, 1 << 40} {
+			want := subtreeCVGuts(data[:n], counter)
+			got, ok := subtreeCVAVX2(data[:n], counter)
+			if !ok {
+				if haveAVX2 {
+					t.Fatalf("%d bytes: AVX2 kernels not used", n)
+				}
+				continue
+			}
+			if got != want {
+				t.Fatalf("%d bytes at chunk %d: kernels differ", n, counter)
+			}
+		}
+	}
+	if _, ok := subtreeCVAVX2(data[:24<<10], 0); ok {
+		t.Fatal("AVX2 kernels took a subtree that is not a power of two")
+	}
+}
+
+// go test -bench Subtree -cpu 1 ./chunkstore
+func BenchmarkSubtree(b *testing.B) {
+	data := make([]byte, TreeBlock)
+	rand.NewChaCha8([32]byte{9}).Read(data)
+	for _, k := range []struct {
+		name string
+		f    func([]byte, uint64) [8]uint32
+	}{{"guts", subtreeCVGuts}, {"kernel", subtreeCV}} {
+		b.Run(k.name, func(b *testing.B) {
+			b.SetBytes(TreeBlock)
+			for b.Loop() {
+				k.f(data, 1<<treeBlockHeight)
+			}
+		})
+	}
+}
