@@ -342,9 +342,16 @@ func (h *Handle) fetch(ctx context.Context, files []int, stall time.Duration, de
 	// Configured peers are dialled once by anacrolix; one that failed (not
 	// up yet, restarted, a handshake lost under load) is dropped for good.
 	// Without a tracker to name it again, dial them again while no peer is
-	// connected.
+	// connected. A connection can also stay up while nothing comes over
+	// it: a peer that keeps us choked, or a request state neither side
+	// leaves (once in CI a leech got nothing from its only, connected
+	// seeder for 60 s); anacrolix keeps such a connection as long as
+	// keep-alives arrive. When no useful byte has come from any
+	// connection for stuckAfter, they are closed and the configured peers
+	// dialled afresh.
 	redial := time.NewTicker(redialEvery)
 	defer redial.Stop()
+	useful, since := h.usefulBytes(), time.Now()
 	for len(missing) > 0 {
 		ch := h.s.Changed()
 		for _, a := range h.s.take(w) {
@@ -369,8 +376,21 @@ func (h *Handle) fetch(ctx context.Context, files []int, stall time.Duration, de
 			}
 			continue
 		case <-redial.C:
-			if len(h.c.cfg.Peers) > 0 && h.t.Stats().ActivePeers == 0 {
+			if len(h.c.cfg.Peers) == 0 {
+				continue
+			}
+			if n := h.usefulBytes(); n != useful {
+				useful, since = n, time.Now()
+			}
+			switch {
+			case h.t.Stats().ActivePeers == 0:
 				addPeers(h.t, h.c.cfg.Peers)
+			case time.Since(since) >= stuckAfter:
+				for _, pc := range h.t.PeerConns() {
+					pc.Close()
+				}
+				addPeers(h.t, h.c.cfg.Peers)
+				since = time.Now()
 			}
 			continue
 		case <-ctx.Done():
@@ -387,8 +407,18 @@ func (h *Handle) fetch(ctx context.Context, files []int, stall time.Duration, de
 }
 
 // redialEvery is how often Fetch dials the configured peers again while
-// it has no peer.
-const redialEvery = 3 * time.Second
+// it has no peer; stuckAfter is how long its connections may bring nothing
+// before they are replaced (variables for tests).
+var (
+	redialEvery = 3 * time.Second
+	stuckAfter  = 15 * time.Second
+)
+
+// usefulBytes counts the piece data that peers (not web seeds) sent.
+func (h *Handle) usefulBytes() int64 {
+	s := h.t.Stats()
+	return s.PeerConns.BytesReadUsefulData.Int64()
+}
 
 // Stats are a torrent's transfer counters.
 type Stats struct {

@@ -3,6 +3,7 @@ package swarm
 import (
 	"bytes"
 	"context"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -204,6 +205,112 @@ func TestFetchFromPeer(t *testing.T) {
 		t.Fatalf("received %d bytes from peers, %d were missing", st.FromPeers, missing)
 	}
 	t.Logf("missing %d bytes, received %d from peers; the seeder read chunks %d times", missing, st.FromPeers, reads.n.Load())
+}
+
+// A connection that stays up but brings nothing (the peer answers the
+// handshake, then never unchokes) is replaced: Fetch closes it when no
+// useful byte has come for stuckAfter and dials the configured peer again.
+// The peer here is a front for the seeder that is silent on its first
+// connection and relays later ones.
+func TestFetchRecyclesSilentPeer(t *testing.T) {
+	defer func(r, s time.Duration) { redialEvery, stuckAfter = r, s }(redialEvery, stuckAfter)
+	redialEvery, stuckAfter = 100*time.Millisecond, time.Second
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	rel := makeRelease(t, 20, 4, 16<<10)
+	origin := openStore(t)
+	put(t, origin, rel.chunks)
+	seeder, err := New(Config{Listen: "127.0.0.1:0", Staging: t.TempDir()}, origin, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer seeder.Close()
+	if _, err := seeder.Add(ctx, rel.info, rel.env); err != nil {
+		t.Fatal(err)
+	}
+
+	ln, err := net.Listen("tcp", "127.0.0.3:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var conns atomic.Int32
+	silentClosed := make(chan struct{})
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		open []net.Conn
+	)
+	defer wg.Wait()
+	defer func() { // a failed run does not wait for anacrolix's timeouts
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range open {
+			c.Close()
+		}
+	}()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			open = append(open, c)
+			mu.Unlock()
+			n := conns.Add(1)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				if n == 1 {
+					// A plain BitTorrent handshake back, then silence.
+					hs := make([]byte, 68)
+					if _, err := io.ReadFull(c, hs); err != nil {
+						return
+					}
+					copy(hs[48:], "-XX0001-silentpeer00")
+					if _, err := c.Write(hs); err != nil {
+						return
+					}
+					io.Copy(io.Discard, c) // until the leech hangs up
+					close(silentClosed)
+					return
+				}
+				up, err := net.Dial("tcp", seeder.Addr())
+				if err != nil {
+					return
+				}
+				defer up.Close()
+				go func() { io.Copy(up, c); up.Close() }()
+				io.Copy(c, up)
+			}()
+		}
+	}()
+
+	term := openStore(t)
+	leech := newClient(t, Config{Listen: "127.0.0.2:0", Peers: []string{ln.Addr().String()}}, term, true)
+	h, err := leech.Add(ctx, rel.info, rel.env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []chunkstore.ID
+	for _, c := range rel.chunks {
+		want = append(want, c.ID())
+	}
+	if err := h.FetchChunks(ctx, want, 0); err != nil {
+		t.Fatalf("%v (leech %+v; %d connections to the front)", err, h.Stats(), conns.Load())
+	}
+	select {
+	case <-silentClosed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the silent connection was not closed")
+	}
+	for _, c := range rel.chunks {
+		if _, err := term.Get(ctx, c.ID()); err != nil {
+			t.Fatalf("chunk %s: %v", c.ID().Short(), err)
+		}
+	}
 }
 
 // A peer reads a piece in 16 KiB blocks, and a chunk file often spans
