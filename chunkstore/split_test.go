@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/restic/chunker"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files in testdata/")
@@ -226,6 +228,15 @@ func TestSplitRejectsBadParams(t *testing.T) {
 	p.Polynomial = 4 // not irreducible of a usable degree
 	if _, err := Split(context.Background(), bytes.NewReader(nil), 0, p, 1); err == nil {
 		t.Fatal("bad polynomial accepted")
+	}
+	p.Polynomial = DefaultPolynomial ^ 1<<40 // reducible (has the factor x+1), degree 53
+	if err := p.Validate(); err == nil {
+		t.Fatal("reducible polynomial accepted")
+	}
+	// Validate takes the fixed polynomial without testing it; it is
+	// irreducible.
+	if pol := chunker.Pol(DefaultPolynomial); pol.Deg() != 53 || !pol.Irreducible() {
+		t.Fatal("the default polynomial is not irreducible of degree 53")
 	}
 	p = DefaultParams()
 	p.ZeroMin = 1000
