@@ -28,7 +28,17 @@ type TreeDigest struct {
 	mu     sync.Mutex
 	cvs    [][8]uint32 // blocks 0..blocks-2
 	have   []bool
-	last   []byte // the last block's bytes
+	// The last block: the chaining values of its whole chunks but the
+	// final one (as the largest aligned subtrees, in order), and the final
+	// chunk's bytes, which close the tree in Sum.
+	lastTrees []subtree
+	lastChunk []byte
+}
+
+// subtree is the chaining value of a complete subtree of 2^height chunks.
+type subtree struct {
+	cv     [8]uint32
+	height int
 }
 
 // NewTreeDigest prepares a digest of size bytes.
@@ -62,9 +72,9 @@ func (d *TreeDigest) block(i int, data []byte, zero bool) error {
 		return fmt.Errorf("tree digest: block %d has %d bytes, want %d", i, len(data), n)
 	}
 	if i == d.blocks-1 {
-		last := append([]byte(nil), data...)
+		trees, final := lastBlock(data, uint64(i)<<treeBlockHeight)
 		d.mu.Lock()
-		d.last, d.have[i] = last, true
+		d.lastTrees, d.lastChunk, d.have[i] = trees, final, true
 		d.mu.Unlock()
 		return nil
 	}
@@ -131,6 +141,29 @@ func subtreeCVGuts(data []byte, counter uint64) [8]uint32 {
 	return cvs[0]
 }
 
+// lastBlock hashes the final block of content, which starts at chunk
+// counter, but for its final chunk (full or not), returned as a copy.
+func lastBlock(data []byte, counter uint64) (trees []subtree, final []byte) {
+	chunks := uint64((len(data) + guts.ChunkSize - 1) / guts.ChunkSize)
+	if chunks > 0 {
+		chunks--
+	}
+	off := 0
+	for _, h := range guts.Eigentrees(counter, chunks) {
+		n := (1 << h) * guts.ChunkSize
+		var cv [8]uint32
+		if h >= 4 {
+			cv = subtreeCV(data[off:off+n], counter)
+		} else {
+			cv = guts.ChainingValue(guts.CompressEigentree(data[off:off+n], &guts.IV, counter, 0))
+		}
+		trees = append(trees, subtree{cv, h})
+		counter += 1 << h
+		off += n
+	}
+	return trees, append([]byte(nil), data[off:]...)
+}
+
 // Sum returns the BLAKE3-256 of the content; every block must have been
 // supplied.
 func (d *TreeDigest) Sum() (ID, error) {
@@ -155,20 +188,12 @@ func (d *TreeDigest) Sum() (ID, error) {
 	for _, cv := range d.cvs {
 		push(cv, treeBlockHeight)
 	}
-	// The last block: whole chunks but the final one as eigentrees, then
-	// the final chunk closes the tree with the ROOT flag.
-	last := d.last
-	chunks := uint64((len(last) + guts.ChunkSize - 1) / guts.ChunkSize)
-	if chunks > 0 {
-		chunks-- // keep the final chunk, full or not
+	// The last block's subtrees, then its final chunk closes the tree
+	// with the ROOT flag.
+	for _, t := range d.lastTrees {
+		push(t.cv, t.height)
 	}
-	off := 0
-	for _, h := range guts.Eigentrees(counter, chunks) {
-		n := (1 << h) * guts.ChunkSize
-		push(guts.ChainingValue(guts.CompressEigentree(last[off:off+n], &guts.IV, counter, 0)), h)
-		off += n
-	}
-	root := guts.CompressChunk(last[off:], &guts.IV, counter, 0)
+	root := guts.CompressChunk(d.lastChunk, &guts.IV, counter, 0)
 	for i := bits.TrailingZeros64(counter); i < bits.Len64(counter); i++ {
 		if counter&(1<<i) != 0 {
 			root = guts.ParentNode(stack[i], guts.ChainingValue(root), &guts.IV, 0)
