@@ -89,6 +89,20 @@ func put(t *testing.T, s *chunkstore.Local, cs []chunkstore.Chunk) {
 	}
 }
 
+// startSeeder starts a client on 127.0.0.1 that seeds rel from src.
+func startSeeder(ctx context.Context, t *testing.T, src Source, rel *release) *Client {
+	t.Helper()
+	c, err := New(Config{Listen: "127.0.0.1:0", Staging: t.TempDir()}, src, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if _, err := c.Add(ctx, rel.info, rel.env); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 func newClient(t *testing.T, cfg Config, s *chunkstore.Local, download bool) *Client {
 	t.Helper()
 	if cfg.Staging == "" {
@@ -153,14 +167,7 @@ func TestFetchFromPeer(t *testing.T) {
 	put(t, term, rel.chunks[30:]) // holds the older half, as a terminal on the previous release would
 
 	reads := &countingSource{Local: origin}
-	seeder, err := New(Config{Listen: "127.0.0.1:0", Staging: t.TempDir()}, reads, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer seeder.Close()
-	if _, err := seeder.Add(ctx, rel.info, rel.env); err != nil {
-		t.Fatal(err)
-	}
+	seeder := startSeeder(ctx, t, reads, rel)
 	leech := newClient(t, Config{Listen: "127.0.0.2:0", Peers: []string{seeder.Addr()}}, term, true)
 	h, err := leech.Add(ctx, rel.info, rel.env)
 	if err != nil {
@@ -220,14 +227,7 @@ func TestFetchRecyclesSilentPeer(t *testing.T) {
 	rel := makeRelease(t, 20, 4, 16<<10)
 	origin := openStore(t)
 	put(t, origin, rel.chunks)
-	seeder, err := New(Config{Listen: "127.0.0.1:0", Staging: t.TempDir()}, origin, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer seeder.Close()
-	if _, err := seeder.Add(ctx, rel.info, rel.env); err != nil {
-		t.Fatal(err)
-	}
+	seeder := startSeeder(ctx, t, origin, rel)
 
 	ln, err := net.Listen("tcp", "127.0.0.3:0")
 	if err != nil {
