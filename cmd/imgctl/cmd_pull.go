@@ -394,6 +394,11 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 	phase("manifest")
 	g.logf("pull %s/%s@%d: %s, %d chunks", m.Name, m.Channel, m.Revision, human(m.Size), len(m.Chunks))
 
+	// Which chunks the cache holds (an index lookup per chunk) is asked
+	// while the seeds are opened and the target is prepared.
+	cached := make(chan func(chunkstore.ID) bool, 1)
+	go func() { cached <- inCache(cache, m) }()
+
 	// 3: seeds.
 	want := map[uint32]bool{}
 	for _, c := range m.Chunks {
@@ -408,15 +413,15 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 		if st, err := os.Stat(file); err == nil && outErr == nil && os.SameFile(st, outSt) {
 			return nil, usagef("--seed %s is the --out file: a pull never reads what it overwrites (the slot being written is found in place anyway)", file)
 		}
-		idx, f, senv, err := openSeed(ctx, g, cache, file, manPath, m, want)
+		idx, f, h, err := openSeed(ctx, g, cache, file, manPath, m, want)
 		if err != nil {
 			return nil, fmt.Errorf("seed %s: %w", file, err)
 		}
 		defer f.Close()
 		seedIdx = append(seedIdx, idx)
 		seedFiles = append(seedFiles, f)
-		if sm, err := manifest.Open(senv); senv != nil && err == nil {
-			held = append(held, heldRelease{env: senv, m: sm, content: f})
+		if h != nil {
+			held = append(held, *h)
 		}
 	}
 
@@ -448,7 +453,7 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 
 	phase("seeds")
 	// 4: plan.
-	plan := delta.NewPlan(delta.Inputs{Target: m, InPlace: inPlace, Seeds: seedIdx, Have: inCache(cache, m)})
+	plan := delta.NewPlan(delta.Inputs{Target: m, InPlace: inPlace, Seeds: seedIdx, Have: <-cached})
 	g.logf("plan: %s in place, %s from seeds, %s from cache, %s to fetch (%d chunks), %s zero",
 		human(plan.Report.InPlaceBytes), human(plan.Report.SeedBytes), human(plan.Report.CacheBytes),
 		human(plan.Report.FetchBytes), plan.Report.FetchChunks, human(plan.Report.ZeroBytes))
@@ -548,9 +553,10 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 // openSeed opens a seed and indexes it: by a given manifest, by the cache's
 // record of the file (if the file is unchanged since), or by cutting it.
 //
-// env is the seed's signed manifest when its layout is known from one (a
-// slot record, an earlier complete pull, FILE:MANIFEST), else nil.
-func openSeed(ctx context.Context, g *globalOptions, cache *chunkstore.Local, file, manPath string, target *manifest.Manifest, want map[uint32]bool) (delta.SeedIndex, *os.File, []byte, error) {
+// The held release (its signed manifest, decoded, and the file) is
+// returned when the layout is known from a manifest (a slot record, an
+// earlier complete pull, FILE:MANIFEST), else nil.
+func openSeed(ctx context.Context, g *globalOptions, cache *chunkstore.Local, file, manPath string, target *manifest.Manifest, want map[uint32]bool) (delta.SeedIndex, *os.File, *heldRelease, error) {
 	abs, err := filepath.Abs(file)
 	if err != nil {
 		return nil, nil, nil, err
@@ -558,6 +564,9 @@ func openSeed(ctx context.Context, g *globalOptions, cache *chunkstore.Local, fi
 	f, err := os.Open(abs)
 	if err != nil {
 		return nil, nil, nil, err
+	}
+	known := func(env []byte, sm *manifest.Manifest) (delta.SeedIndex, *os.File, *heldRelease, error) {
+		return delta.IndexManifest(sm), f, &heldRelease{env: env, m: sm, content: f}, nil
 	}
 	if manPath != "" {
 		b, err := os.ReadFile(manPath)
@@ -570,7 +579,7 @@ func openSeed(ctx context.Context, g *globalOptions, cache *chunkstore.Local, fi
 			f.Close()
 			return nil, nil, nil, err
 		}
-		return delta.IndexManifest(sm), f, b, nil
+		return known(b, sm)
 	}
 	st, err := f.Stat()
 	if err != nil {
@@ -581,7 +590,7 @@ func openSeed(ctx context.Context, g *globalOptions, cache *chunkstore.Local, fi
 		(st.Mode()&fs.ModeDevice != 0 || (rec.Size == st.Size() && rec.ModTime == st.ModTime().UnixNano())) {
 		if sm, err := manifest.Open(env); err == nil {
 			g.log.Info("seed layout known from an earlier pull", "seed", abs, "revision", sm.Revision)
-			return delta.IndexManifest(sm), f, env, nil
+			return known(env, sm)
 		}
 	}
 	size, err := imageSize(f)
