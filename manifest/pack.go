@@ -47,6 +47,10 @@ type PackRecord struct {
 	// later, are version 2.
 	Regzip int64
 	Lean   *PackObject
+	// LeanTorrent, if set, is the lean pack's own torrent, as Torrent is
+	// the main pack's (record version 3), so that --p2p terminals can take
+	// either form from peers.
+	LeanTorrent *TorrentRef
 	// Format is the main pack's format version (delta's pack magic); 3
 	// and later need record version 2, so that terminals which cannot
 	// read the pack refuse the record instead of downloading it.
@@ -71,8 +75,11 @@ func (r *PackRecord) Objects() []PackObject {
 var packMagic = [8]byte{'I', 'M', 'G', 'C', 'T', 'L', 'P', 1}
 
 const (
-	packContext       = "imgctl pack record v1\x00"
-	packRecordVersion = 2 // 1: without Regzip and Lean
+	packContext = "imgctl pack record v1\x00"
+	// packRecordVersion is the newest version: 1 has no Regzip, Lean or
+	// Format, 2 no LeanTorrent. A record is written in the oldest version
+	// that holds it, so terminals read every record they can use.
+	packRecordVersion = 3
 )
 
 // ChunkListDigest is the BLAKE3 of chunk IDs and sizes in order.
@@ -87,8 +94,11 @@ func ChunkListDigest(refs []ChunkRef) chunkstore.ID {
 
 func (r *PackRecord) encode() []byte {
 	v := uint64(packRecordVersion)
-	if r.Regzip == 0 && r.Lean == nil && r.Format <= 2 {
-		v = 1 // what terminals before version 2 read
+	switch {
+	case r.Regzip == 0 && r.Lean == nil && r.Format <= 2:
+		v = 1
+	case r.Lean == nil || r.LeanTorrent == nil:
+		v = 2
 	}
 	b := binary.AppendUvarint(nil, v)
 	for _, s := range []string{r.Name, r.Channel} {
@@ -105,14 +115,7 @@ func (r *PackRecord) encode() []byte {
 	b = binary.AppendUvarint(b, uint64(r.PlainBytes))
 	b = binary.AppendUvarint(b, uint64(r.ChunkBytes))
 	b = binary.AppendVarint(b, r.Created.Unix())
-	if r.Torrent == nil {
-		b = append(b, 0)
-	} else {
-		b = append(b, 1)
-		b = append(b, r.Torrent.InfoHash[:]...)
-		b = binary.AppendUvarint(b, uint64(r.Torrent.InfoSize))
-		b = append(b, r.Torrent.InfoDigest[:]...)
-	}
+	b = appendTorrentRef(b, r.Torrent)
 	if v == 1 {
 		return b
 	}
@@ -123,7 +126,40 @@ func (r *PackRecord) encode() []byte {
 	}
 	b = append(b, 1)
 	b = append(b, r.Lean.Pack[:]...)
-	return binary.AppendUvarint(b, uint64(r.Lean.Size))
+	b = binary.AppendUvarint(b, uint64(r.Lean.Size))
+	if v == 2 {
+		return b
+	}
+	return appendTorrentRef(b, r.LeanTorrent)
+}
+
+// appendTorrentRef appends an optional torrent reference: a flag byte,
+// then the infohash, the info's size and its BLAKE3.
+func appendTorrentRef(b []byte, t *TorrentRef) []byte {
+	if t == nil {
+		return append(b, 0)
+	}
+	b = append(b, 1)
+	b = append(b, t.InfoHash[:]...)
+	b = binary.AppendUvarint(b, uint64(t.InfoSize))
+	return append(b, t.InfoDigest[:]...)
+}
+
+// torrentRef reads what appendTorrentRef wrote.
+func (d *decoder) torrentRef(what string) *TorrentRef {
+	switch d.u8() {
+	case 0:
+		return nil
+	case 1:
+		t := &TorrentRef{}
+		copy(t.InfoHash[:], d.raw(20))
+		t.InfoSize = int(d.uint(MaxInfoSize, what+" info size"))
+		copy(t.InfoDigest[:], d.raw(32))
+		return t
+	default:
+		d.fail("bad %s flag", what)
+		return nil
+	}
 }
 
 func decodePackRecord(b []byte) (*PackRecord, error) {
@@ -142,17 +178,7 @@ func decodePackRecord(b []byte) (*PackRecord, error) {
 	r.PlainBytes = int64(d.uint(1<<50, "plain bytes"))
 	r.ChunkBytes = int64(d.uint(1<<50, "chunk bytes"))
 	r.Created = timeOrZero(d.varint())
-	switch d.u8() {
-	case 0:
-	case 1:
-		t := &TorrentRef{}
-		copy(t.InfoHash[:], d.raw(20))
-		t.InfoSize = int(d.uint(MaxInfoSize, "torrent info size"))
-		copy(t.InfoDigest[:], d.raw(32))
-		r.Torrent = t
-	default:
-		d.fail("bad torrent flag")
-	}
+	r.Torrent = d.torrentRef("torrent")
 	if v >= 2 {
 		r.Format = int(d.uint(255, "pack format"))
 		r.Regzip = int64(d.uint(1<<50, "regzip bytes"))
@@ -163,6 +189,9 @@ func decodePackRecord(b []byte) (*PackRecord, error) {
 			copy(l.Pack[:], d.raw(32))
 			l.Size = int64(d.uint(1<<50, "lean pack size"))
 			r.Lean = l
+			if v >= 3 {
+				r.LeanTorrent = d.torrentRef("lean torrent")
+			}
 		default:
 			d.fail("bad lean pack flag")
 		}
@@ -229,6 +258,10 @@ func OpenPackRecord(env []byte) (*PackRecord, error) {
 // SidePackInfo is the side-file kind of the info bytes of the torrent of
 // the pack from revision from.
 func SidePackInfo(from uint64) string { return SidePack(from) + ".torrent-info" }
+
+// SidePackLeanInfo is the side-file kind of the info bytes of the torrent
+// of the lean twin of the pack from revision from.
+func SidePackLeanInfo(from uint64) string { return SidePack(from) + ".lean.torrent-info" }
 
 // SidePack is the side-file kind of the record of the pack from revision
 // from to a release.

@@ -58,6 +58,26 @@ func TestPackRecord(t *testing.T) {
 	if objs := got2.Objects(); len(objs) != 2 || objs[0].Pack != rec.Pack || objs[1] != *rec2.Lean {
 		t.Errorf("objects %+v", objs)
 	}
+	if payload, _, _ := splitAs(packMagic, env2); len(payload) == 0 || payload[0] != 2 || got2.LeanTorrent != nil {
+		t.Errorf("a lean twin without a torrent is not version 2")
+	}
+	// A lean twin with a torrent of its own: version 3.
+	rec4 := rec2
+	rec4.LeanTorrent = &TorrentRef{InfoHash: [20]byte{4, 5, 6}, InfoSize: 321, InfoDigest: chunkstore.Sum([]byte("lean info"))}
+	env4, err := SignPackRecord(&rec4, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got4, err := VerifyPackRecord(env4, trustOf(k), fromEnv, toEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if payload, _, _ := splitAs(packMagic, env4); len(payload) == 0 || payload[0] != 3 {
+		t.Errorf("a lean twin with a torrent is not version 3")
+	}
+	if got4.LeanTorrent == nil || *got4.LeanTorrent != *rec4.LeanTorrent || *got4.Lean != *rec4.Lean || *got4.Torrent != *rec.Torrent {
+		t.Fatalf("version 3 round trip: lean %+v, its torrent %+v", got4.Lean, got4.LeanTorrent)
+	}
 	// A format 3 pack alone also makes a version 2 record: terminals that
 	// cannot read the pack must refuse the record, not download the pack.
 	rec3 := *rec
