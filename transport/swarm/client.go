@@ -348,7 +348,8 @@ func (h *Handle) fetch(ctx context.Context, files []int, stall time.Duration, de
 	// seeder for 60 s); anacrolix keeps such a connection as long as
 	// keep-alives arrive. When no useful byte has come from any
 	// connection for stuckAfter, they are closed and the configured peers
-	// dialled afresh.
+	// dialled afresh. Both apply only to a fetch with configured peers;
+	// peers from a tracker are left to anacrolix and the tracker.
 	redial := time.NewTicker(redialEvery)
 	defer redial.Stop()
 	useful, since := h.usefulBytes(), time.Now()
