@@ -22,6 +22,7 @@ import (
 //
 //	GET /v1/packs/{name}/{channel}/{rev}/from/{from}   the signed pack record
 //	GET /v1/packs/{name}/{channel}/{rev}/from/{from}/info   its torrent's info bytes
+//	GET /v1/packs/{name}/{channel}/{rev}/from/{from}/lean-info   its lean twin's
 //	GET /v1/packs/{id}                                 the pack (Range supported)
 
 // packSide serves a side file of the pack from revision {from} to the
@@ -72,10 +73,14 @@ func (s *Server) handlePack(w http.ResponseWriter, r *http.Request) {
 	http.ServeContent(w, r, "", time.Time{}, f)
 }
 
-// PackInfo fetches the info bytes of a pack's torrent (the caller checks
-// them against the record).
-func (c *Client) PackInfo(ctx context.Context, name, channel string, rev, from uint64, max int64) ([]byte, error) {
-	return c.release(ctx, "/v1/packs/", "/from/"+strconv.FormatUint(from, 10)+"/info", name, channel, rev, max)
+// PackInfo fetches the info bytes of a pack's torrent, or of its lean
+// twin's (the caller checks them against the record).
+func (c *Client) PackInfo(ctx context.Context, name, channel string, rev, from uint64, lean bool, max int64) ([]byte, error) {
+	suffix := "/info"
+	if lean {
+		suffix = "/lean-info"
+	}
+	return c.release(ctx, "/v1/packs/", "/from/"+strconv.FormatUint(from, 10)+suffix, name, channel, rev, max)
 }
 
 // maxPackObject bounds a pack a branch cache fetches for its terminals.

@@ -125,6 +125,7 @@ func NewServer(root string, opts ServerOptions) (*Server, error) {
 	s.mux.HandleFunc("GET /ws/{torrent}/{file}", s.wrap("webseed", s.handleWebSeed))
 	s.mux.HandleFunc("GET /v1/packs/{name}/{channel}/{rev}/from/{from}", s.wrap("pack-record", s.packSide(manifest.SidePack, "application/octet-stream")))
 	s.mux.HandleFunc("GET /v1/packs/{name}/{channel}/{rev}/from/{from}/info", s.wrap("pack-info", s.packSide(manifest.SidePackInfo, "application/x-bittorrent-info")))
+	s.mux.HandleFunc("GET /v1/packs/{name}/{channel}/{rev}/from/{from}/lean-info", s.wrap("pack-info", s.packSide(manifest.SidePackLeanInfo, "application/x-bittorrent-info")))
 	s.mux.HandleFunc("GET /v1/packs/{id}", s.wrap("pack", s.handlePack))
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))

@@ -338,16 +338,25 @@ func (u *Upstream) PackRecord(ctx context.Context, name, channel string, rev, fr
 		if rec.Name != name || rec.Channel != channel || rec.To != rev || rec.From != from {
 			return fmt.Errorf("%w: upstream answered pack %s/%s %d→%d for %d→%d", manifest.ErrVerification, rec.Name, rec.Channel, rec.From, rec.To, from, rev)
 		}
-		if rec.Torrent != nil {
-			info, err := u.c.PackInfo(ctx, name, channel, rev, from, int64(rec.Torrent.InfoSize))
+		// The torrents' info bytes, the main pack's and the lean twin's,
+		// before the record that names them.
+		for _, t := range []struct {
+			ref  *manifest.TorrentRef
+			lean bool
+			kind string
+		}{{rec.Torrent, false, manifest.SidePackInfo(from)}, {rec.LeanTorrent, true, manifest.SidePackLeanInfo(from)}} {
+			if t.ref == nil {
+				continue
+			}
+			info, err := u.c.PackInfo(ctx, name, channel, rev, from, t.lean, int64(t.ref.InfoSize))
 			if err == nil {
-				err = rec.Torrent.Check(info)
+				err = t.ref.Check(info)
 			}
 			if err == nil {
-				err = u.rels.PutSide(name, channel, rev, manifest.SidePackInfo(from), info)
+				err = u.rels.PutSide(name, channel, rev, t.kind, info)
 			}
 			if err != nil {
-				u.log.Warn("mirroring a pack without its torrent", "err", err)
+				u.log.Warn("mirroring a pack without its torrent", "lean", t.lean, "err", err)
 			}
 		}
 		return u.rels.PutSide(name, channel, rev, manifest.SidePack(from), env)

@@ -200,12 +200,19 @@ func buildPack(ctx context.Context, g *globalOptions, o *packBuildOptions, key m
 		}
 		lean = &manifest.PackObject{Pack: lid, Size: lst.Size}
 	}
-	// The pack's own torrent: terminals with --p2p take it from peers.
-	info, err := swarm.BuildFile(manifest.PackPath(o.store, id))
+	// The pack's own torrent, and the lean twin's: terminals with --p2p
+	// take either from peers.
+	info, tref, err := packTorrent(o.store, id)
 	if err != nil {
 		return nil, err
 	}
-	tref := manifest.TorrentRef{InfoHash: sha1.Sum(info), InfoSize: len(info), InfoDigest: chunkstore.Sum(info)}
+	var leanInfo []byte
+	var leanTorrent *manifest.TorrentRef
+	if lean != nil {
+		if leanInfo, leanTorrent, err = packTorrent(o.store, lean.Pack); err != nil {
+			return nil, err
+		}
+	}
 	fid, _ := manifest.ID(fromEnv)
 	tid, _ := manifest.ID(toEnv)
 	var chunkBytes int64
@@ -217,7 +224,7 @@ func buildPack(ctx context.Context, g *globalOptions, o *packBuildOptions, key m
 	rec := &manifest.PackRecord{Name: to.Name, Channel: to.Channel, From: from.Revision, To: to.Revision, FromID: fid, ToID: tid,
 		FromDigest: from.Digest, Pack: id, Size: st.Size, Chunks: st.Chunks, PlainBytes: st.PlainBytes,
 		ChunksDigest: manifest.ChunkListDigest(missing), ChunkBytes: chunkBytes, Created: g.now().UTC().Truncate(time.Second),
-		Torrent: &tref, Regzip: st.RegzipInflated, Lean: lean, Format: st.Format}
+		Torrent: tref, Regzip: st.RegzipInflated, Lean: lean, LeanTorrent: leanTorrent, Format: st.Format}
 	env, err := manifest.SignPackRecord(rec, key)
 	if err != nil {
 		return nil, err
@@ -225,6 +232,11 @@ func buildPack(ctx context.Context, g *globalOptions, o *packBuildOptions, key m
 	rels := manifest.OpenReleases(o.store)
 	if err := rels.PutSide(to.Name, to.Channel, to.Revision, manifest.SidePackInfo(from.Revision), info); err != nil {
 		return nil, err
+	}
+	if leanInfo != nil {
+		if err := rels.PutSide(to.Name, to.Channel, to.Revision, manifest.SidePackLeanInfo(from.Revision), leanInfo); err != nil {
+			return nil, err
+		}
 	}
 	if err := rels.PutSide(to.Name, to.Channel, to.Revision, manifest.SidePack(from.Revision), env); err != nil {
 		return nil, err
@@ -237,6 +249,16 @@ func buildPack(ctx context.Context, g *globalOptions, o *packBuildOptions, key m
 		r.Ratio = float64(st.Size) / float64(chunkBytes)
 	}
 	return r, nil
+}
+
+// packTorrent builds the single-file torrent of the pack object id in the
+// store and returns its info bytes and their reference.
+func packTorrent(root string, id chunkstore.ID) ([]byte, *manifest.TorrentRef, error) {
+	info, err := swarm.BuildFile(manifest.PackPath(root, id))
+	if err != nil {
+		return nil, nil, err
+	}
+	return info, &manifest.TorrentRef{InfoHash: sha1.Sum(info), InfoSize: len(info), InfoDigest: chunkstore.Sum(info)}, nil
 }
 
 // writePack builds the pack from→to into the store's deltas/ directory (a

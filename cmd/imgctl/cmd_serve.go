@@ -230,34 +230,55 @@ func seedTorrents(ctx context.Context, g *globalOptions, o *serveOptions, srv *t
 			seeded[rel] = true
 			g.log.Info("seeding", "release", fmt.Sprintf("%s/%s@%d", rel.Name, rel.Channel, rel.Revision), "infohash", h.InfoHash().HexString())
 		}
-		// Delta packs, each its own torrent, once the pack is here (a
-		// branch holds it only after a terminal asked).
+		// Delta packs and their lean twins, each its own torrent, once the
+		// pack is here (a branch holds it only after a terminal asked).
+		type packForm struct {
+			key  string // in seededPacks
+			id   chunkstore.ID
+			ref  *manifest.TorrentRef
+			kind string // of its info's side file
+		}
 		for _, rel := range list {
 			for _, from := range rels.PackFroms(rel.Name, rel.Channel, rel.Revision) {
 				key := fmt.Sprintf("%s/%s/%d/%d", rel.Name, rel.Channel, rel.Revision, from)
-				if seededPacks[key] {
+				if seededPacks[key] && seededPacks[key+"/lean"] {
 					continue
 				}
-				info, err1 := rels.ReadSide(rel.Name, rel.Channel, rel.Revision, manifest.SidePackInfo(from))
-				renv, err2 := rels.ReadSide(rel.Name, rel.Channel, rel.Revision, manifest.SidePack(from))
-				if err1 != nil || err2 != nil {
+				renv, err := rels.ReadSide(rel.Name, rel.Channel, rel.Revision, manifest.SidePack(from))
+				if err != nil {
 					continue
 				}
 				rec, err := manifest.OpenPackRecord(renv)
-				if err != nil || rec.Torrent == nil || rec.Torrent.Check(info) != nil {
-					seededPacks[key] = true // not seedable
+				if err != nil {
+					seededPacks[key], seededPacks[key+"/lean"] = true, true // not seedable
 					continue
 				}
-				path := manifest.PackPath(o.store, rec.Pack)
-				if _, err := os.Stat(path); err != nil {
-					continue
+				forms := []packForm{{key, rec.Pack, rec.Torrent, manifest.SidePackInfo(from)}}
+				if rec.Lean != nil {
+					forms = append(forms, packForm{key + "/lean", rec.Lean.Pack, rec.LeanTorrent, manifest.SidePackLeanInfo(from)})
+				} else {
+					seededPacks[key+"/lean"] = true
 				}
-				if _, err := c.AddFile(info, filepath.Dir(path)); err != nil {
-					g.log.Warn("cannot seed pack", "pack", key, "err", err)
-					continue
+				for _, p := range forms {
+					if seededPacks[p.key] {
+						continue
+					}
+					info, err := rels.ReadSide(rel.Name, rel.Channel, rel.Revision, p.kind)
+					if p.ref == nil || (err == nil && p.ref.Check(info) != nil) {
+						seededPacks[p.key] = true // without a torrent, or not seedable
+						continue
+					}
+					path := manifest.PackPath(o.store, p.id)
+					if _, serr := os.Stat(path); err != nil || serr != nil {
+						continue // not here yet
+					}
+					if _, err := c.AddFile(info, filepath.Dir(path)); err != nil {
+						g.log.Warn("cannot seed pack", "pack", p.key, "err", err)
+						continue
+					}
+					seededPacks[p.key] = true
+					g.log.Info("seeding pack", "pack", p.key)
 				}
-				seededPacks[key] = true
-				g.log.Info("seeding pack", "pack", key)
 			}
 		}
 	}

@@ -623,4 +623,25 @@ func TestPackRegzipForms(t *testing.T) {
 	if r := imgctl(t, nil, "pull", "--from", url, "--trust", f.pub, "--name", "os", "--out", filepath.Join(f.dir, "x.img"), "--link-rate", "fast"); r.code != 2 {
 		t.Errorf("--link-rate fast: exit %d, want 2", r.code)
 	}
+
+	// Each form is its own torrent: --p2p pulls take the one their link
+	// calls for from the origin's seeder, not over HTTP.
+	turl := serve(t, f.store, "--seed-torrents", "--tracker", "--tracker-interval", "2s")
+	for i, rate := range []string{"100kB/s", "1GB/s"} {
+		out := filepath.Join(f.dir, fmt.Sprintf("p2p-%d.img", i))
+		r := imgctl(t, nil, "pull", "--from", turl, "--trust", f.pub, "--name", "os", "--cache", filepath.Join(f.dir, fmt.Sprintf("pc-%d", i)),
+			"--out", out, "--seed", seed, "--link-rate", rate, "--p2p", "--listen", fmt.Sprintf("127.0.0.%d:0", 41+i), "--p2p-stall", "20s", "--json", "-q")
+		if r.code != 0 {
+			t.Fatalf("pull --p2p at %s: exit %d\n%s", rate, r.code, r.stderr)
+		}
+		sameFile(t, out, img2)
+		j := decode[struct {
+			Packs int64 `json:"bytes_from_packs"`
+			Lean  bool  `json:"pack_lean"`
+			Peers int64 `json:"bytes_from_peers"`
+		}](t, r.stdout)
+		if j.Lean != (i == 1) || j.Packs != got[i].BytesFromPacks || j.Peers < j.Packs {
+			t.Fatalf("pull --p2p at %s: %s (over HTTP: %d bytes of pack, lean %v)", rate, r.stdout, got[i].BytesFromPacks, got[i].PackLean)
+		}
+	}
 }

@@ -96,7 +96,7 @@ func usePack(ctx context.Context, g *globalOptions, src source, trust *manifest.
 			g.logf("pack %d→%d: the lean form (%s; rebuilding %s of gzip streams would take longer than the %s it saves)",
 				rec.From, rec.To, human(rec.Lean.Size), human(rec.Regzip), human(rec.Lean.Size-rec.Size))
 			r := *rec
-			r.Pack, r.Size, r.Torrent = rec.Lean.Pack, rec.Lean.Size, nil
+			r.Pack, r.Size, r.Torrent = rec.Lean.Pack, rec.Lean.Size, rec.LeanTorrent
 			rec = &r
 		}
 		f := &packFetcher{g: g, ps: ps, rec: rec, lean: lean, chunks: refs, held: h, next: next, sw: sw, p2p: p2p, cacheDir: cacheDir}
@@ -120,9 +120,10 @@ const regzipSpeed = 20e6
 // runs while the pack streams in, so only the longer of the two counts).
 // The link's rate is what the source measured on the release's manifest;
 // a store directory is local (lean), an unknown rate means a slow link,
-// and a --p2p pull keeps the pack that has a torrent.
+// and a --p2p pull keeps the pack that has a torrent when the lean one has
+// none (records before version 3).
 func takeLean(rec *manifest.PackRecord, src source, sw *pullSwarm, o *p2pOptions) (bool, error) {
-	if rec.Lean == nil || rec.Regzip <= 0 || (sw != nil && rec.Torrent != nil) {
+	if rec.Lean == nil || rec.Regzip <= 0 || (sw != nil && rec.Torrent != nil && rec.LeanTorrent == nil) {
 		return false, nil
 	}
 	rate := math.Inf(1)
@@ -288,7 +289,7 @@ func (r *keptReader) Close() error {
 
 func (f *packFetcher) viaSwarm(ctx context.Context, hc *transport.Client) (io.ReadCloser, error) {
 	r := f.rec
-	info, err := hc.PackInfo(ctx, r.Name, r.Channel, r.To, r.From, int64(r.Torrent.InfoSize))
+	info, err := hc.PackInfo(ctx, r.Name, r.Channel, r.To, r.From, f.lean, int64(r.Torrent.InfoSize))
 	if err != nil {
 		return nil, err
 	}
