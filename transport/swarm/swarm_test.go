@@ -26,6 +26,15 @@ type release struct {
 	info   []byte
 }
 
+// ids lists the release's chunk IDs in order.
+func (r *release) ids() []chunkstore.ID {
+	out := make([]chunkstore.ID, 0, len(r.chunks))
+	for _, c := range r.chunks {
+		out = append(out, c.ID())
+	}
+	return out
+}
+
 // index is the position of chunk id in the release, or -1.
 func (r *release) index(id chunkstore.ID) int {
 	for i, c := range r.chunks {
@@ -294,10 +303,7 @@ func TestFetchRecyclesSilentPeer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var want []chunkstore.ID
-	for _, c := range rel.chunks {
-		want = append(want, c.ID())
-	}
+	want := rel.ids()
 	if err := h.FetchChunks(ctx, want, 0); err != nil {
 		t.Fatalf("%v (leech %+v; %d connections to the front)", err, h.Stats(), conns.Load())
 	}
@@ -412,10 +418,7 @@ func TestLyingPeerBanned(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var want []chunkstore.ID
-	for _, c := range rel.chunks {
-		want = append(want, c.ID())
-	}
+	want := rel.ids()
 	done := make(chan error, 1)
 	go func() { done <- h.FetchChunks(ctx, want, 0) }()
 	deadline := time.Now().Add(20 * time.Second)
@@ -646,10 +649,7 @@ func TestConfiguredPeerRedialled(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := make([]chunkstore.ID, 0, len(rel.chunks))
-	for _, c := range rel.chunks {
-		want = append(want, c.ID())
-	}
+	want := rel.ids()
 	done := make(chan error, 1)
 	go func() { done <- h.FetchChunks(ctx, want, 0) }()
 	time.Sleep(time.Second) // the first dial has failed by now
