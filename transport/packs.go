@@ -26,9 +26,17 @@ import (
 //	GET /v1/packs/{id}                                 the pack (Range supported)
 
 // packSide serves a side file of the pack from revision {from} to the
-// release in the path: its record, or its torrent's info bytes. A branch
-// cache fetches both from upstream first (Upstream.PackRecord).
-func (s *Server) packSide(kind func(from uint64) string, contentType string) http.HandlerFunc {
+// release in the path: its record, or a torrent's info bytes. A branch
+// cache fetches them from upstream first (Upstream.PackRecord).
+//
+// object, for an info route, names the pack object of that torrent: a
+// terminal asks for the info because it is about to download that object
+// from the swarm, and a branch that does not hold it yet then fetches it
+// from upstream at once, in the background, so that it seeds it (serve
+// --seed-torrents) while the terminal looks for peers. Without that the
+// first terminal behind a branch found no seeder, waited out its
+// --p2p-stall and fetched the pack over HTTP.
+func (s *Server) packSide(kind func(from uint64) string, contentType string, object func(*manifest.PackRecord) *manifest.PackObject) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		from, err := strconv.ParseUint(r.PathValue("from"), 10, 64)
 		if err != nil || from == 0 {
@@ -36,9 +44,12 @@ func (s *Server) packSide(kind func(from uint64) string, contentType string) htt
 			return
 		}
 		if s.up != nil {
+			name, channel := r.PathValue("name"), r.PathValue("channel")
 			rev, _ := strconv.ParseUint(r.PathValue("rev"), 10, 64)
-			if err := s.up.PackRecord(r.Context(), r.PathValue("name"), r.PathValue("channel"), rev, from); err != nil && !errors.Is(err, manifest.ErrNoRelease) {
+			if err := s.up.PackRecord(r.Context(), name, channel, rev, from); err != nil && !errors.Is(err, manifest.ErrNoRelease) {
 				s.log.Warn("upstream pack record", "err", err)
+			} else if err == nil && object != nil {
+				s.prefetchPack(name, channel, rev, from, object)
 			}
 		}
 		b, ok := s.releaseSide(w, r, kind(from))
@@ -49,6 +60,40 @@ func (s *Server) packSide(kind func(from uint64) string, contentType string) htt
 		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(b))
 	}
 }
+
+// prefetchPack starts fetching from upstream the pack object that object
+// picks from the record of the pack from→rev (see packSide).
+func (s *Server) prefetchPack(name, channel string, rev, from uint64, object func(*manifest.PackRecord) *manifest.PackObject) {
+	env, err := s.rel.ReadSide(name, channel, rev, manifest.SidePack(from))
+	if err != nil {
+		return
+	}
+	rec, err := manifest.OpenPackRecord(env)
+	if err != nil {
+		return
+	}
+	o := object(rec)
+	if o == nil {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), packPrefetchTimeout)
+		defer cancel()
+		if err := s.up.Pack(ctx, o.Pack, o.Size); err != nil {
+			s.log.Warn("upstream pack", "pack", o.Pack.Short(), "err", err)
+		}
+	}()
+}
+
+// packPrefetchTimeout bounds a branch's background fetch of a pack.
+const packPrefetchTimeout = 30 * time.Minute
+
+// mainPack and leanPack pick a record's pack objects for packSide.
+func mainPack(r *manifest.PackRecord) *manifest.PackObject {
+	return &manifest.PackObject{Pack: r.Pack, Size: r.Size}
+}
+
+func leanPack(r *manifest.PackRecord) *manifest.PackObject { return r.Lean }
 
 func (s *Server) handlePack(w http.ResponseWriter, r *http.Request) {
 	id, err := chunkstore.ParseID(r.PathValue("id"))

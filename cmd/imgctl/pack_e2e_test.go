@@ -644,4 +644,26 @@ func TestPackRegzipForms(t *testing.T) {
 			t.Fatalf("pull --p2p at %s: %s (over HTTP: %d bytes of pack, lean %v)", rate, r.stdout, got[i].BytesFromPacks, got[i].PackLean)
 		}
 	}
+
+	// Through a branch cache that holds nothing yet: asked for the lean
+	// torrent's info, the branch fetches that pack from upstream and seeds
+	// it, so the first terminal behind it takes the pack from peers too
+	// (before, it waited out --p2p-stall and fell back to HTTP).
+	branch := serve(t, filepath.Join(f.dir, "branch"), "--upstream", turl, "--seed-torrents", "--tracker", "--tracker-interval", "2s")
+	out := filepath.Join(f.dir, "p2p-branch.img")
+	r := imgctl(t, nil, "pull", "--from", branch, "--trust", f.pub, "--name", "os", "--cache", filepath.Join(f.dir, "pc-branch"),
+		"--out", out, "--seed", seed, "--link-rate", "1GB/s", "--p2p", "--listen", "127.0.0.43:0", "--p2p-stall", "20s", "--json", "-q")
+	if r.code != 0 {
+		t.Fatalf("pull --p2p through the branch: exit %d\n%s", r.code, r.stderr)
+	}
+	sameFile(t, out, img2)
+	j := decode[struct {
+		Packs int64 `json:"bytes_from_packs"`
+		Lean  bool  `json:"pack_lean"`
+		Peers int64 `json:"bytes_from_peers"`
+		Web   int64 `json:"bytes_from_webseeds"`
+	}](t, r.stdout)
+	if !j.Lean || j.Packs != got[1].BytesFromPacks || j.Peers < j.Packs || j.Web >= j.Packs {
+		t.Fatalf("pull --p2p through the branch: %s", r.stdout)
+	}
 }
