@@ -43,6 +43,28 @@ func editImageEvery(t *testing.T, src, dst string, step int) {
 	}
 }
 
+// p2pPull is what the pack tests read from pull --p2p --json.
+type p2pPull struct {
+	Packs int64 `json:"bytes_from_packs"`
+	Lean  bool  `json:"pack_lean"`
+	Peers int64 `json:"bytes_from_peers"`
+	Web   int64 `json:"bytes_from_webseeds"`
+}
+
+// pullP2P pulls release 2 from url with --p2p (listening on listen) and the
+// seed into out, and checks that out is want.
+func (f *fixture) pullP2P(t *testing.T, url, cache, out, seed, listen, want string, extra ...string) p2pPull {
+	t.Helper()
+	args := append([]string{"pull", "--from", url, "--trust", f.pub, "--name", "os", "--cache", cache, "--out", out,
+		"--seed", seed, "--p2p", "--listen", listen, "--p2p-stall", "20s", "--json", "-q"}, extra...)
+	r := imgctl(t, nil, args...)
+	if r.code != 0 {
+		t.Fatalf("pull --p2p from %s: exit %d\n%s", url, r.code, r.stderr)
+	}
+	sameFile(t, out, want)
+	return decode[p2pPull](t, r.stdout)
+}
+
 // A terminal holding release 1 takes release 2 from the delta pack the
 // publisher built (publish --packs-from), fetching far fewer bytes; a
 // damaged pack falls back to the chunks without a failed pull.
@@ -244,19 +266,9 @@ func TestPackOverSwarm(t *testing.T) {
 	f, upd := packReleases(t)
 	url := serve(t, f.store, "--seed-torrents", "--tracker", "--tracker-interval", "2s")
 	seed := f.holdRelease1(t, url)
-	out := filepath.Join(f.dir, "out2.img")
-	r := imgctl(t, nil, "pull", "--from", url, "--trust", f.pub, "--name", "os", "--cache", filepath.Join(f.dir, "c2"), "--out", out,
-		"--seed", seed, "--p2p", "--listen", "127.0.0.40:0", "--p2p-stall", "20s", "--json", "-q")
-	if r.code != 0 {
-		t.Fatalf("pull --p2p: exit %d\n%s", r.code, r.stderr)
-	}
-	sameFile(t, out, upd)
-	j := decode[struct {
-		Packs int64 `json:"bytes_from_packs"`
-		Peers int64 `json:"bytes_from_peers"`
-	}](t, r.stdout)
+	j := f.pullP2P(t, url, filepath.Join(f.dir, "c2"), filepath.Join(f.dir, "out2.img"), seed, "127.0.0.40:0", upd)
 	if j.Packs == 0 || j.Peers < j.Packs {
-		t.Fatalf("pack over the swarm: %s", r.stdout)
+		t.Fatalf("pack over the swarm: %+v", j)
 	}
 	if left, _ := filepath.Glob(filepath.Join(f.dir, "c2", "deltas", "*")); len(left) != 0 {
 		t.Fatalf("the pull left its pack in the cache: %v", left)
@@ -628,20 +640,10 @@ func TestPackRegzipForms(t *testing.T) {
 	// calls for from the origin's seeder, not over HTTP.
 	turl := serve(t, f.store, "--seed-torrents", "--tracker", "--tracker-interval", "2s")
 	for i, rate := range []string{"100kB/s", "1GB/s"} {
-		out := filepath.Join(f.dir, fmt.Sprintf("p2p-%d.img", i))
-		r := imgctl(t, nil, "pull", "--from", turl, "--trust", f.pub, "--name", "os", "--cache", filepath.Join(f.dir, fmt.Sprintf("pc-%d", i)),
-			"--out", out, "--seed", seed, "--link-rate", rate, "--p2p", "--listen", fmt.Sprintf("127.0.0.%d:0", 41+i), "--p2p-stall", "20s", "--json", "-q")
-		if r.code != 0 {
-			t.Fatalf("pull --p2p at %s: exit %d\n%s", rate, r.code, r.stderr)
-		}
-		sameFile(t, out, img2)
-		j := decode[struct {
-			Packs int64 `json:"bytes_from_packs"`
-			Lean  bool  `json:"pack_lean"`
-			Peers int64 `json:"bytes_from_peers"`
-		}](t, r.stdout)
+		j := f.pullP2P(t, turl, filepath.Join(f.dir, fmt.Sprintf("pc-%d", i)), filepath.Join(f.dir, fmt.Sprintf("p2p-%d.img", i)),
+			seed, fmt.Sprintf("127.0.0.%d:0", 41+i), img2, "--link-rate", rate)
 		if j.Lean != (i == 1) || j.Packs != got[i].BytesFromPacks || j.Peers < j.Packs {
-			t.Fatalf("pull --p2p at %s: %s (over HTTP: %d bytes of pack, lean %v)", rate, r.stdout, got[i].BytesFromPacks, got[i].PackLean)
+			t.Fatalf("pull --p2p at %s: %+v (over HTTP: %d bytes of pack, lean %v)", rate, j, got[i].BytesFromPacks, got[i].PackLean)
 		}
 	}
 
@@ -650,20 +652,9 @@ func TestPackRegzipForms(t *testing.T) {
 	// it, so the first terminal behind it takes the pack from peers too
 	// (before, it waited out --p2p-stall and fell back to HTTP).
 	branch := serve(t, filepath.Join(f.dir, "branch"), "--upstream", turl, "--seed-torrents", "--tracker", "--tracker-interval", "2s")
-	out := filepath.Join(f.dir, "p2p-branch.img")
-	r := imgctl(t, nil, "pull", "--from", branch, "--trust", f.pub, "--name", "os", "--cache", filepath.Join(f.dir, "pc-branch"),
-		"--out", out, "--seed", seed, "--link-rate", "1GB/s", "--p2p", "--listen", "127.0.0.43:0", "--p2p-stall", "20s", "--json", "-q")
-	if r.code != 0 {
-		t.Fatalf("pull --p2p through the branch: exit %d\n%s", r.code, r.stderr)
-	}
-	sameFile(t, out, img2)
-	j := decode[struct {
-		Packs int64 `json:"bytes_from_packs"`
-		Lean  bool  `json:"pack_lean"`
-		Peers int64 `json:"bytes_from_peers"`
-		Web   int64 `json:"bytes_from_webseeds"`
-	}](t, r.stdout)
+	j := f.pullP2P(t, branch, filepath.Join(f.dir, "pc-branch"), filepath.Join(f.dir, "p2p-branch.img"), seed, "127.0.0.43:0", img2,
+		"--link-rate", "1GB/s")
 	if !j.Lean || j.Packs != got[1].BytesFromPacks || j.Peers < j.Packs || j.Web >= j.Packs {
-		t.Fatalf("pull --p2p through the branch: %s", r.stdout)
+		t.Fatalf("pull --p2p through the branch: %+v", j)
 	}
 }
