@@ -28,8 +28,10 @@ type Upstream struct {
 	store *chunkstore.Local
 	rels  *manifest.Releases
 	log   *slog.Logger
-	// OnRelease is called after a release was mirrored (to seed it).
+	// OnRelease is called after a release was mirrored, OnPack after a
+	// delta pack object was (to seed them).
 	OnRelease func(manifest.Release)
+	OnPack    func(chunkstore.ID)
 	// DeferFlush leaves flushing the store to the caller (a mirror that
 	// fetches thousands of chunks commits once; a server must not, since
 	// its readers see only flushed chunks).
@@ -398,6 +400,12 @@ func (u *Upstream) Pack(ctx context.Context, id chunkstore.ID, size int64) error
 		if err := tmp.Sync(); err != nil {
 			return err
 		}
-		return os.Rename(tmp.Name(), path)
+		if err := os.Rename(tmp.Name(), path); err != nil {
+			return err
+		}
+		if u.OnPack != nil {
+			u.OnPack(id)
+		}
+		return nil
 	})
 }

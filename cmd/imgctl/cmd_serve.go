@@ -285,6 +285,7 @@ func seedTorrents(ctx context.Context, g *globalOptions, o *serveOptions, srv *t
 	scan()
 	if up != nil {
 		up.OnRelease = func(manifest.Release) { go scan() }
+		up.OnPack = func(chunkstore.ID) { go scan() }
 	}
 	done := make(chan struct{})
 	stopped := make(chan struct{})
