@@ -63,11 +63,37 @@ type PackObject struct {
 	Size int64
 }
 
+// PackForm is one form of the pack a record offers: its object, its
+// torrent (nil if it has none), and whether it is the lean twin.
+type PackForm struct {
+	PackObject
+	Torrent *TorrentRef
+	Lean    bool
+}
+
+// InfoKind is the side-file kind of the info bytes of the form's torrent,
+// for the pack from revision from.
+func (f PackForm) InfoKind(from uint64) string {
+	if f.Lean {
+		return SidePackLeanInfo(from)
+	}
+	return SidePackInfo(from)
+}
+
+// Forms lists the forms of the pack the record offers, the main one first.
+func (r *PackRecord) Forms() []PackForm {
+	out := []PackForm{{PackObject: PackObject{r.Pack, r.Size}, Torrent: r.Torrent}}
+	if r.Lean != nil {
+		out = append(out, PackForm{PackObject: *r.Lean, Torrent: r.LeanTorrent, Lean: true})
+	}
+	return out
+}
+
 // Objects lists the pack objects the record offers, the main one first.
 func (r *PackRecord) Objects() []PackObject {
-	out := []PackObject{{r.Pack, r.Size}}
-	if r.Lean != nil {
-		out = append(out, *r.Lean)
+	var out []PackObject
+	for _, f := range r.Forms() {
+		out = append(out, f.PackObject)
 	}
 	return out
 }

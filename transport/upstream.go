@@ -342,23 +342,19 @@ func (u *Upstream) PackRecord(ctx context.Context, name, channel string, rev, fr
 		}
 		// The torrents' info bytes, the main pack's and the lean twin's,
 		// before the record that names them.
-		for _, t := range []struct {
-			ref  *manifest.TorrentRef
-			lean bool
-			kind string
-		}{{rec.Torrent, false, manifest.SidePackInfo(from)}, {rec.LeanTorrent, true, manifest.SidePackLeanInfo(from)}} {
-			if t.ref == nil {
+		for _, f := range rec.Forms() {
+			if f.Torrent == nil {
 				continue
 			}
-			info, err := u.c.PackInfo(ctx, name, channel, rev, from, t.lean, int64(t.ref.InfoSize))
+			info, err := u.c.PackInfo(ctx, name, channel, rev, from, f.Lean, int64(f.Torrent.InfoSize))
 			if err == nil {
-				err = t.ref.Check(info)
+				err = f.Torrent.Check(info)
 			}
 			if err == nil {
-				err = u.rels.PutSide(name, channel, rev, t.kind, info)
+				err = u.rels.PutSide(name, channel, rev, f.InfoKind(from), info)
 			}
 			if err != nil {
-				u.log.Warn("mirroring a pack without its torrent", "lean", t.lean, "err", err)
+				u.log.Warn("mirroring a pack without its torrent", "lean", f.Lean, "err", err)
 			}
 		}
 		return u.rels.PutSide(name, channel, rev, manifest.SidePack(from), env)

@@ -232,16 +232,12 @@ func seedTorrents(ctx context.Context, g *globalOptions, o *serveOptions, srv *t
 		}
 		// Delta packs and their lean twins, each its own torrent, once the
 		// pack is here (a branch holds it only after a terminal asked).
-		type packForm struct {
-			key  string // in seededPacks
-			id   chunkstore.ID
-			ref  *manifest.TorrentRef
-			kind string // of its info's side file
-		}
+		// seededPacks holds a record's key once all its forms are settled,
+		// and each form's key once it is.
 		for _, rel := range list {
 			for _, from := range rels.PackFroms(rel.Name, rel.Channel, rel.Revision) {
 				key := fmt.Sprintf("%s/%s/%d/%d", rel.Name, rel.Channel, rel.Revision, from)
-				if seededPacks[key] && seededPacks[key+"/lean"] {
+				if seededPacks[key] {
 					continue
 				}
 				renv, err := rels.ReadSide(rel.Name, rel.Channel, rel.Revision, manifest.SidePack(from))
@@ -250,35 +246,34 @@ func seedTorrents(ctx context.Context, g *globalOptions, o *serveOptions, srv *t
 				}
 				rec, err := manifest.OpenPackRecord(renv)
 				if err != nil {
-					seededPacks[key], seededPacks[key+"/lean"] = true, true // not seedable
+					seededPacks[key] = true // not seedable
 					continue
 				}
-				forms := []packForm{{key, rec.Pack, rec.Torrent, manifest.SidePackInfo(from)}}
-				if rec.Lean != nil {
-					forms = append(forms, packForm{key + "/lean", rec.Lean.Pack, rec.LeanTorrent, manifest.SidePackLeanInfo(from)})
-				} else {
-					seededPacks[key+"/lean"] = true
-				}
-				for _, p := range forms {
-					if seededPacks[p.key] {
+				settled := true
+				for _, f := range rec.Forms() {
+					fkey := key + "/" + f.Pack.String()
+					if seededPacks[fkey] {
 						continue
 					}
-					info, err := rels.ReadSide(rel.Name, rel.Channel, rel.Revision, p.kind)
-					if p.ref == nil || (err == nil && p.ref.Check(info) != nil) {
-						seededPacks[p.key] = true // without a torrent, or not seedable
+					info, err := rels.ReadSide(rel.Name, rel.Channel, rel.Revision, f.InfoKind(from))
+					if f.Torrent == nil || (err == nil && f.Torrent.Check(info) != nil) {
+						seededPacks[fkey] = true // without a torrent, or not seedable
 						continue
 					}
-					path := manifest.PackPath(o.store, p.id)
+					path := manifest.PackPath(o.store, f.Pack)
 					if _, serr := os.Stat(path); err != nil || serr != nil {
-						continue // not here yet
+						settled = false // not here yet
+						continue
 					}
 					if _, err := c.AddFile(info, filepath.Dir(path)); err != nil {
-						g.log.Warn("cannot seed pack", "pack", p.key, "err", err)
+						g.log.Warn("cannot seed pack", "pack", fkey, "err", err)
+						settled = false
 						continue
 					}
-					seededPacks[p.key] = true
-					g.log.Info("seeding pack", "pack", p.key)
+					seededPacks[fkey] = true
+					g.log.Info("seeding pack", "pack", fkey)
 				}
+				seededPacks[key] = settled
 			}
 		}
 	}
