@@ -46,10 +46,11 @@ func (s *Server) packSide(kind func(from uint64) string, contentType string, obj
 		if s.up != nil {
 			name, channel := r.PathValue("name"), r.PathValue("channel")
 			rev, _ := strconv.ParseUint(r.PathValue("rev"), 10, 64)
-			if err := s.up.PackRecord(r.Context(), name, channel, rev, from); err != nil && !errors.Is(err, manifest.ErrNoRelease) {
+			rec, err := s.up.PackRecord(r.Context(), name, channel, rev, from)
+			if err != nil && !errors.Is(err, manifest.ErrNoRelease) {
 				s.log.Warn("upstream pack record", "err", err)
 			} else if err == nil && object != nil {
-				s.prefetchPack(name, channel, rev, from, object)
+				s.prefetchPack(object(rec))
 			}
 		}
 		b, ok := s.releaseSide(w, r, kind(from))
@@ -61,18 +62,9 @@ func (s *Server) packSide(kind func(from uint64) string, contentType string, obj
 	}
 }
 
-// prefetchPack starts fetching from upstream the pack object that object
-// picks from the record of the pack from→rev (see packSide).
-func (s *Server) prefetchPack(name, channel string, rev, from uint64, object func(*manifest.PackRecord) *manifest.PackObject) {
-	env, err := s.rel.ReadSide(name, channel, rev, manifest.SidePack(from))
-	if err != nil {
-		return
-	}
-	rec, err := manifest.OpenPackRecord(env)
-	if err != nil {
-		return
-	}
-	o := object(rec)
+// prefetchPack starts fetching pack object o (if any) from upstream (see
+// packSide).
+func (s *Server) prefetchPack(o *manifest.PackObject) {
 	if o == nil {
 		return
 	}

@@ -319,16 +319,23 @@ func (u *Upstream) FetchRelease(ctx context.Context, name, channel string, rev u
 
 // PackRecord makes sure the branch holds the record of the pack from
 // revision from to release rev (the release itself first), fetching it
-// from upstream. A missing pack is ErrNoRelease. The record is relayed as
-// signed: terminals verify it.
-func (u *Upstream) PackRecord(ctx context.Context, name, channel string, rev, from uint64) error {
-	if _, err := u.rels.ReadSide(name, channel, rev, manifest.SidePack(from)); err == nil {
-		return nil
+// from upstream, and returns it decoded. A missing pack is ErrNoRelease.
+// The record is relayed as signed: terminals verify it.
+func (u *Upstream) PackRecord(ctx context.Context, name, channel string, rev, from uint64) (*manifest.PackRecord, error) {
+	held := func() (*manifest.PackRecord, error) {
+		env, err := u.rels.ReadSide(name, channel, rev, manifest.SidePack(from))
+		if err != nil {
+			return nil, err
+		}
+		return manifest.OpenPackRecord(env)
+	}
+	if rec, err := held(); err == nil {
+		return rec, nil
 	}
 	if _, err := u.Release(ctx, name, channel, rev); err != nil {
-		return err
+		return nil, err
 	}
-	return u.once(ctx, fmt.Sprintf("pack-record/%s/%s/%d/%d", name, channel, rev, from), func() error {
+	err := u.once(ctx, fmt.Sprintf("pack-record/%s/%s/%d/%d", name, channel, rev, from), func() error {
 		env, err := u.c.PackRecord(ctx, name, channel, rev, from)
 		if err != nil {
 			return err
@@ -359,6 +366,10 @@ func (u *Upstream) PackRecord(ctx context.Context, name, channel string, rev, fr
 		}
 		return u.rels.PutSide(name, channel, rev, manifest.SidePack(from), env)
 	})
+	if err != nil {
+		return nil, err
+	}
+	return held()
 }
 
 // Pack makes sure the branch holds pack id (at most size bytes), fetching

@@ -125,19 +125,12 @@ func runMirror(ctx context.Context, g *globalOptions, o *mirrorOptions) error {
 	// Delta packs to this release from the revisions before it, when
 	// upstream has them.
 	for from := rev - 1; from >= 1 && from+3 >= rev; from-- {
-		if err := up.PackRecord(ctx, m.Name, m.Channel, rev, from); err != nil {
+		rec, err := up.PackRecord(ctx, m.Name, m.Channel, rev, from)
+		if err != nil {
 			if !errors.Is(err, manifest.ErrNoRelease) {
 				g.log.Warn("mirroring a pack", "from", from, "err", err)
 			}
 			continue
-		}
-		renv, err := manifest.OpenReleases(o.store).ReadSide(m.Name, m.Channel, rev, manifest.SidePack(from))
-		if err != nil {
-			return err
-		}
-		rec, err := manifest.OpenPackRecord(renv)
-		if err != nil {
-			return err
 		}
 		for _, po := range rec.Objects() {
 			if err := up.Pack(ctx, po.Pack, po.Size); err != nil {
