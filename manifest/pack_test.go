@@ -42,37 +42,38 @@ func TestPackRecord(t *testing.T) {
 	if payload, _, _ := splitAs(packMagic, env); len(payload) == 0 || payload[0] != 1 {
 		t.Errorf("a record without Regzip and Lean is not version 1")
 	}
+	// roundTrip signs r, verifies it, and returns it decoded with the
+	// version it was written as.
+	roundTrip := func(r *PackRecord) (*PackRecord, byte) {
+		t.Helper()
+		env, err := SignPackRecord(r, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := VerifyPackRecord(env, trustOf(k), fromEnv, toEnv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		payload, _, _ := splitAs(packMagic, env)
+		return got, payload[0]
+	}
 	rec2 := *rec
 	rec2.Regzip, rec2.Lean, rec2.Format = 31_000_000, &PackObject{Pack: chunkstore.Sum([]byte("lean")), Size: 23456}, 3
-	env2, err := SignPackRecord(&rec2, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got2, err := VerifyPackRecord(env2, trustOf(k), fromEnv, toEnv)
-	if err != nil {
-		t.Fatal(err)
-	}
+	got2, v2 := roundTrip(&rec2)
 	if got2.Regzip != rec2.Regzip || got2.Lean == nil || *got2.Lean != *rec2.Lean || got2.Format != 3 {
 		t.Fatalf("version 2 round trip: regzip %d, lean %+v", got2.Regzip, got2.Lean)
 	}
 	if objs := got2.Objects(); len(objs) != 2 || objs[0].Pack != rec.Pack || objs[1] != *rec2.Lean {
 		t.Errorf("objects %+v", objs)
 	}
-	if payload, _, _ := splitAs(packMagic, env2); len(payload) == 0 || payload[0] != 2 || got2.LeanTorrent != nil {
+	if v2 != 2 || got2.LeanTorrent != nil {
 		t.Errorf("a lean twin without a torrent is not version 2")
 	}
 	// A lean twin with a torrent of its own: version 3.
 	rec4 := rec2
 	rec4.LeanTorrent = &TorrentRef{InfoHash: [20]byte{4, 5, 6}, InfoSize: 321, InfoDigest: chunkstore.Sum([]byte("lean info"))}
-	env4, err := SignPackRecord(&rec4, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got4, err := VerifyPackRecord(env4, trustOf(k), fromEnv, toEnv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if payload, _, _ := splitAs(packMagic, env4); len(payload) == 0 || payload[0] != 3 {
+	got4, v4 := roundTrip(&rec4)
+	if v4 != 3 {
 		t.Errorf("a lean twin with a torrent is not version 3")
 	}
 	if got4.LeanTorrent == nil || *got4.LeanTorrent != *rec4.LeanTorrent || *got4.Lean != *rec4.Lean || *got4.Torrent != *rec.Torrent {
@@ -82,8 +83,7 @@ func TestPackRecord(t *testing.T) {
 	// cannot read the pack must refuse the record, not download the pack.
 	rec3 := *rec
 	rec3.Format = 3
-	env3, _ := SignPackRecord(&rec3, k)
-	if payload, _, _ := splitAs(packMagic, env3); len(payload) == 0 || payload[0] != 2 {
+	if _, v3 := roundTrip(&rec3); v3 != 2 {
 		t.Errorf("a record of a format 3 pack is not version 2")
 	}
 	// Another key, other releases, a manifest signature passed off as a
