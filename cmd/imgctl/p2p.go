@@ -75,8 +75,6 @@ func (o *p2pOptions) rate() (float64, error) {
 	return float64(r), nil
 }
 
-func (o *p2pOptions) active() bool { return o.enabled || o.magnet != "" }
-
 // pullSwarm is a terminal's swarm client for one release.
 type pullSwarm struct {
 	c *swarm.Client
