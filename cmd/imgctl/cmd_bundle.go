@@ -358,7 +358,8 @@ func installBundle(ctx context.Context, g *globalOptions, o *bundleApplyOptions,
 	defer out.Close()
 	phase("seeds")
 
-	plan := delta.NewPlan(delta.Inputs{Target: m, Seeds: seedIdx, Have: inCache(cache, m)})
+	inc := inCache(cache, m)
+	plan := delta.NewPlan(delta.Inputs{Target: m, Seeds: seedIdx, Have: inc.held.Has})
 	g.logf("plan: %s from installed releases, %s from cache, %s to fetch (%d chunks)",
 		human(plan.Report.SeedBytes), human(plan.Report.CacheBytes), human(plan.Report.FetchBytes), plan.Report.FetchChunks)
 	var fetch delta.Fetcher = storingFetcher{client: client, cache: cache}
@@ -373,7 +374,7 @@ func installBundle(ctx context.Context, g *globalOptions, o *bundleApplyOptions,
 			fetch = pack
 		}
 	}
-	asm := &delta.Assembler{Out: out, Seeds: seeds, Cache: cache, Fetch: fetch, Digest: true, Workers: o.workers,
+	asm := &delta.Assembler{Out: out, Seeds: seeds, Cache: inc, Fetch: fetch, Digest: true, Workers: o.workers,
 		Progress: newProgress(g, "apply "+m.Name), Logger: g.log}
 	in.stats, err = asm.Run(ctx, plan)
 	if ferr := cache.Flush(context.Background()); err == nil {

@@ -314,15 +314,28 @@ func (f storingFetcher) FetchBatches(ctx context.Context, refs []manifest.ChunkR
 	})
 }
 
-// inCache returns the plan's Have for m's chunks in cache. A failed lookup
-// only means "fetch it".
-func inCache(cache *chunkstore.Local, m *manifest.Manifest) func(chunkstore.ID) bool {
+// inCache looks up which of m's chunks cache holds. A failed lookup only
+// means "fetch it".
+func inCache(cache *chunkstore.Local, m *manifest.Manifest) heldCache {
 	ids := make([]chunkstore.ID, len(m.Chunks))
 	for i, c := range m.Chunks {
 		ids[i] = c.ID
 	}
 	h, _ := cache.Holds(ids)
-	return func(id chunkstore.ID) bool { return h[id] }
+	return heldCache{Local: cache, held: h}
+}
+
+// heldCache is the cache as the assembler reads it: chunks the plan takes
+// from it are read where inCache found them (chunkstore.Held), without an
+// index lookup each.
+type heldCache struct {
+	*chunkstore.Local
+	held chunkstore.Held
+}
+
+// AppendPlain reads through the lookup (delta's plainAppender).
+func (c heldCache) AppendPlain(dst []byte, id chunkstore.ID, scratch *[]byte) ([]byte, error) {
+	return c.held.AppendPlain(dst, id, scratch)
 }
 
 // parseSeed splits FILE[:MANIFEST].
@@ -396,7 +409,7 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 
 	// Which chunks the cache holds (an index lookup per chunk) is asked
 	// while the seeds are opened and the target is prepared.
-	cached := make(chan func(chunkstore.ID) bool, 1)
+	cached := make(chan heldCache, 1)
 	go func() { cached <- inCache(cache, m) }()
 
 	// 3: seeds.
@@ -453,7 +466,8 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 
 	phase("seeds")
 	// 4: plan.
-	plan := delta.NewPlan(delta.Inputs{Target: m, InPlace: inPlace, Seeds: seedIdx, Have: <-cached})
+	inc := <-cached
+	plan := delta.NewPlan(delta.Inputs{Target: m, InPlace: inPlace, Seeds: seedIdx, Have: inc.held.Has})
 	g.logf("plan: %s in place, %s from seeds, %s from cache, %s to fetch (%d chunks), %s zero",
 		human(plan.Report.InPlaceBytes), human(plan.Report.SeedBytes), human(plan.Report.CacheBytes),
 		human(plan.Report.FetchBytes), plan.Report.FetchChunks, human(plan.Report.ZeroBytes))
@@ -475,7 +489,7 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 		}
 	}
 	asm := &delta.Assembler{
-		Out: out, Seeds: seedFiles, Cache: cache, Fetch: fetch,
+		Out: out, Seeds: seedFiles, Cache: inc, Fetch: fetch,
 		ZeroFill: !out.fresh, Digest: true, Workers: o.workers, Progress: newProgress(g, "write"), Logger: g.log,
 	}
 	phase("plan")
