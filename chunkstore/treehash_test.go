@@ -7,9 +7,11 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"strings"
 
 	"github.com/zeebo/blake3"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 	"math/rand/v2"
 	"sync"
 	"testing"
@@ -154,5 +156,79 @@ func BenchmarkSubtree(b *testing.B) {
 				k.f(data, 1<<treeBlockHeight)
 			}
 		})
+	}
+}
+
+// MapBlock hashes a file's blocks through a mapping to the same digest as
+// BLAKE3 of the file, for a file whose last block is short and one with a
+// hole, and falls back to reading for a reader that is not a file.
+func TestMapBlock(t *testing.T) {
+	for _, n := range []int{100, TreeBlock, 2*TreeBlock + 4097, 3*TreeBlock - 1} {
+		content := make([]byte, n)
+		rand.NewChaCha8([32]byte{9}).Read(content)
+		if n > 2*TreeBlock {
+			clear(content[TreeBlock : 2*TreeBlock]) // a hole below
+		}
+		p := t.TempDir() + "/f"
+		f, err := os.Create(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if err := f.Truncate(int64(n)); err != nil {
+			t.Fatal(err)
+		}
+		for off := 0; off < n; off += TreeBlock {
+			end := min(off+TreeBlock, n)
+			if !allZero(content[off:end]) {
+				if _, err := f.WriteAt(content[off:end], int64(off)); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		for _, r := range []io.ReaderAt{f, bytes.NewReader(content)} {
+			d := NewTreeDigest(int64(n))
+			for i := range d.Blocks() {
+				off, k := d.BlockRange(i)
+				if err := d.MapBlock(i, r, FindHolesIn(r, off, off+k), make([]byte, TreeBlock)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got, _ := d.Sum(); got != Sum(content) {
+				t.Fatalf("size %d, %T: mapped digest differs from BLAKE3", n, r)
+			}
+		}
+	}
+}
+
+// A mapped page the kernel cannot supply (here: the file was truncated
+// after it was mapped) is an error from hashMapped, not a crash.
+func TestMapBlockFault(t *testing.T) {
+	p := t.TempDir() + "/f"
+	content := make([]byte, 2*TreeBlock)
+	rand.NewChaCha8([32]byte{10}).Read(content)
+	if err := os.WriteFile(p, content, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(p, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	m, err := unix.Mmap(int(f.Fd()), 0, TreeBlock, unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(m)
+	if err := f.Truncate(4096); err != nil {
+		t.Fatal(err)
+	}
+	d := NewTreeDigest(2 * TreeBlock)
+	err = hashMapped(d, 0, 0, m)
+	if err == nil || !strings.Contains(err.Error(), "memory fault") {
+		t.Fatalf("hashing a truncated mapping: %v", err)
+	}
+	if d.have[0] {
+		t.Fatal("the block counts as hashed")
 	}
 }

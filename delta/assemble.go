@@ -205,7 +205,7 @@ func (a *Assembler) hash(ctx context.Context, t *manifest.Manifest, tr *blockTra
 					b = x
 				}
 				off, n := d.BlockRange(b)
-				if err := d.ReadBlock(b, a.Out, chunkstore.FindHolesIn(a.Out, off, off+n), buf); err != nil {
+				if err := d.MapBlock(b, a.Out, chunkstore.FindHolesIn(a.Out, off, off+n), buf); err != nil {
 					errc <- fmt.Errorf("read back: %w", err)
 					return
 				}
