@@ -193,7 +193,10 @@ func (c *Client) Add(ctx context.Context, infoBytes, env []byte) (*Handle, error
 	if err != nil {
 		return nil, err
 	}
-	t, _ := c.cl.AddTorrentOpt(torrent.AddTorrentOpts{InfoHash: ih, InfoBytes: infoBytes})
+	// No initial check: pieces no fetch asks for have an unknown
+	// completion (piece.Completion), and anacrolix would hash each of them
+	// from storage that does not hold them.
+	t, _ := c.cl.AddTorrentOpt(torrent.AddTorrentOpts{InfoHash: ih, InfoBytes: infoBytes, DisableInitialPieceCheck: true})
 	h := &Handle{c: c, t: t, s: s}
 	h.sources(nil)
 	return h, nil
@@ -207,6 +210,7 @@ func (c *Client) AddMagnet(ctx context.Context, uri string) (*Handle, error) {
 		return nil, fmt.Errorf("magnet: %w", err)
 	}
 	spec.Webseeds = nil // see DisableWebseeds; the caller fetches from them
+	spec.DisableInitialPieceCheck = true // see Add
 	if spec.InfoHash == (metainfo.Hash{}) {
 		return nil, errors.New("magnet: no v1 infohash (xt=urn:btih:...); v2-only magnets are not supported")
 	}
@@ -317,6 +321,7 @@ func (h *Handle) fetch(ctx context.Context, files []int, stall time.Duration, de
 	defer h.s.closeWatch(w)
 	tf := h.t.Files()
 	missing := make(map[int]bool, len(files))
+	var asked []int
 	for _, f := range files {
 		if missing[f] {
 			continue
@@ -330,6 +335,13 @@ func (h *Handle) fetch(ctx context.Context, files []int, stall time.Duration, de
 			continue
 		}
 		missing[f] = true
+		asked = append(asked, f)
+	}
+	// The storage tells anacrolix the completion of the pieces asked for
+	// (piece.Completion); then their files are given a priority.
+	h.updateCompletion(h.s.Want(asked, true))
+	defer func() { h.updateCompletion(h.s.Want(asked, false)) }()
+	for _, f := range asked {
 		tf[f].SetPriority(torrent.PiecePriorityNormal)
 	}
 	var timer *time.Timer
@@ -405,6 +417,13 @@ func (h *Handle) fetch(ctx context.Context, files []int, stall time.Duration, de
 		return fmt.Errorf("%d of %d files still missing: %w", len(missing), len(files), cause)
 	}
 	return nil
+}
+
+// updateCompletion has anacrolix read the completion of pieces again.
+func (h *Handle) updateCompletion(pieces []int) {
+	for _, p := range pieces {
+		h.t.Piece(p).UpdateCompletion()
+	}
 }
 
 // redialEvery is how often Fetch dials the configured peers again while

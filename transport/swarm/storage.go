@@ -63,6 +63,7 @@ type Torrent struct {
 
 	mu       sync.Mutex
 	have     []bool // per file: readable from the store (or the manifest bytes)
+	want     []int  // per file: fetches asking for it (Want)
 	done     []bool // per piece: passed its hash check in this process
 	manifest []byte
 	sizes    map[chunkstore.ID]int
@@ -130,7 +131,7 @@ func (s *Storage) Register(ctx context.Context, ih metainfo.Hash, l *Layout, env
 		t.setManifestFile(env)
 		return t, nil
 	}
-	t := &Torrent{s: s, L: l, ih: ih, have: make([]bool, l.Files()), done: make([]bool, l.NumPieces()),
+	t := &Torrent{s: s, L: l, ih: ih, have: make([]bool, l.Files()), want: make([]int, l.Files()), done: make([]bool, l.NumPieces()),
 		changed: make(chan struct{})}
 	if env != nil {
 		if int64(len(env)) != l.offs[1] {
@@ -249,6 +250,30 @@ func (t *Torrent) setSizesLocked(m *manifest.Manifest) {
 }
 
 // Have reports whether file f is held.
+// Want counts a fetch asking for files (on) or no longer asking (off), and
+// returns the pieces whose Completion changes from unknown to known or
+// back: the caller has anacrolix read them again (Piece.UpdateCompletion).
+func (t *Torrent) Want(files []int, on bool) (pieces []int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	d := 1
+	if !on {
+		d = -1
+	}
+	for _, f := range files {
+		before := t.want[f] > 0
+		t.want[f] = max(t.want[f]+d, 0)
+		if before == (t.want[f] > 0) {
+			continue
+		}
+		first, last := t.L.PiecesOf(f)
+		for p := first; p <= last; p++ {
+			pieces = append(pieces, p)
+		}
+	}
+	return pieces
+}
+
 func (t *Torrent) Have(f int) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -549,7 +574,14 @@ func (t *Torrent) fillPiece(i int) error {
 
 // Completion: a piece is complete when every file it touches is held, or
 // when it passed its check in this process, or always on a node that
-// fills chunks on demand (a branch cache).
+// fills chunks on demand (a branch cache). A piece that is not complete
+// and that no fetch asks for (Want) has an unknown completion: anacrolix
+// then leaves it out of its request planning, which otherwise walks every
+// incomplete piece of the torrent for every peer whenever it plans
+// requests (~75 % of a terminal's pieces in the swarm bench are chunks it
+// takes from its seed and never downloads). Unknown pieces are neither
+// requested nor offered, as incomplete ones; Client.Add turns anacrolix's
+// initial check of such pieces off.
 func (p piece) Completion() storage.Completion {
 	t := p.t
 	t.mu.Lock()
@@ -558,10 +590,10 @@ func (p piece) Completion() storage.Completion {
 		return storage.Completion{Ok: true, Complete: true}
 	}
 	first, last := t.L.FilesOf(p.i)
+	held, asked := true, false
 	for f := first; f <= last; f++ {
-		if !t.have[f] {
-			return storage.Completion{Ok: true, Complete: false}
-		}
+		held = held && t.have[f]
+		asked = asked || t.want[f] > 0
 	}
-	return storage.Completion{Ok: true, Complete: true}
+	return storage.Completion{Ok: held || asked, Complete: held}
 }

@@ -223,6 +223,100 @@ func TestFetchFromPeer(t *testing.T) {
 	t.Logf("missing %d bytes, received %d from peers; the seeder read chunks %d times", missing, st.FromPeers, reads.n.Load())
 }
 
+// Pieces no fetch asks for and the store does not hold have an unknown
+// completion, so that anacrolix leaves them out of its request planning;
+// a fetch makes its pieces known while it runs, held pieces are complete
+// (offered to peers) throughout, and a later fetch of other chunks works.
+func TestUnaskedPiecesUnknown(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	rel := makeRelease(t, 60, 4, 16<<10)
+	origin := openStore(t)
+	put(t, origin, rel.chunks)
+	term := openStore(t)
+	put(t, term, rel.chunks[50:])
+	seeder := startSeeder(ctx, t, origin, rel)
+	leech := newClient(t, Config{Listen: "127.0.0.2:0", Peers: []string{seeder.Addr()}}, term, true)
+	h, err := leech.Add(ctx, rel.info, rel.env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// state names each piece: c complete, i incomplete, ? unknown.
+	state := func() string {
+		b := make([]byte, rel.layout.NumPieces())
+		for p := range b {
+			switch st := h.t.Piece(p).State(); {
+			case !st.Ok:
+				b[p] = '?'
+			case st.Complete:
+				b[p] = 'c'
+			default:
+				b[p] = 'i'
+			}
+		}
+		return string(b)
+	}
+	// want is the state expected when the store holds chunks held and a
+	// fetch asks for asked (indexes into rel.chunks; file = index+1).
+	want := func(held, asked func(i int) bool) string {
+		b := make([]byte, rel.layout.NumPieces())
+		for p := range b {
+			first, last := rel.layout.FilesOf(p)
+			all, any := true, false
+			for f := first; f <= last; f++ {
+				h := f == 0 || held(f-1)
+				all = all && h
+				any = any || (f > 0 && asked(f-1))
+			}
+			switch {
+			case all:
+				b[p] = 'c'
+			case any:
+				b[p] = 'i'
+			default:
+				b[p] = '?'
+			}
+		}
+		return string(b)
+	}
+	none := func(int) bool { return false }
+	if got, w := state(), want(func(i int) bool { return i >= 50 }, none); got != w {
+		t.Fatalf("before any fetch:\n got %s\nwant %s", got, w)
+	}
+	if !strings.Contains(state(), "?") || !strings.Contains(state(), "c") {
+		t.Fatalf("the test needs unknown and complete pieces: %s", state())
+	}
+	fetch := func(from, to int) {
+		t.Helper()
+		if err := h.FetchChunksTo(ctx, rel.ids()[from:to], 0, nil); err != nil {
+			t.Fatalf("fetch %d..%d: %v (the seeder sent %d bytes)", from, to, err, seeder.Uploaded())
+		}
+	}
+	fetch(0, 10)
+	// Pieces of fetched and held chunks are complete (as is a piece that
+	// passed its check and reaches into chunk 10); pieces of chunks 11..49
+	// go back to unknown once the fetch is over.
+	done := func(i int) bool { return i < 10 || i >= 50 }
+	got := state()
+	for p := range got {
+		first, last := rel.layout.FilesOf(p)
+		whole, unasked := true, true
+		for f := first; f <= last; f++ {
+			whole = whole && (f == 0 || done(f-1))
+			unasked = unasked && f-1 >= 11 && f-1 < 50
+		}
+		if whole && got[p] != 'c' || unasked && got[p] != '?' {
+			t.Fatalf("after fetching chunks 0..9, piece %d is %c:\n%s", p, got[p], got)
+		}
+	}
+	fetch(20, 30)
+	for i, c := range rel.chunks {
+		if _, err := term.Get(ctx, c.ID()); (err == nil) != (done(i) || (i >= 20 && i < 30)) && !(i == 10 || i == 19 || i == 30) {
+			t.Fatalf("chunk %d: held %v", i, err == nil)
+		}
+	}
+}
+
 // A connection that stays up but brings nothing (the peer answers the
 // handshake, then never unchokes) is replaced: Fetch closes it when no
 // useful byte has come for stuckAfter and dials the configured peer again.
