@@ -1,7 +1,8 @@
 # Shared setup of the bench scripts: sourced, not run.
 #   W=<work dir name>; . "$(dirname "$0")/lib.sh"
 # Builds the data (bench/images.sh), a fresh $W under $OUT, imgctl as $I and
-# a signing key $W/k.key.
+# a signing key $W/k.key. IMGCTL_BIN=path uses that binary instead of
+# building the tree's (for runs of two builds alternating).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[1]}")" && pwd)
 OUT=${OUT:-$HERE/out}
@@ -13,7 +14,11 @@ mkdir -p "$OUT"
 bash "$HERE/images.sh" >/dev/null
 W=$OUT/$W
 rm -rf "$W" && mkdir -p "$W"
-(cd "$HERE/.." && CGO_ENABLED=0 go build -o "$W/imgctl" ./cmd/imgctl)
+if [ -n "${IMGCTL_BIN:-}" ]; then
+	cp "$IMGCTL_BIN" "$W/imgctl"
+else
+	(cd "$HERE/.." && CGO_ENABLED=0 go build -o "$W/imgctl" ./cmd/imgctl)
+fi
 I=$W/imgctl
 "$I" key gen --out "$W/k" -q
 
