@@ -209,7 +209,7 @@ func (c *Client) AddMagnet(ctx context.Context, uri string) (*Handle, error) {
 	if err != nil {
 		return nil, fmt.Errorf("magnet: %w", err)
 	}
-	spec.Webseeds = nil // see DisableWebseeds; the caller fetches from them
+	spec.Webseeds = nil                  // see DisableWebseeds; the caller fetches from them
 	spec.DisableInitialPieceCheck = true // see Add
 	if spec.InfoHash == (metainfo.Hash{}) {
 		return nil, errors.New("magnet: no v1 infohash (xt=urn:btih:...); v2-only magnets are not supported")
