@@ -86,6 +86,14 @@ func makeRelease(t testing.TB, n int, seed uint64, pl int64) *release {
 	return rel
 }
 
+// storeWith opens a store holding cs.
+func storeWith(t *testing.T, cs []chunkstore.Chunk) *chunkstore.Local {
+	t.Helper()
+	s := openStore(t)
+	put(t, s, cs)
+	return s
+}
+
 func put(t *testing.T, s *chunkstore.Local, cs []chunkstore.Chunk) {
 	t.Helper()
 	for _, c := range cs {
@@ -170,10 +178,8 @@ func TestFetchFromPeer(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	rel := makeRelease(t, 60, 2, 16<<10)
-	origin := openStore(t)
-	put(t, origin, rel.chunks)
-	term := openStore(t)
-	put(t, term, rel.chunks[30:]) // holds the older half, as a terminal on the previous release would
+	origin := storeWith(t, rel.chunks)
+	term := storeWith(t, rel.chunks[30:]) // holds the older half, as a terminal on the previous release would
 
 	reads := &countingSource{Local: origin}
 	seeder := startSeeder(ctx, t, reads, rel)
@@ -231,10 +237,8 @@ func TestUnaskedPiecesUnknown(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	rel := makeRelease(t, 60, 4, 16<<10)
-	origin := openStore(t)
-	put(t, origin, rel.chunks)
-	term := openStore(t)
-	put(t, term, rel.chunks[50:])
+	origin := storeWith(t, rel.chunks)
+	term := storeWith(t, rel.chunks[50:])
 	seeder := startSeeder(ctx, t, origin, rel)
 	leech := newClient(t, Config{Listen: "127.0.0.2:0", Peers: []string{seeder.Addr()}}, term, true)
 	h, err := leech.Add(ctx, rel.info, rel.env)
@@ -328,8 +332,7 @@ func TestFetchRecyclesSilentPeer(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	rel := makeRelease(t, 20, 4, 16<<10)
-	origin := openStore(t)
-	put(t, origin, rel.chunks)
+	origin := storeWith(t, rel.chunks)
 	seeder := startSeeder(ctx, t, origin, rel)
 
 	ln, err := net.Listen("tcp", "127.0.0.3:0")
@@ -573,8 +576,7 @@ func TestReproduce(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	rel := makeRelease(t, 40, 3, 16<<10) // stored at LevelFastest: the default is tried first and missed
-	term := openStore(t)
-	put(t, term, rel.chunks[:5])
+	term := storeWith(t, rel.chunks[:5])
 	plain := map[chunkstore.ID][]byte{}
 	for _, c := range rel.chunks[5:] {
 		plain[c.ID()] = c.Plain()
@@ -747,8 +749,7 @@ func TestConfiguredPeerRedialled(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- h.FetchChunks(ctx, want, 0) }()
 	time.Sleep(time.Second) // the first dial has failed by now
-	origin := openStore(t)
-	put(t, origin, rel.chunks)
+	origin := storeWith(t, rel.chunks)
 	seeder := newClient(t, Config{Listen: addr}, origin, false)
 	if _, err := seeder.Add(ctx, rel.info, rel.env); err != nil {
 		t.Fatal(err)
