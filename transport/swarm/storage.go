@@ -249,7 +249,6 @@ func (t *Torrent) setSizesLocked(m *manifest.Manifest) {
 	}
 }
 
-// Have reports whether file f is held.
 // Want counts a fetch asking for files (on) or no longer asking (off), and
 // returns the pieces whose Completion changes from unknown to known or
 // back: the caller has anacrolix read them again (Piece.UpdateCompletion).
@@ -274,6 +273,7 @@ func (t *Torrent) Want(files []int, on bool) (pieces []int) {
 	return pieces
 }
 
+// Have reports whether file f is held.
 func (t *Torrent) Have(f int) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -578,7 +578,7 @@ func (t *Torrent) fillPiece(i int) error {
 // and that no fetch asks for (Want) has an unknown completion: anacrolix
 // then leaves it out of its request planning, which otherwise walks every
 // incomplete piece of the torrent for every peer whenever it plans
-// requests (~75 % of a terminal's pieces in the swarm bench are chunks it
+// requests (~80 % of a terminal's pieces in the swarm bench are chunks it
 // takes from its seed and never downloads). Unknown pieces are neither
 // requested nor offered, as incomplete ones; Client.Add turns anacrolix's
 // initial check of such pieces off.
