@@ -31,5 +31,14 @@ secs() {
 	echo "$e - $s" | bc
 }
 
+# wallcpu COMMAND...: run it quietly, print its elapsed seconds and the CPU
+# seconds (user + system) it and its children used: on this noisy 2-core
+# machine the CPU is a steadier measure of a CPU-bound command.
+wallcpu() {
+	local TIMEFORMAT='%3R %3U %3S' t
+	t=$( { time "$@" >/dev/null 2>&1; } 2>&1)
+	echo "$t" | awk '{print $1, $2 + $3}'
+}
+
 # median: the median of the numbers on standard input.
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }

@@ -33,11 +33,12 @@ echo B >"$W/booted"
 "$I" slot mark-good -q --slots "$W/slots.toml"
 "${P[@]}" --revision 2 --no-flip  # A := v2; v2's new chunks now in the cache
 
-tp="" tc="" tn=""
+tp="" tc="" tn="" cpu=""
 for _ in $(seq "$RUNS"); do
 	rm -f "$W/slotA" "$W/state/slot-A.json" && : >"$W/slotA"
 	sync
-	tp+="$(secs sh -c "\"\${0}\" \"\$@\" --revision 2 --no-flip --json > $W/last.json" "${P[@]}") "
+	read -r w c < <(wallcpu sh -c "\"\${0}\" \"\$@\" --revision 2 --no-flip --json > $W/last.json" "${P[@]}")
+	tp+="$w " cpu+="$c "
 	cmp "$W/slotA" "$OUT/v2.img"
 	rm -f "$W/copy.img"
 	sync
@@ -48,10 +49,12 @@ for _ in $(seq "$RUNS"); do
 	rm -f "$W/copy.img"
 done
 mp=$(echo "$tp" | tr ' ' '\n' | grep . | median)
+mcpu=$(echo "$cpu" | tr ' ' '\n' | grep . | median)
 mc=$(echo "$tc" | tr ' ' '\n' | grep . | median)
 mn=$(echo "$tn" | tr ' ' '\n' | grep . | median)
 echo "machine: $(nproc) cores; runs: $RUNS (medians)"
 printf 'write inactive slot (1 GiB, seed + cache, verified)  %6.2fs\n' "$mp"
+printf '  its CPU (user + system)                            %6.2fs\n' "$mcpu"
 printf 'cp of the same image + sync                          %6.2fs\n' "$mc"
 printf 'cp --sparse=never + sync (what a partition costs)    %6.2fs\n' "$mn"
 printf 'ratio imgctl / cp                                    %6.2f  (target ≤ 1.5)\n' "$(echo "$mp / $mc" | bc -l)"
