@@ -126,6 +126,18 @@ func Verify(id ID, stored []byte, size int) (Chunk, error) {
 	return Chunk{id: id, plain: plain, stored: stored}, nil
 }
 
+// VerifyInto is Verify that decodes into dst's spare capacity, as
+// VerifyAppend: the chunk's plain bytes are then the size bytes past
+// len(dst) in dst's array (unless that was too small and the decoder grew
+// it). A fetch decodes straight into its receiver's write buffer this way.
+func VerifyInto(dst []byte, id ID, stored []byte, size int) (Chunk, error) {
+	out, err := VerifyAppend(dst, id, stored, size)
+	if err != nil {
+		return Chunk{}, err
+	}
+	return Chunk{id: id, plain: out[len(dst):len(out):len(out)], stored: stored}, nil
+}
+
 // VerifyAppend is Verify that decodes into dst's spare capacity (growing
 // it only if that is too small) and returns dst extended by the chunk's
 // plain bytes; on error dst's contents past len(dst) are undefined. The

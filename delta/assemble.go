@@ -35,6 +35,18 @@ type BatchFetcher interface {
 	FetchBatches(ctx context.Context, chunks []manifest.ChunkRef, open func() (put func(chunkstore.Chunk) error, done func() error)) error
 }
 
+// BatchInto is an optional upgrade of a BatchFetcher that decodes each
+// chunk into memory its receiver provides: open also returns into, which
+// the fetcher calls before it decodes a chunk of size plain bytes (size >
+// 0) and which returns a buffer to decode into past its length (or nil: a
+// fresh buffer); put then receives a chunk whose plain bytes lie there.
+// The assembler hands out its write buffer, which spares a buffer and a
+// copy per fetched chunk (~9 % of an HTTP pull's CPU went to allocating,
+// zeroing and copying them).
+type BatchInto interface {
+	FetchBatchesInto(ctx context.Context, chunks []manifest.ChunkRef, open func() (into func(id chunkstore.ID, size int) []byte, put func(chunkstore.Chunk) error, done func() error)) error
+}
+
 // Output is where the content is assembled: a file or block device.
 type Output interface {
 	io.WriterAt
@@ -432,7 +444,47 @@ func (a *Assembler) fetch(ctx context.Context, w *writer, idx []int, st *Stats, 
 		return nil
 	}
 	var err error
-	if bf, ok := a.Fetch.(BatchFetcher); ok {
+	if bi, ok := a.Fetch.(BatchInto); ok {
+		err = bi.FetchBatchesInto(ctx, refs, func() (func(chunkstore.ID, int) []byte, func(chunkstore.Chunk) error, func() error) {
+			bp := runBufs.Get().(*[]byte)
+			r := &run{w: w, buf: (*bp)[:0]}
+			var roomErr error
+			into := func(id chunkstore.ID, size int) []byte {
+				i, ok := want[id]
+				if !ok || roomErr != nil || seen[i].Load() {
+					return nil
+				}
+				ok, roomErr = r.room(i, size, -1)
+				if !ok {
+					return nil
+				}
+				return r.buf
+			}
+			// inRun commits chunk i if the fetcher decoded it where into
+			// said, else adds it as any other.
+			inRun := func(i int, data []byte, skip int64) error {
+				if n := len(r.buf); len(data) > 0 && cap(r.buf)-n >= len(data) && &r.buf[n:cap(r.buf)][0] == &data[0] {
+					r.commit(i, len(data))
+					return nil
+				}
+				return r.add(i, data, skip)
+			}
+			done := func() error {
+				err := r.flush()
+				runBufs.Put(bp)
+				if roomErr != nil {
+					return roomErr
+				}
+				return err
+			}
+			return into, func(c chunkstore.Chunk) error {
+				if roomErr != nil {
+					return roomErr
+				}
+				return put(c, inRun)
+			}, done
+		})
+	} else if bf, ok := a.Fetch.(BatchFetcher); ok {
 		err = bf.FetchBatches(ctx, refs, func() (func(chunkstore.Chunk) error, func() error) {
 			bp := runBufs.Get().(*[]byte)
 			r := &run{w: w, buf: (*bp)[:0]}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/imgctl/imgctl/chunkstore"
@@ -80,6 +81,59 @@ func (f *batchFetcher) FetchBatches(ctx context.Context, refs []manifest.ChunkRe
 				err = e
 			}
 			return err
+		})
+	}
+	return g.Wait()
+}
+
+// intoFetcher is a batchFetcher that decodes into the buffers its receiver
+// provides (delta.BatchInto), as transport.Client does. The first chunk of
+// each batch is delivered corrupt first (another chunk's bytes), decoded
+// where into said, refused and delivered again, as a retry would.
+type intoFetcher struct {
+	batchFetcher
+	t                *testing.T
+	inPlace, corrupt atomic.Int64
+}
+
+func (f *intoFetcher) FetchBatchesInto(ctx context.Context, refs []manifest.ChunkRef, open func() (func(chunkstore.ID, int) []byte, func(chunkstore.Chunk) error, func() error)) error {
+	var g errgroup.Group
+	g.SetLimit(2)
+	for k := 0; k < len(refs); k += 16 {
+		g.Go(func() error {
+			into, put, done := open()
+			batch := refs[k:min(k+16, len(refs))]
+			for j, r := range batch {
+				c, err := chunkstore.Encode(f.chunks[r.ID], chunkstore.LevelFastest)
+				if err != nil {
+					return err
+				}
+				stored := c.Stored()
+				if j == 0 && len(batch) > 1 {
+					other, _ := chunkstore.Encode(f.chunks[batch[1].ID], chunkstore.LevelFastest)
+					if dst := into(r.ID, int(r.Size)); dst != nil {
+						if _, err := chunkstore.VerifyInto(dst, r.ID, other.Stored(), int(r.Size)); err == nil {
+							f.t.Error("a corrupt chunk verified")
+						}
+						f.corrupt.Add(1)
+					}
+				}
+				var ch chunkstore.Chunk
+				if dst := into(r.ID, int(r.Size)); dst != nil {
+					if ch, err = chunkstore.VerifyInto(dst, r.ID, stored, int(r.Size)); err != nil {
+						return err
+					}
+					if n := len(dst); cap(dst) > n && &dst[n:cap(dst)][0] == &ch.Plain()[0] {
+						f.inPlace.Add(1)
+					}
+				} else if ch, err = chunkstore.Verify(r.ID, stored, int(r.Size)); err != nil {
+					return err
+				}
+				if err := put(ch); err != nil {
+					return err
+				}
+			}
+			return done()
 		})
 	}
 	return g.Wait()
@@ -327,12 +381,13 @@ func (g getter) Get(_ context.Context, id chunkstore.ID) (chunkstore.Chunk, erro
 // a map, then a chunk store (which decodes into the assembler's buffer),
 // with one of its chunks damaged (fetched instead).
 func TestAssembleManyChunksInRuns(t *testing.T) {
-	t.Run("map", func(t *testing.T) { testAssembleManyChunksInRuns(t, false, false) })
-	t.Run("store", func(t *testing.T) { testAssembleManyChunksInRuns(t, true, false) })
-	t.Run("batches", func(t *testing.T) { testAssembleManyChunksInRuns(t, false, true) })
+	t.Run("map", func(t *testing.T) { testAssembleManyChunksInRuns(t, false, false, false) })
+	t.Run("store", func(t *testing.T) { testAssembleManyChunksInRuns(t, true, false, false) })
+	t.Run("batches", func(t *testing.T) { testAssembleManyChunksInRuns(t, false, true, false) })
+	t.Run("into", func(t *testing.T) { testAssembleManyChunksInRuns(t, false, true, true) })
 }
 
-func testAssembleManyChunksInRuns(t *testing.T, store, batches bool) {
+func testAssembleManyChunksInRuns(t *testing.T, store, batches, into bool) {
 	const n = 600
 	var data []byte
 	b := manifest.NewBuilder()
@@ -427,8 +482,13 @@ func testAssembleManyChunksInRuns(t *testing.T, store, batches bool) {
 		c, damaged = s, 1
 	}
 	var fe delta.Fetcher = f
+	var inf *intoFetcher
 	if batches {
 		fe = &batchFetcher{fetcher{chunks: fetch}}
+	}
+	if into {
+		inf = &intoFetcher{batchFetcher: batchFetcher{fetcher{chunks: fetch}}, t: t}
+		fe = inf
 	}
 	asm := &delta.Assembler{Out: out, Seeds: []io.ReaderAt{bytes.NewReader(data)}, Cache: c, Fetch: fe, Workers: 2, Digest: true}
 	st, err := asm.Run(context.Background(), plan)
@@ -443,6 +503,15 @@ func testAssembleManyChunksInRuns(t *testing.T, store, batches bool) {
 	}
 	if st.SeedChunks != n/4 || st.CacheChunks != n/4-damaged || st.InPlaceChunks != n/4 || st.FetchChunks != n/4+damaged || st.Fallbacks != damaged {
 		t.Fatalf("stats %+v", st)
+	}
+	if inf != nil {
+		// Fetched chunks are decoded into the run's buffer (all of them
+		// here); the first of each batch is delivered corrupt first,
+		// decoded where into said and not kept.
+		if int(inf.inPlace.Load()) < n/4*3/4 || inf.corrupt.Load() == 0 {
+			t.Fatalf("%d of %d fetched chunks decoded in place, %d corrupt deliveries", inf.inPlace.Load(), n/4, inf.corrupt.Load())
+		}
+		t.Logf("%d of %d fetched chunks decoded in place, %d corrupt deliveries", inf.inPlace.Load(), n/4, inf.corrupt.Load())
 	}
 	// The fetcher writes chunk by chunk; the 300 local chunks go out in
 	// runs (batches of 64 chunks, cut at zero extents and ends of runs).

@@ -270,6 +270,24 @@ func (c *Client) Fetch(ctx context.Context, refs []manifest.ChunkRef, fn func(ch
 // put it returned, in the order asked for; done (if not nil) follows the
 // batch's last chunk, and its error stops the fetch like put's.
 func (c *Client) FetchBatches(ctx context.Context, refs []manifest.ChunkRef, open func() (put func(chunkstore.Chunk) error, done func() error)) error {
+	return c.FetchBatchesInto(ctx, refs, func() (func(chunkstore.ID, int) []byte, func(chunkstore.Chunk) error, func() error) {
+		put, done := open()
+		return nil, put, done
+	})
+}
+
+// sink is where a batch's chunks go: put receives each verified chunk;
+// into, if set, says where to decode a chunk of known size first
+// (delta.BatchInto).
+type sink struct {
+	put  func(chunkstore.Chunk) error
+	into func(id chunkstore.ID, size int) []byte
+}
+
+// FetchBatchesInto is FetchBatches that decodes each chunk of known size
+// into the buffer into returns, past its length (nil: a buffer of its
+// own), before put receives it (the shape of delta.BatchInto).
+func (c *Client) FetchBatchesInto(ctx context.Context, refs []manifest.ChunkRef, open func() (into func(chunkstore.ID, int) []byte, put func(chunkstore.Chunk) error, done func() error)) error {
 	if len(refs) == 0 {
 		return nil
 	}
@@ -287,9 +305,13 @@ func (c *Client) FetchBatches(ctx context.Context, refs []manifest.ChunkRef, ope
 		go func() {
 			defer wg.Done()
 			for b := range batches {
-				err := inBatch(open, func(put func(chunkstore.Chunk) error) error {
-					return c.fetchBatch(ctx, b, put, false)
-				})
+				into, put, done := open()
+				err := c.fetchBatch(ctx, b, sink{put: put, into: into}, false)
+				if done != nil {
+					if e := done(); err == nil {
+						err = e
+					}
+				}
 				if err != nil {
 					fail(err)
 				}
@@ -343,7 +365,7 @@ func inBatch(open func() (func(chunkstore.Chunk) error, func() error), fetch fun
 
 // fetchBatch fetches one batch with retries; only the chunks not yet
 // delivered are asked for again. single asks with one GET per chunk.
-func (c *Client) fetchBatch(ctx context.Context, refs []manifest.ChunkRef, fn func(chunkstore.Chunk) error, single bool) error {
+func (c *Client) fetchBatch(ctx context.Context, refs []manifest.ChunkRef, fn sink, single bool) error {
 	pending := refs
 	corrupt := map[chunkstore.ID]int{}
 	return c.retry(ctx, "chunks", func() error {
@@ -384,8 +406,17 @@ func maxStored(r manifest.ChunkRef) int64 {
 
 // deliver verifies one received chunk and hands it on. A corrupt chunk is
 // retried up to Retries times in total before it is a permanent error.
-func (c *Client) deliver(r manifest.ChunkRef, stored []byte, fn func(chunkstore.Chunk) error, corrupt map[chunkstore.ID]int) (retry bool, err error) {
-	ch, err := chunkstore.Verify(r.ID, stored, plainSize(r))
+func (c *Client) deliver(r manifest.ChunkRef, stored []byte, fn sink, corrupt map[chunkstore.ID]int) (retry bool, err error) {
+	var ch chunkstore.Chunk
+	var dst []byte
+	if fn.into != nil && r.Size > 0 {
+		dst = fn.into(r.ID, int(r.Size))
+	}
+	if dst != nil {
+		ch, err = chunkstore.VerifyInto(dst, r.ID, stored, int(r.Size))
+	} else {
+		ch, err = chunkstore.Verify(r.ID, stored, plainSize(r))
+	}
 	if err != nil {
 		corrupt[r.ID]++
 		c.opts.Logger.Warn("server sent a corrupt chunk", "id", r.ID, "err", err)
@@ -394,13 +425,13 @@ func (c *Client) deliver(r manifest.ChunkRef, stored []byte, fn func(chunkstore.
 		}
 		return true, nil
 	}
-	if err := fn(ch); err != nil {
+	if err := fn.put(ch); err != nil {
 		return false, permanent{err}
 	}
 	return false, nil
 }
 
-func (c *Client) postBatch(ctx context.Context, refs []manifest.ChunkRef, fn func(chunkstore.Chunk) error, corrupt map[chunkstore.ID]int) ([]manifest.ChunkRef, error) {
+func (c *Client) postBatch(ctx context.Context, refs []manifest.ChunkRef, fn sink, corrupt map[chunkstore.ID]int) ([]manifest.ChunkRef, error) {
 	var body bytes.Buffer
 	limit := int64(0)
 	for _, r := range refs {
@@ -459,7 +490,7 @@ func (c *Client) postBatch(ctx context.Context, refs []manifest.ChunkRef, fn fun
 	return nil, nil
 }
 
-func (c *Client) getEach(ctx context.Context, refs []manifest.ChunkRef, fn func(chunkstore.Chunk) error, corrupt map[chunkstore.ID]int) ([]manifest.ChunkRef, error) {
+func (c *Client) getEach(ctx context.Context, refs []manifest.ChunkRef, fn sink, corrupt map[chunkstore.ID]int) ([]manifest.ChunkRef, error) {
 	for i, r := range refs {
 		req, _ := http.NewRequest(http.MethodGet, c.url("/v1/chunks/"+r.ID.String()), nil)
 		resp, err := c.do(ctx, req)

@@ -186,6 +186,60 @@ func TestCorruptServerIsRetriedThenRefused(t *testing.T) {
 	}
 }
 
+// FetchBatchesInto decodes each chunk into the buffer its receiver gives,
+// past the buffer's length, also when the server first sent a corrupt body
+// (decoded there, refused, fetched again); chunks for which the receiver
+// gives no buffer come in buffers of their own.
+func TestFetchBatchesInto(t *testing.T) {
+	_, refs, srv := origin(t, 60)
+	hs := httptest.NewServer(&corrupting{h: srv, times: 1})
+	defer hs.Close()
+	c, _ := transport.NewClient(hs.URL, transport.ClientOptions{BatchBytes: 40 << 10, Sleep: noSleep})
+	var mu sync.Mutex
+	got := map[chunkstore.ID]bool{}
+	inPlace, own := 0, 0
+	err := c.FetchBatchesInto(context.Background(), refs, func() (func(chunkstore.ID, int) []byte, func(chunkstore.Chunk) error, func() error) {
+		buf := make([]byte, 0, 1<<20)
+		var last []byte // what into returned for the chunk put receives next
+		into := func(id chunkstore.ID, size int) []byte {
+			if id[0]%3 == 0 { // no room for this one
+				last = nil
+				return nil
+			}
+			last = buf
+			return buf
+		}
+		put := func(ch chunkstore.Chunk) error {
+			mu.Lock()
+			defer mu.Unlock()
+			got[ch.ID()] = true
+			if chunkstore.Sum(ch.Plain()) != ch.ID() {
+				t.Errorf("chunk %s: wrong bytes", ch.ID().Short())
+			}
+			switch {
+			case last == nil:
+				own++
+			case &last[len(last):cap(last)][0] == &ch.Plain()[0]:
+				inPlace++
+				buf = buf[:len(buf)+ch.Size()] // keep it, as the assembler's run does
+				if cap(ch.Plain()) != ch.Size() {
+					t.Errorf("a chunk decoded in place may grow over the buffer (cap %d)", cap(ch.Plain()))
+				}
+			default:
+				t.Errorf("chunk %s: given a buffer, decoded elsewhere", ch.ID().Short())
+			}
+			return nil
+		}
+		return into, put, nil
+	})
+	if err != nil || len(got) != len(refs) {
+		t.Fatalf("fetched %d of %d: %v", len(got), len(refs), err)
+	}
+	if inPlace == 0 || own == 0 || inPlace+own != len(refs) {
+		t.Fatalf("%d chunks decoded in place, %d in buffers of their own, of %d", inPlace, own, len(refs))
+	}
+}
+
 // A server that sends more than it should is cut off at the bound.
 func TestOversizedBodyIsCutOff(t *testing.T) {
 	_, refs, _ := origin(t, 1)

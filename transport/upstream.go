@@ -167,7 +167,7 @@ func (u *Upstream) Chunks(ctx context.Context, refs []manifest.ChunkRef) error {
 			case ctx.Err() != nil:
 				errs[i] = ctx.Err()
 			case single:
-				errs[i] = u.c.fetchBatch(ctx, []manifest.ChunkRef{r}, put, true)
+				errs[i] = u.c.fetchBatch(ctx, []manifest.ChunkRef{r}, sink{put: put}, true)
 			default:
 				errs[i] = ferr
 			}

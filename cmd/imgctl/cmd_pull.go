@@ -314,6 +314,22 @@ func (f storingFetcher) FetchBatches(ctx context.Context, refs []manifest.ChunkR
 	})
 }
 
+// FetchBatchesInto passes the source's batches on, decoding into the
+// receiver's buffers where the source can (delta.BatchInto).
+func (f storingFetcher) FetchBatchesInto(ctx context.Context, refs []manifest.ChunkRef, open func() (func(chunkstore.ID, int) []byte, func(chunkstore.Chunk) error, func() error)) error {
+	bi, ok := f.client.(delta.BatchInto)
+	if !ok {
+		return f.FetchBatches(ctx, refs, func() (func(chunkstore.Chunk) error, func() error) {
+			_, put, done := open()
+			return put, done
+		})
+	}
+	return bi.FetchBatchesInto(ctx, refs, func() (func(chunkstore.ID, int) []byte, func(chunkstore.Chunk) error, func() error) {
+		into, put, done := open()
+		return into, f.storing(ctx, put), done
+	})
+}
+
 // inCache looks up which of m's chunks cache holds. A failed lookup only
 // means "fetch it".
 func inCache(cache *chunkstore.Local, m *manifest.Manifest) heldCache {
