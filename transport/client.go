@@ -284,6 +284,17 @@ type sink struct {
 	into func(id chunkstore.ID, size int) []byte
 }
 
+// verify checks stored bytes of r and decodes them where into says (or
+// into a buffer of their own).
+func (s sink) verify(r manifest.ChunkRef, stored []byte) (chunkstore.Chunk, error) {
+	if s.into != nil && r.Size > 0 {
+		if dst := s.into(r.ID, int(r.Size)); dst != nil {
+			return chunkstore.VerifyInto(dst, r.ID, stored, int(r.Size))
+		}
+	}
+	return chunkstore.Verify(r.ID, stored, plainSize(r))
+}
+
 // FetchBatchesInto is FetchBatches that decodes each chunk of known size
 // into the buffer into returns, past its length (nil: a buffer of its
 // own), before put receives it (the shape of delta.BatchInto).
@@ -350,19 +361,6 @@ func (c *Client) FetchBatchesInto(ctx context.Context, refs []manifest.ChunkRef,
 	return ctx.Err()
 }
 
-// inBatch delivers one batch: fetch hands its chunks to the put that open
-// returns, and done (if any) follows; the first error wins.
-func inBatch(open func() (func(chunkstore.Chunk) error, func() error), fetch func(put func(chunkstore.Chunk) error) error) error {
-	put, done := open()
-	err := fetch(put)
-	if done != nil {
-		if e := done(); err == nil {
-			err = e
-		}
-	}
-	return err
-}
-
 // fetchBatch fetches one batch with retries; only the chunks not yet
 // delivered are asked for again. single asks with one GET per chunk.
 func (c *Client) fetchBatch(ctx context.Context, refs []manifest.ChunkRef, fn sink, single bool) error {
@@ -407,16 +405,7 @@ func maxStored(r manifest.ChunkRef) int64 {
 // deliver verifies one received chunk and hands it on. A corrupt chunk is
 // retried up to Retries times in total before it is a permanent error.
 func (c *Client) deliver(r manifest.ChunkRef, stored []byte, fn sink, corrupt map[chunkstore.ID]int) (retry bool, err error) {
-	var ch chunkstore.Chunk
-	var dst []byte
-	if fn.into != nil && r.Size > 0 {
-		dst = fn.into(r.ID, int(r.Size))
-	}
-	if dst != nil {
-		ch, err = chunkstore.VerifyInto(dst, r.ID, stored, int(r.Size))
-	} else {
-		ch, err = chunkstore.Verify(r.ID, stored, plainSize(r))
-	}
+	ch, err := fn.verify(r, stored)
 	if err != nil {
 		corrupt[r.ID]++
 		c.opts.Logger.Warn("server sent a corrupt chunk", "id", r.ID, "err", err)

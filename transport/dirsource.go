@@ -62,6 +62,15 @@ const dirBatch = 64
 // FetchBatches is Fetch in batches of consecutive refs (delta.BatchFetcher;
 // transport.Client.FetchBatches says how).
 func (s *DirSource) FetchBatches(ctx context.Context, refs []manifest.ChunkRef, open func() (func(chunkstore.Chunk) error, func() error)) error {
+	return s.FetchBatchesInto(ctx, refs, func() (func(chunkstore.ID, int) []byte, func(chunkstore.Chunk) error, func() error) {
+		put, done := open()
+		return nil, put, done
+	})
+}
+
+// FetchBatchesInto is FetchBatches decoding into the receiver's buffers
+// (delta.BatchInto; transport.Client.FetchBatchesInto says how).
+func (s *DirSource) FetchBatchesInto(ctx context.Context, refs []manifest.ChunkRef, open func() (func(chunkstore.ID, int) []byte, func(chunkstore.Chunk) error, func() error)) error {
 	workers := s.Workers
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
@@ -76,9 +85,13 @@ func (s *DirSource) FetchBatches(ctx context.Context, refs []manifest.ChunkRef, 
 				if k >= len(refs) || gctx.Err() != nil {
 					return nil
 				}
-				err := inBatch(open, func(put func(chunkstore.Chunk) error) error {
-					return s.batch(refs[k:min(k+dirBatch, len(refs))], put)
-				})
+				into, put, done := open()
+				err := s.batch(refs[k:min(k+dirBatch, len(refs))], sink{put: put, into: into})
+				if done != nil {
+					if e := done(); err == nil {
+						err = e
+					}
+				}
 				if err != nil {
 					return err
 				}
@@ -91,18 +104,18 @@ func (s *DirSource) FetchBatches(ctx context.Context, refs []manifest.ChunkRef, 
 	return ctx.Err()
 }
 
-func (s *DirSource) batch(refs []manifest.ChunkRef, put func(chunkstore.Chunk) error) error {
+func (s *DirSource) batch(refs []manifest.ChunkRef, fn sink) error {
 	for _, r := range refs {
 		b, _, err := s.dir.ReadStored(r.ID)
 		if err != nil {
 			return fmt.Errorf("chunk %s: %w", r.ID.Short(), err)
 		}
 		s.received.Add(int64(len(b)))
-		c, err := chunkstore.Verify(r.ID, b, int(r.Size))
+		c, err := fn.verify(r, b)
 		if err != nil {
 			return err
 		}
-		if err := put(c); err != nil {
+		if err := fn.put(c); err != nil {
 			return err
 		}
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/imgctl/imgctl/chunkstore"
 	"github.com/imgctl/imgctl/chunkstore/storetest"
+	"github.com/imgctl/imgctl/delta"
 	"github.com/imgctl/imgctl/manifest"
 	"github.com/imgctl/imgctl/transport"
 )
@@ -189,16 +190,26 @@ func TestCorruptServerIsRetriedThenRefused(t *testing.T) {
 // FetchBatchesInto decodes each chunk into the buffer its receiver gives,
 // past the buffer's length, also when the server first sent a corrupt body
 // (decoded there, refused, fetched again); chunks for which the receiver
-// gives no buffer come in buffers of their own.
+// gives no buffer come in buffers of their own. DirSource does the same.
 func TestFetchBatchesInto(t *testing.T) {
-	_, refs, srv := origin(t, 60)
+	dir, refs, srv := origin(t, 60)
 	hs := httptest.NewServer(&corrupting{h: srv, times: 1})
 	defer hs.Close()
 	c, _ := transport.NewClient(hs.URL, transport.ClientOptions{BatchBytes: 40 << 10, Sleep: noSleep})
+	checkFetchInto(t, refs, c)
+	ds, err := transport.OpenDirSource(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkFetchInto(t, refs, ds)
+}
+
+func checkFetchInto(t *testing.T, refs []manifest.ChunkRef, f delta.BatchInto) {
+	t.Helper()
 	var mu sync.Mutex
 	got := map[chunkstore.ID]bool{}
 	inPlace, own := 0, 0
-	err := c.FetchBatchesInto(context.Background(), refs, func() (func(chunkstore.ID, int) []byte, func(chunkstore.Chunk) error, func() error) {
+	err := f.FetchBatchesInto(context.Background(), refs, func() (func(chunkstore.ID, int) []byte, func(chunkstore.Chunk) error, func() error) {
 		buf := make([]byte, 0, 1<<20)
 		var last []byte // what into returned for the chunk put receives next
 		into := func(id chunkstore.ID, size int) []byte {
@@ -233,10 +244,10 @@ func TestFetchBatchesInto(t *testing.T) {
 		return into, put, nil
 	})
 	if err != nil || len(got) != len(refs) {
-		t.Fatalf("fetched %d of %d: %v", len(got), len(refs), err)
+		t.Fatalf("%T: fetched %d of %d: %v", f, len(got), len(refs), err)
 	}
 	if inPlace == 0 || own == 0 || inPlace+own != len(refs) {
-		t.Fatalf("%d chunks decoded in place, %d in buffers of their own, of %d", inPlace, own, len(refs))
+		t.Fatalf("%T: %d chunks decoded in place, %d in buffers of their own, of %d", f, inPlace, own, len(refs))
 	}
 }
 
