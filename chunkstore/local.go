@@ -498,14 +498,23 @@ func (s *Local) readStoredByID(id ID) ([]byte, loc, error) {
 
 // Put stores c unless the store holds it already.
 func (s *Local) Put(ctx context.Context, c Chunk) (bool, error) {
+	if ok, err := s.Has(ctx, c.id); err != nil || ok {
+		return false, err
+	}
+	return s.PutNew(ctx, c)
+}
+
+// PutNew is Put for a chunk the caller has just learnt the store does not
+// hold (a Holds lookup, then a fetch): it skips the index lookup, a read
+// transaction per chunk (~3.5 % of an HTTP pull's CPU). Should a flushed
+// copy exist after all, the new one supersedes it in the index and the old
+// bytes are left for compaction; unflushed copies are still found.
+func (s *Local) PutNew(ctx context.Context, c Chunk) (bool, error) {
 	if s.opts.ReadOnly {
 		return false, errors.New("put: store opened read-only")
 	}
 	if c.IsZero() {
 		return false, errors.New("put: empty chunk")
-	}
-	if ok, err := s.Has(ctx, c.id); err != nil || ok {
-		return false, err
 	}
 	if c.stored == nil {
 		var err error

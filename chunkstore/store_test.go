@@ -444,3 +444,45 @@ func TestHeldAppendPlain(t *testing.T) {
 		t.Fatal("a good chunk read from a stale location was dropped")
 	}
 }
+
+// PutNew stores a chunk without asking the index: a pending copy is still
+// found; a flushed one is superseded, and the chunk reads back either way.
+func TestLocalPutNew(t *testing.T) {
+	ctx := context.Background()
+	s, err := chunkstore.Open(t.TempDir(), chunkstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	a, b := storetest.Chunk(t, 8, 30000), storetest.Chunk(t, 9, 30000)
+	if ok, err := s.PutNew(ctx, a); !ok || err != nil {
+		t.Fatalf("PutNew of a new chunk: %v, %v", ok, err)
+	}
+	if ok, err := s.PutNew(ctx, a); ok || err != nil {
+		t.Fatalf("PutNew of a pending chunk: %v, %v (want not stored)", ok, err)
+	}
+	if err := s.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := s.Put(ctx, a); ok || err != nil {
+		t.Fatalf("Put of a flushed chunk: %v, %v (want not stored)", ok, err)
+	}
+	if ok, err := s.PutNew(ctx, a); !ok || err != nil {
+		t.Fatalf("PutNew of a flushed chunk: %v, %v (want stored again)", ok, err)
+	}
+	if _, err := s.PutNew(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []chunkstore.Chunk{a, b} {
+		if got, err := s.Get(ctx, c.ID()); err != nil || string(got.Plain()) != string(c.Plain()) {
+			t.Fatalf("chunk %s after PutNew: %v", c.ID().Short(), err)
+		}
+	}
+	rep, err := s.Check(ctx, nil)
+	if err != nil || !rep.OK() {
+		t.Fatalf("check after a superseded copy: %+v, %v", rep, err)
+	}
+}

@@ -299,7 +299,8 @@ func (f storingFetcher) Fetch(ctx context.Context, refs []manifest.ChunkRef, fn 
 
 func (f storingFetcher) storing(ctx context.Context, fn func(chunkstore.Chunk) error) func(chunkstore.Chunk) error {
 	return func(c chunkstore.Chunk) error {
-		if _, err := f.cache.Put(ctx, c); err != nil {
+		// Only chunks the plan found missing are fetched (chunkstore.Held).
+		if _, err := f.cache.PutNew(ctx, c); err != nil {
 			return err
 		}
 		return fn(c)
