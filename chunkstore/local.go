@@ -498,10 +498,24 @@ func (s *Local) readStoredByID(id ID) ([]byte, loc, error) {
 
 // Put stores c unless the store holds it already.
 func (s *Local) Put(ctx context.Context, c Chunk) (bool, error) {
+	if err := s.canPut(c); err != nil {
+		return false, err
+	}
 	if ok, err := s.Has(ctx, c.id); err != nil || ok {
 		return false, err
 	}
 	return s.PutNew(ctx, c)
+}
+
+// canPut refuses what no Put may store.
+func (s *Local) canPut(c Chunk) error {
+	if s.opts.ReadOnly {
+		return errors.New("put: store opened read-only")
+	}
+	if c.IsZero() {
+		return errors.New("put: empty chunk")
+	}
+	return nil
 }
 
 // PutNew is Put for a chunk the caller has just learnt the store does not
@@ -510,11 +524,8 @@ func (s *Local) Put(ctx context.Context, c Chunk) (bool, error) {
 // copy exist after all, the new one supersedes it in the index and the old
 // bytes are left for compaction; unflushed copies are still found.
 func (s *Local) PutNew(ctx context.Context, c Chunk) (bool, error) {
-	if s.opts.ReadOnly {
-		return false, errors.New("put: store opened read-only")
-	}
-	if c.IsZero() {
-		return false, errors.New("put: empty chunk")
+	if err := s.canPut(c); err != nil {
+		return false, err
 	}
 	if c.stored == nil {
 		var err error
