@@ -444,7 +444,11 @@ func (a *Assembler) fetch(ctx context.Context, w *writer, idx []int, st *Stats, 
 		return nil
 	}
 	var err error
-	if bi, ok := a.Fetch.(BatchInto); ok {
+	bi, ok := a.Fetch.(BatchInto)
+	if bf, isBatch := a.Fetch.(BatchFetcher); !ok && isBatch {
+		bi, ok = AsBatchInto(bf), true
+	}
+	if ok {
 		err = bi.FetchBatchesInto(ctx, refs, func() (func(chunkstore.ID, int) []byte, func(chunkstore.Chunk) error, func() error) {
 			bp := runBufs.Get().(*[]byte)
 			r := &run{w: w, buf: (*bp)[:0]}
@@ -484,17 +488,6 @@ func (a *Assembler) fetch(ctx context.Context, w *writer, idx []int, st *Stats, 
 				return put(c, inRun)
 			}, done
 		})
-	} else if bf, ok := a.Fetch.(BatchFetcher); ok {
-		err = bf.FetchBatches(ctx, refs, func() (func(chunkstore.Chunk) error, func() error) {
-			bp := runBufs.Get().(*[]byte)
-			r := &run{w: w, buf: (*bp)[:0]}
-			done := func() error {
-				err := r.flush()
-				runBufs.Put(bp)
-				return err
-			}
-			return func(c chunkstore.Chunk) error { return put(c, r.add) }, done
-		})
 	} else {
 		err = a.Fetch.Fetch(ctx, refs, func(c chunkstore.Chunk) error { return put(c, w.writeAll) })
 	}
@@ -505,6 +498,19 @@ func (a *Assembler) fetch(ctx context.Context, w *writer, idx []int, st *Stats, 
 		return fmt.Errorf("fetch delivered %d of %d chunks", got.Load(), len(idx))
 	}
 	return nil
+}
+
+// AsBatchInto is bf as a BatchInto that never decodes where it is told
+// (its receiver copies the chunks).
+func AsBatchInto(bf BatchFetcher) BatchInto { return batchesInto{bf} }
+
+type batchesInto struct{ BatchFetcher }
+
+func (b batchesInto) FetchBatchesInto(ctx context.Context, refs []manifest.ChunkRef, open func() (func(chunkstore.ID, int) []byte, func(chunkstore.Chunk) error, func() error)) error {
+	return b.FetchBatches(ctx, refs, func() (func(chunkstore.Chunk) error, func() error) {
+		_, put, done := open()
+		return put, done
+	})
 }
 
 // runBufs holds the write buffers of fetched batches.

@@ -320,10 +320,7 @@ func (f storingFetcher) FetchBatches(ctx context.Context, refs []manifest.ChunkR
 func (f storingFetcher) FetchBatchesInto(ctx context.Context, refs []manifest.ChunkRef, open func() (func(chunkstore.ID, int) []byte, func(chunkstore.Chunk) error, func() error)) error {
 	bi, ok := f.client.(delta.BatchInto)
 	if !ok {
-		return f.FetchBatches(ctx, refs, func() (func(chunkstore.Chunk) error, func() error) {
-			_, put, done := open()
-			return put, done
-		})
+		bi = delta.AsBatchInto(f.client)
 	}
 	return bi.FetchBatchesInto(ctx, refs, func() (func(chunkstore.ID, int) []byte, func(chunkstore.Chunk) error, func() error) {
 		into, put, done := open()
