@@ -270,10 +270,16 @@ func (c *Client) Fetch(ctx context.Context, refs []manifest.ChunkRef, fn func(ch
 // put it returned, in the order asked for; done (if not nil) follows the
 // batch's last chunk, and its error stops the fetch like put's.
 func (c *Client) FetchBatches(ctx context.Context, refs []manifest.ChunkRef, open func() (put func(chunkstore.Chunk) error, done func() error)) error {
-	return c.FetchBatchesInto(ctx, refs, func() (func(chunkstore.ID, int) []byte, func(chunkstore.Chunk) error, func() error) {
+	return c.FetchBatchesInto(ctx, refs, noInto(open))
+}
+
+// noInto is a FetchBatches receiver as a FetchBatchesInto one that gives
+// no buffers.
+func noInto(open func() (func(chunkstore.Chunk) error, func() error)) func() (func(chunkstore.ID, int) []byte, func(chunkstore.Chunk) error, func() error) {
+	return func() (func(chunkstore.ID, int) []byte, func(chunkstore.Chunk) error, func() error) {
 		put, done := open()
 		return nil, put, done
-	})
+	}
 }
 
 // sink is where a batch's chunks go: put receives each verified chunk;
@@ -316,13 +322,7 @@ func (c *Client) FetchBatchesInto(ctx context.Context, refs []manifest.ChunkRef,
 		go func() {
 			defer wg.Done()
 			for b := range batches {
-				into, put, done := open()
-				err := c.fetchBatch(ctx, b, sink{put: put, into: into}, false)
-				if done != nil {
-					if e := done(); err == nil {
-						err = e
-					}
-				}
+				err := inBatch(open, func(s sink) error { return c.fetchBatch(ctx, b, s, false) })
 				if err != nil {
 					fail(err)
 				}
@@ -359,6 +359,19 @@ func (c *Client) FetchBatchesInto(ctx context.Context, refs []manifest.ChunkRef,
 		return first
 	}
 	return ctx.Err()
+}
+
+// inBatch delivers one batch: fetch hands its chunks to the sink that open
+// returns, and done (if any) follows; the first error wins.
+func inBatch(open func() (func(chunkstore.ID, int) []byte, func(chunkstore.Chunk) error, func() error), fetch func(sink) error) error {
+	into, put, done := open()
+	err := fetch(sink{put: put, into: into})
+	if done != nil {
+		if e := done(); err == nil {
+			err = e
+		}
+	}
+	return err
 }
 
 // fetchBatch fetches one batch with retries; only the chunks not yet

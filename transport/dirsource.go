@@ -62,10 +62,7 @@ const dirBatch = 64
 // FetchBatches is Fetch in batches of consecutive refs (delta.BatchFetcher;
 // transport.Client.FetchBatches says how).
 func (s *DirSource) FetchBatches(ctx context.Context, refs []manifest.ChunkRef, open func() (func(chunkstore.Chunk) error, func() error)) error {
-	return s.FetchBatchesInto(ctx, refs, func() (func(chunkstore.ID, int) []byte, func(chunkstore.Chunk) error, func() error) {
-		put, done := open()
-		return nil, put, done
-	})
+	return s.FetchBatchesInto(ctx, refs, noInto(open))
 }
 
 // FetchBatchesInto is FetchBatches decoding into the receiver's buffers
@@ -85,13 +82,7 @@ func (s *DirSource) FetchBatchesInto(ctx context.Context, refs []manifest.ChunkR
 				if k >= len(refs) || gctx.Err() != nil {
 					return nil
 				}
-				into, put, done := open()
-				err := s.batch(refs[k:min(k+dirBatch, len(refs))], sink{put: put, into: into})
-				if done != nil {
-					if e := done(); err == nil {
-						err = e
-					}
-				}
+				err := inBatch(open, func(fn sink) error { return s.batch(refs[k:min(k+dirBatch, len(refs))], fn) })
 				if err != nil {
 					return err
 				}
