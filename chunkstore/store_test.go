@@ -312,14 +312,21 @@ func TestLocalReconcilesInterruptedSeal(t *testing.T) {
 	}
 }
 
-// Holds answers for flushed and pending chunks alike, as Has does.
-func TestLocalHolds(t *testing.T) {
-	ctx := context.Background()
+// openLocal opens a store in a temporary directory, closed after the test.
+func openLocal(t *testing.T) *chunkstore.Local {
+	t.Helper()
 	s, err := chunkstore.Open(t.TempDir(), chunkstore.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// Holds answers for flushed and pending chunks alike, as Has does.
+func TestLocalHolds(t *testing.T) {
+	ctx := context.Background()
+	s := openLocal(t)
 	var ids []chunkstore.ID
 	for i := range 30 {
 		c := storetest.Chunk(t, uint64(i), 1000)
@@ -356,24 +363,13 @@ func TestLocalHolds(t *testing.T) {
 // alone and drops the chunk from the index, as Get does.
 func TestLocalAppendPlain(t *testing.T) {
 	ctx := context.Background()
-	s, err := chunkstore.Open(t.TempDir(), chunkstore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openLocal(t)
 	a, b := storetest.Chunk(t, 3, 40000), storetest.Chunk(t, 4, 30000)
-	for _, c := range []chunkstore.Chunk{a, b} {
-		if _, err := s.Put(ctx, c); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := s.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
+	storetest.Fill(t, s, a, b)
 	buf := make([]byte, 0, 100000)
 	buf = append(buf, "head"...)
 	var scratch []byte
-	buf, err = s.AppendPlain(buf, a.ID(), &scratch)
+	buf, err := s.AppendPlain(buf, a.ID(), &scratch)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -404,21 +400,10 @@ func TestLocalAppendPlain(t *testing.T) {
 // indexed; a chunk it was not asked about is looked up as usual.
 func TestHeldAppendPlain(t *testing.T) {
 	ctx := context.Background()
-	s, err := chunkstore.Open(t.TempDir(), chunkstore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openLocal(t)
 	a, b := storetest.Chunk(t, 5, 20000), storetest.Chunk(t, 6, 20000)
 	big := storetest.Chunk(t, 7, 200000)
-	for _, c := range []chunkstore.Chunk{a, b, big} {
-		if _, err := s.Put(ctx, c); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := s.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
+	storetest.Fill(t, s, a, b, big)
 	held, err := s.Holds([]chunkstore.ID{a.ID(), big.ID()})
 	if err != nil {
 		t.Fatal(err)
@@ -449,11 +434,7 @@ func TestHeldAppendPlain(t *testing.T) {
 // found; a flushed one is superseded, and the chunk reads back either way.
 func TestLocalPutNew(t *testing.T) {
 	ctx := context.Background()
-	s, err := chunkstore.Open(t.TempDir(), chunkstore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openLocal(t)
 	a, b := storetest.Chunk(t, 8, 30000), storetest.Chunk(t, 9, 30000)
 	if ok, err := s.PutNew(ctx, a); !ok || err != nil {
 		t.Fatalf("PutNew of a new chunk: %v, %v", ok, err)

@@ -41,6 +41,19 @@ func Chunk(t testing.TB, seed uint64, n int) chunkstore.Chunk {
 	return c
 }
 
+// Fill puts cs into s and flushes it.
+func Fill(t testing.TB, s chunkstore.WriteStore, cs ...chunkstore.Chunk) {
+	t.Helper()
+	for _, c := range cs {
+		if _, err := s.Put(context.Background(), c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // Run runs every conformance test against stores made by newStore.
 func Run(t *testing.T, newStore func(t *testing.T) Store) {
 	tests := []struct {

@@ -16,6 +16,7 @@ import (
 	"github.com/anacrolix/torrent/metainfo"
 
 	"github.com/imgctl/imgctl/chunkstore"
+	"github.com/imgctl/imgctl/chunkstore/storetest"
 )
 
 // release is a set of random chunks in a store, laid out as a torrent.
@@ -90,20 +91,8 @@ func makeRelease(t testing.TB, n int, seed uint64, pl int64) *release {
 func storeWith(t *testing.T, cs []chunkstore.Chunk) *chunkstore.Local {
 	t.Helper()
 	s := openStore(t)
-	put(t, s, cs)
+	storetest.Fill(t, s, cs...)
 	return s
-}
-
-func put(t *testing.T, s *chunkstore.Local, cs []chunkstore.Chunk) {
-	t.Helper()
-	for _, c := range cs {
-		if _, err := s.Put(context.Background(), c); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := s.Flush(context.Background()); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // startSeeder starts a client on 127.0.0.1 that seeds rel from src.
@@ -423,7 +412,7 @@ func TestPieceReadsChunkOnce(t *testing.T) {
 	ctx := context.Background()
 	rel := makeRelease(t, 40, 3, 32<<10)
 	src := &countingSource{Local: openStore(t)}
-	put(t, src.Local, rel.chunks)
+	storetest.Fill(t, src.Local, rel.chunks...)
 	st := NewStorage(src, nil, t.TempDir(), nil)
 	tor, err := st.Register(ctx, metainfo.HashBytes(rel.info), rel.layout, rel.env)
 	if err != nil {
@@ -490,8 +479,8 @@ func TestLyingPeerBanned(t *testing.T) {
 	defer cancel()
 	rel := makeRelease(t, 40, 4, 16<<10)
 	good, bad := openStore(t), openStore(t)
-	put(t, good, rel.chunks)
-	put(t, bad, rel.chunks)
+	storetest.Fill(t, good, rel.chunks...)
+	storetest.Fill(t, bad, rel.chunks...)
 	honest := newClient(t, Config{Listen: "127.0.0.5:0"}, good, false)
 	liar, err := New(Config{Listen: "127.0.0.6:0", Staging: t.TempDir()}, lyingSource{bad}, nil)
 	if err != nil {
