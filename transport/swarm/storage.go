@@ -250,27 +250,34 @@ func (t *Torrent) setSizesLocked(m *manifest.Manifest) {
 }
 
 // Want counts a fetch asking for files (on) or no longer asking (off), and
-// returns the pieces whose Completion changes from unknown to known or
-// back: the caller has anacrolix read them again (Piece.UpdateCompletion).
-func (t *Torrent) Want(files []int, on bool) (pieces []int) {
+// returns the pieces whose Completion that changes (from unknown to known
+// or back): the caller has anacrolix read them again
+// (Piece.UpdateCompletion). Pieces complete either way are not among them.
+func (t *Torrent) Want(files []int, on bool) (changed []int) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	before := map[int]storage.Completion{}
+	for _, f := range files {
+		first, last := t.L.PiecesOf(f)
+		for p := first; p <= last; p++ {
+			if _, ok := before[p]; !ok {
+				before[p] = t.completionLocked(p)
+			}
+		}
+	}
 	d := 1
 	if !on {
 		d = -1
 	}
 	for _, f := range files {
-		before := t.want[f] > 0
 		t.want[f] = max(t.want[f]+d, 0)
-		if before == (t.want[f] > 0) {
-			continue
-		}
-		first, last := t.L.PiecesOf(f)
-		for p := first; p <= last; p++ {
-			pieces = append(pieces, p)
+	}
+	for p, c := range before {
+		if t.completionLocked(p) != c {
+			changed = append(changed, p)
 		}
 	}
-	return pieces
+	return changed
 }
 
 // Have reports whether file f is held.
@@ -583,13 +590,17 @@ func (t *Torrent) fillPiece(i int) error {
 // requested nor offered, as incomplete ones; Client.Add turns anacrolix's
 // initial check of such pieces off.
 func (p piece) Completion() storage.Completion {
-	t := p.t
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.done[p.i] || t.s.fill != nil {
+	p.t.mu.Lock()
+	defer p.t.mu.Unlock()
+	return p.t.completionLocked(p.i)
+}
+
+// completionLocked is piece i's Completion; t.mu is held.
+func (t *Torrent) completionLocked(i int) storage.Completion {
+	if t.done[i] || t.s.fill != nil {
 		return storage.Completion{Ok: true, Complete: true}
 	}
-	first, last := t.L.FilesOf(p.i)
+	first, last := t.L.FilesOf(i)
 	held, asked := true, false
 	for f := first; f <= last; f++ {
 		held = held && t.have[f]
