@@ -12,21 +12,31 @@ import (
 // (the block was just written): the block is hashed where the page cache
 // holds it, through a read-only mapping, instead of being copied into buf
 // first. On a slot write that copy was ~5 % of the CPU. If r is not a
-// file or the mapping fails, it is ReadBlock.
+// file or the mapping fails, it is ReadBlock into *buf, which is made
+// (TreeBlock bytes) the first time it is needed.
 //
 // A page the kernel cannot supply (an I/O error, a file truncated meanwhile)
 // is an error, not a crash: the hashing goroutine panics on the fault
 // (debug.SetPanicOnFault) and the panic is recovered here. The hashing runs
 // on this goroutine (subtreeCV), which that needs.
-func (d *TreeDigest) MapBlock(i int, r io.ReaderAt, holes HoleMap, buf []byte) error {
+func (d *TreeDigest) MapBlock(i int, r io.ReaderAt, holes HoleMap, buf *[]byte) error {
 	off, n := d.BlockRange(i)
+	read := func() error {
+		if *buf == nil {
+			*buf = make([]byte, TreeBlock)
+		}
+		return d.ReadBlock(i, r, holes, *buf)
+	}
+	if holes.Covers(off, n) {
+		return d.ZeroBlock(i)
+	}
 	f, ok := r.(interface{ Fd() uintptr })
-	if !ok || n == 0 || holes.Covers(off, n) {
-		return d.ReadBlock(i, r, holes, buf)
+	if !ok || n == 0 {
+		return read()
 	}
 	m, err := unix.Mmap(int(f.Fd()), off, int(n), unix.PROT_READ, unix.MAP_SHARED|unix.MAP_POPULATE)
 	if err != nil {
-		return d.ReadBlock(i, r, holes, buf)
+		return read()
 	}
 	defer unix.Munmap(m)
 	return hashMapped(d, i, off, m)

@@ -187,15 +187,19 @@ func TestMapBlock(t *testing.T) {
 			}
 		}
 		for _, r := range []io.ReaderAt{f, bytes.NewReader(content)} {
+			var buf []byte
 			d := NewTreeDigest(int64(n))
 			for i := range d.Blocks() {
 				off, k := d.BlockRange(i)
-				if err := d.MapBlock(i, r, FindHolesIn(r, off, off+k), make([]byte, TreeBlock)); err != nil {
+				if err := d.MapBlock(i, r, FindHolesIn(r, off, off+k), &buf); err != nil {
 					t.Fatal(err)
 				}
 			}
 			if got, _ := d.Sum(); got != Sum(content) {
 				t.Fatalf("size %d, %T: mapped digest differs from BLAKE3", n, r)
+			}
+			if _, isFile := r.(*os.File); isFile && buf != nil {
+				t.Fatalf("size %d: a block of the file was read, not mapped", n)
 			}
 		}
 	}

@@ -203,7 +203,7 @@ func (a *Assembler) hash(ctx context.Context, t *manifest.Manifest, tr *blockTra
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			buf := make([]byte, chunkstore.TreeBlock)
+			var buf []byte // made if a block cannot be mapped
 			for {
 				var b int
 				select {
@@ -217,7 +217,7 @@ func (a *Assembler) hash(ctx context.Context, t *manifest.Manifest, tr *blockTra
 					b = x
 				}
 				off, n := d.BlockRange(b)
-				if err := d.MapBlock(b, a.Out, chunkstore.FindHolesIn(a.Out, off, off+n), buf); err != nil {
+				if err := d.MapBlock(b, a.Out, chunkstore.FindHolesIn(a.Out, off, off+n), &buf); err != nil {
 					errc <- fmt.Errorf("read back: %w", err)
 					return
 				}
