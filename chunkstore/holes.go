@@ -90,6 +90,42 @@ func FindHolesIn(r io.ReaderAt, from, size int64) HoleMap {
 	return holes
 }
 
+// dataIn returns the ranges of [off, off+n) outside holes, relative to
+// off, each widened to start and end on a multiple of page (or at n), and
+// merged where they touch; nil when no hole of at least a page lies
+// inside (the whole range is data).
+func (h HoleMap) dataIn(off, n, page int64) []span {
+	var data []span
+	at, holed := int64(0), false // at: start of the data range not yet closed
+	for _, s := range h {
+		a, b := max(s.off-off, 0), min(s.off+s.n-off, n)
+		if b <= a {
+			continue
+		}
+		a = (a + page - 1) / page * page // the hole's whole pages
+		if b < n {
+			b = b / page * page
+		}
+		if b <= a {
+			continue
+		}
+		if a > at {
+			data = append(data, span{at, a - at})
+		}
+		at, holed = b, true
+	}
+	if !holed {
+		return nil
+	}
+	if at < n {
+		data = append(data, span{at, n - at})
+	}
+	if data == nil {
+		data = []span{} // all holes
+	}
+	return data
+}
+
 // Covers reports whether [off, off+n) lies entirely inside one hole.
 func (h HoleMap) Covers(off, n int64) bool {
 	i := sort.Search(len(h), func(i int) bool { return h[i].off+h[i].n > off })

@@ -15,6 +15,7 @@ import (
 	"math/rand/v2"
 	"sync"
 	"testing"
+	"unsafe"
 )
 
 // TreeDigest equals BLAKE3 (zeebo's Sum) for every size around chunk and
@@ -201,6 +202,98 @@ func TestMapBlock(t *testing.T) {
 			if _, isFile := r.(*os.File); isFile && buf != nil {
 				t.Fatalf("size %d: a block of the file was read, not mapped", n)
 			}
+		}
+	}
+}
+
+// dataIn lists the data between holes in whole pages: a hole's partial
+// pages stay data, a hole shorter than a page is no hole, and a hole
+// reaching the end of the range ends it.
+func TestHoleMapDataIn(t *testing.T) {
+	const p = 4096
+	for _, c := range []struct {
+		holes HoleMap
+		off   int64
+		n     int64
+		want  []span
+	}{
+		{nil, 0, 10 * p, nil},
+		{HoleMap{{20 * p, p}}, 0, 10 * p, nil},                                                   // outside
+		{HoleMap{{p + 1, p}}, 0, 10 * p, nil},                                                    // no whole page
+		{HoleMap{{0, 2 * p}}, 0, 10 * p, []span{{2 * p, 8 * p}}},                                 // at the start
+		{HoleMap{{3*p - 5, 2*p + 10}}, 0, 10 * p, []span{{0, 3 * p}, {5 * p, 5 * p}}},            // partial pages are data
+		{HoleMap{{2 * p, p}, {5 * p, 100 * p}}, 0, 10*p + 7, []span{{0, 2 * p}, {3 * p, 2 * p}}}, // to the end
+		{HoleMap{{0, 100 * p}}, 8 * p, 10 * p, []span{}},                                         // all holes
+		{HoleMap{{10 * p, 3 * p}}, 8 * p, 10 * p, []span{{0, 2 * p}, {5 * p, 5 * p}}},            // relative to off
+	} {
+		got := c.holes.dataIn(c.off, c.n, p)
+		if (got == nil) != (c.want == nil) || len(got) != len(c.want) {
+			t.Fatalf("%v in [%d,+%d): got %v, want %v", c.holes, c.off, c.n, got, c.want)
+		}
+		for i := range got {
+			if got[i] != c.want[i] {
+				t.Fatalf("%v in [%d,+%d): got %v, want %v", c.holes, c.off, c.n, got, c.want)
+			}
+		}
+	}
+}
+
+// A block that mixes data and holes is hashed right, and its holes are not
+// brought into the page cache (they read as the kernel's zero page).
+func TestMapBlockHoles(t *testing.T) {
+	const p = 4096
+	n := TreeBlock + 3*p + 100
+	content := make([]byte, n)
+	rand.NewChaCha8([32]byte{11}).Read(content)
+	holes := []span{{0, 5 * p}, {7*p + 10, 40 * p}, {TreeBlock - 3*p, 3*p + 1}, {TreeBlock + 2*p, int64(n - TreeBlock - 2*p)}}
+	for _, h := range holes {
+		clear(content[h.off : h.off+h.n])
+	}
+	f, err := os.Create(t.TempDir() + "/f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Truncate(int64(n)); err != nil {
+		t.Fatal(err)
+	}
+	for off := int64(0); off < int64(n); off += p {
+		end := min(off+p, int64(n))
+		if !allZero(content[off:end]) {
+			if _, err := f.WriteAt(content[off:end], off); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	hm := FindHoles(f, int64(n))
+	if len(hm) < 3 {
+		t.Skipf("the file system reports %d holes: needs SEEK_HOLE support", len(hm))
+	}
+	var buf []byte
+	d := NewTreeDigest(int64(n))
+	for i := range d.Blocks() {
+		if err := d.MapBlock(i, f, hm, &buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, _ := d.Sum(); got != Sum(content) {
+		t.Fatal("digest of a block with holes differs from BLAKE3")
+	}
+	if buf != nil {
+		t.Fatal("a block was read, not mapped")
+	}
+	m, err := unix.Mmap(int(f.Fd()), 0, n, unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(m)
+	vec := make([]byte, (n+p-1)/p)
+	if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m[0])), uintptr(n), uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
+		t.Fatal(e)
+	}
+	for pg := 8; pg < 47; pg++ { // whole pages of the second hole
+		if vec[pg]&1 != 0 {
+			t.Fatalf("page %d of a hole is in the page cache", pg)
 		}
 	}
 }
