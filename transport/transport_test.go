@@ -8,6 +8,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -202,6 +204,48 @@ func TestFetchBatchesInto(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkFetchInto(t, refs, ds)
+}
+
+// A DirSource reads the store's chunk index only when a chunk is read: it
+// serves manifests from a store whose packs cannot be listed, and the
+// fetch then fails with the store's error; once closed it reads nothing.
+func TestDirSourceReadsIndexLate(t *testing.T) {
+	dir, refs, _ := origin(t, 3)
+	packs := filepath.Join(dir, "packs")
+	if err := os.Rename(packs, packs+".away"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(packs, nil, 0o644); err != nil { // not a directory
+		t.Fatal(err)
+	}
+	ds, err := transport.OpenDirSource(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ds.Manifest(context.Background(), "os", "stable", 0); err != nil {
+		t.Fatalf("manifest: %v", err)
+	}
+	fetch := func() error {
+		return ds.Fetch(context.Background(), refs, func(chunkstore.Chunk) error { return nil })
+	}
+	if err := fetch(); err == nil || !strings.Contains(err.Error(), "packs") {
+		t.Fatalf("fetch from a store whose packs cannot be listed: %v", err)
+	}
+	if err := os.Remove(packs); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(packs+".away", packs); err != nil {
+		t.Fatal(err)
+	}
+	if err := fetch(); err != nil {
+		t.Fatalf("fetch once the packs are back: %v", err)
+	}
+	if err := ds.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := fetch(); err == nil {
+		t.Fatal("a closed source fetched")
+	}
 }
 
 func checkFetchInto(t *testing.T, refs []manifest.ChunkRef, f delta.BatchInto) {
