@@ -426,23 +426,50 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 	cached := make(chan heldCache, 1)
 	go func() { cached <- inCache(cache, m) }()
 
-	// 3: seeds.
+	// 3: seeds, what --out holds, and the hook that takes a slot out before
+	// it is written (a bootloader tool and an fsynced record, ~7 ms), all
+	// at once: each waits on files or processes.
 	want := map[uint32]bool{}
 	for _, c := range m.Chunks {
 		want[c.Size] = true
 	}
-	var seedIdx []delta.SeedIndex
-	var seedFiles []io.ReaderAt
-	var held []heldRelease // seeds whose exact content is known
 	outSt, outErr := os.Stat(outPath)
 	for _, arg := range o.seeds {
-		file, manPath := parseSeed(arg)
+		file, _ := parseSeed(arg)
 		if st, err := os.Stat(file); err == nil && outErr == nil && os.SameFile(st, outSt) {
 			return nil, usagef("--seed %s is the --out file: a pull never reads what it overwrites (the slot being written is found in place anyway)", file)
 		}
+	}
+	before := make(chan error, 1)
+	if o.beforeWrite != nil {
+		go func() { before <- o.beforeWrite(m, env) }()
+	} else {
+		before <- nil
+	}
+	// What --out already holds, if the cache remembers it (not asked for
+	// an output that is new or empty).
+	inPlacec := make(chan *manifest.Manifest, 1)
+	go func() {
+		if outErr != nil || (outSt.Mode().IsRegular() && outSt.Size() == 0) {
+			inPlacec <- nil
+		} else if rec, renv := loadFileRecord(cache, outPath); rec == nil {
+			inPlacec <- nil
+		} else if pm, err := manifest.Open(renv); err != nil {
+			inPlacec <- nil
+		} else {
+			inPlacec <- pm
+		}
+	}()
+	var seedIdx []delta.SeedIndex
+	var seedFiles []io.ReaderAt
+	var held []heldRelease // seeds whose exact content is known
+	var seedErr error
+	for _, arg := range o.seeds {
+		file, manPath := parseSeed(arg)
 		idx, f, h, err := openSeed(ctx, g, cache, file, manPath, m, want)
 		if err != nil {
-			return nil, fmt.Errorf("seed %s: %w", file, err)
+			seedErr = fmt.Errorf("seed %s: %w", file, err)
+			break
 		}
 		defer f.Close()
 		seedIdx = append(seedIdx, idx)
@@ -451,18 +478,9 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 			held = append(held, *h)
 		}
 	}
-
-	// What --out already holds, if the cache remembers it.
-	var inPlace *manifest.Manifest
-	if rec, renv := loadFileRecord(cache, outPath); rec != nil {
-		if pm, err := manifest.Open(renv); err == nil {
-			inPlace = pm
-		}
-	}
-	if o.beforeWrite != nil {
-		if err := o.beforeWrite(m, env); err != nil {
-			return nil, err
-		}
+	inPlace := <-inPlacec
+	if err := errors.Join(seedErr, <-before); err != nil {
+		return nil, err
 	}
 	out, err := openTarget(outPath, m.Size)
 	if err != nil {

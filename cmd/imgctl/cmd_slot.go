@@ -71,11 +71,19 @@ func runPullSlots(ctx context.Context, g *globalOptions, o *pullOptions) (*pullR
 			return nil, fmt.Errorf("slots %s and %s are the same device: refusing to write the running slot", booted, target)
 		}
 	}
-	if st, err := s.bl.State(ctx, booted); err != nil {
-		return nil, err
-	} else if st != partition.Good {
-		return nil, fmt.Errorf("the running slot %s is not confirmed good (run imgctl slot mark-good first): refusing to take the other slot out", booted)
-	}
+	// The running slot must be confirmed good before the other is taken
+	// out; the bootloader is asked while the manifest is fetched and
+	// verified, and nothing is written before the answer (beforeWrite).
+	bootedGood := make(chan error, 1)
+	go func() {
+		if st, err := s.bl.State(ctx, booted); err != nil {
+			bootedGood <- err
+		} else if st != partition.Good {
+			bootedGood <- fmt.Errorf("the running slot %s is not confirmed good (run imgctl slot mark-good first): refusing to take the other slot out", booted)
+		} else {
+			bootedGood <- nil
+		}
+	}()
 	stateDir := s.cfg.StateDir
 	if o.cache == "" {
 		o.cache = filepath.Join(stateDir, "cache")
@@ -98,6 +106,9 @@ func runPullSlots(ctx context.Context, g *globalOptions, o *pullOptions) (*pullR
 		}, env)
 	}
 	o.beforeWrite = func(m *manifest.Manifest, env []byte) error {
+		if err := <-bootedGood; err != nil {
+			return err
+		}
 		if err := s.bl.SetState(ctx, target, partition.Bad); err != nil {
 			return fmt.Errorf("take slot %s out before writing it: %w", target, err)
 		}

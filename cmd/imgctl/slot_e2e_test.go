@@ -123,8 +123,14 @@ func TestSlotsEndToEnd(t *testing.T) {
 	if st := s.status(t); st.Primary != "A" || st.Slots[1].State != "bad" {
 		t.Fatalf("B on trial before mark-good: %+v", st)
 	}
+	sumA := sum(t, s.slotA)
 	if r := imgctl(t, nil, "pull", "--from", url, "--trust", s.pub, "--name", "os", "--slots", s.cfg, "-q"); r.code == 0 || !strings.Contains(r.stderr, "not confirmed good") {
 		t.Fatalf("pull while the running slot is on trial: exit %d %s", r.code, r.stderr)
+	}
+	// The refusal comes before anything is written: A, the fallback, is
+	// still good and unchanged.
+	if st := s.status(t); st.Slots[0].Slot != "A" || st.Slots[0].State != "good" || sum(t, s.slotA) != sumA {
+		t.Fatalf("the refused pull touched slot A: %+v", st)
 	}
 	mustRun(t, "slot", "mark-good", "--slots", s.cfg)
 	if st := s.status(t); st.Primary != "B" || st.Slots[1].State != "good" {
