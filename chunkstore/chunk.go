@@ -143,6 +143,20 @@ func VerifyInto(dst []byte, id ID, stored []byte, size int) (Chunk, error) {
 // plain bytes; on error dst's contents past len(dst) are undefined. The
 // assembler decodes straight into its write buffer this way.
 func VerifyAppend(dst []byte, id ID, stored []byte, size int) ([]byte, error) {
+	out, err := DecodeAppend(dst, id, stored, size)
+	if err != nil {
+		return dst, err
+	}
+	if Sum(out[len(dst):]) != id {
+		return dst, &IntegrityError{ID: id, Reason: "hash mismatch"}
+	}
+	return out, nil
+}
+
+// DecodeAppend is VerifyAppend without the hash check: the bytes decode
+// and have the declared size, nothing more. Only for callers that check
+// the result otherwise (the assembler's whole-image digest).
+func DecodeAppend(dst []byte, id ID, stored []byte, size int) ([]byte, error) {
 	if size > MaxChunkSize {
 		return dst, &IntegrityError{ID: id, Reason: fmt.Sprintf("declared size %d exceeds %d", size, MaxChunkSize)}
 	}
@@ -158,12 +172,8 @@ func VerifyAppend(dst []byte, id ID, stored []byte, size int) ([]byte, error) {
 	if err != nil {
 		return dst, &IntegrityError{ID: id, Reason: "decode: " + err.Error()}
 	}
-	plain := out[n:]
-	if size >= 0 && len(plain) != size {
-		return dst, &IntegrityError{ID: id, Reason: fmt.Sprintf("size %d, want %d", len(plain), size)}
-	}
-	if Sum(plain) != id {
-		return dst, &IntegrityError{ID: id, Reason: "hash mismatch"}
+	if size >= 0 && len(out)-n != size {
+		return dst, &IntegrityError{ID: id, Reason: fmt.Sprintf("size %d, want %d", len(out)-n, size)}
 	}
 	return out, nil
 }

@@ -86,8 +86,18 @@ type Assembler struct {
 	Workers  int // local copy workers; 0 means GOMAXPROCS
 	// Digest computes the BLAKE3 of the output while it is assembled
 	// (Stats.Digest).
-	Progress Progress
-	Logger   *slog.Logger
+	//
+	// TrustCache (with Digest, and a Cache that can decode without the
+	// check) copies cached chunks without hashing each: the whole-image
+	// digest covers them, and hashing them was ~7 % of a slot write's CPU.
+	// If the digest then differs from the target's, Run checks each chunk
+	// it so wrote where it lies in the output; those that fail are taken
+	// again with their hash checked (a corrupt cached copy is dropped from
+	// the cache on the way), and the output is hashed anew. Seed chunks are
+	// always checked: a seed may have drifted (decisions/0003).
+	TrustCache bool
+	Progress   Progress
+	Logger     *slog.Logger
 }
 
 // Stats counts what Run actually did (plain bytes of distinct chunks).
@@ -147,7 +157,8 @@ func (a *Assembler) Run(ctx context.Context, plan *Plan) (Stats, error) {
 		go func() { digestc <- a.hash(ctx, t, tr) }()
 	}
 
-	w := &writer{out: a.Out, t: t, occ: occ, prog: prog, tr: tr}
+	w := &writer{out: a.Out, t: t, occ: occ, prog: prog, tr: tr,
+		trust: a.TrustCache && a.Digest && t.Digest != (chunkstore.ID{})}
 	var (
 		st      Stats
 		mu      sync.Mutex
@@ -181,8 +192,59 @@ func (a *Assembler) Run(ctx context.Context, plan *Plan) (Stats, error) {
 			return st, d.err
 		}
 		st.Digest = d.id
+		if d.id != t.Digest && len(w.unchecked) > 0 {
+			if err := a.recheck(ctx, plan, occ, w.unchecked, &st); err != nil {
+				return st, err
+			}
+		}
 	}
 	return st, nil
+}
+
+// recheck follows a digest that differs from the target's after cached
+// chunks were written unchecked (TrustCache): each of those is read back
+// from the output and hashed; the ones that fail go through their
+// candidates again, checked this time (a corrupt cached copy fails its
+// check and is dropped from the cache, a stale location is looked up
+// afresh), or are fetched; then the whole output is hashed again. If all
+// of them pass, the mismatch lies elsewhere and is left to the caller.
+func (a *Assembler) recheck(ctx context.Context, plan *Plan, occ [][]manifest.Occurrence, unchecked []int, st *Stats) error {
+	t := plan.Target
+	buf := make([]byte, t.Chunker.MaxSize)
+	sub := &Plan{Target: t, Sources: make([][]Candidate, len(plan.Sources))}
+	bad := 0
+	for _, i := range unchecked {
+		c := t.Chunks[i]
+		b := buf[:c.Size]
+		if n, _ := a.Out.ReadAt(b, occ[i][0].Offset); n == len(b) && chunkstore.Sum(b) == c.ID {
+			continue
+		}
+		sub.Sources[i] = plan.Sources[i]
+		bad++
+		st.CacheChunks--
+		st.CacheBytes -= int64(c.Size) // counted again where it is taken from
+	}
+	a.logf("digest differs: %d of %d chunks copied unchecked from the cache are wrong", bad, len(unchecked))
+	if bad == 0 {
+		return nil
+	}
+	w := &writer{out: a.Out, t: t, occ: occ, prog: noProgress{}}
+	var mu sync.Mutex
+	var retry []int
+	if err := a.locals(ctx, w, sub, st, &mu, &retry); err != nil {
+		return err
+	}
+	if len(retry) > 0 {
+		if err := a.fetch(ctx, w, retry, st, &mu); err != nil {
+			return err
+		}
+	}
+	id, err := chunkstore.Digest(ctx, a.Out, t.Size, nil)
+	if err != nil {
+		return fmt.Errorf("read back: %w", err)
+	}
+	st.Digest = id
+	return nil
 }
 
 type digestResult struct {
@@ -579,6 +641,12 @@ type plainAppender interface {
 	AppendPlain(dst []byte, id chunkstore.ID, scratch *[]byte) ([]byte, error)
 }
 
+// uncheckedAppender is a further upgrade: decode a chunk without checking
+// its hash (chunkstore.Held.AppendPlainUnchecked), for TrustCache.
+type uncheckedAppender interface {
+	AppendPlainUnchecked(dst []byte, id chunkstore.ID, scratch *[]byte) ([]byte, error)
+}
+
 // local tries chunk i's local candidates in order. It returns the source
 // used, or SourceFetch if none held the chunk. A chunk that continues the
 // worker's run is read (seed, in place) or decoded (cache) straight into
@@ -641,7 +709,13 @@ func (a *Assembler) local(ctx context.Context, out *run, plan *Plan, i int, buf 
 				}
 				if into {
 					n := len(out.buf)
-					got, err := ap.AppendPlain(out.buf, c.ID, &out.scratch)
+					var got []byte
+					ua, unchecked := a.Cache.(uncheckedAppender)
+					if unchecked = unchecked && out.w.trust; unchecked {
+						got, err = ua.AppendPlainUnchecked(out.buf, c.ID, &out.scratch)
+					} else {
+						got, err = ap.AppendPlain(out.buf, c.ID, &out.scratch)
+					}
 					if err != nil {
 						a.logf("cache %s: %v", c.ID.Short(), err)
 						fallbacks++
@@ -654,6 +728,11 @@ func (a *Assembler) local(ctx context.Context, out *run, plan *Plan, i int, buf 
 						copy(out.buf[n:n+k], got[n:])
 					}
 					out.commit(i, k)
+					if unchecked {
+						out.w.mu.Lock()
+						out.w.unchecked = append(out.w.unchecked, i)
+						out.w.mu.Unlock()
+					}
 					return cand.Kind, fallbacks, nil
 				}
 			}
@@ -685,6 +764,10 @@ type writer struct {
 	occ  [][]manifest.Occurrence
 	prog Progress
 	tr   *blockTracker
+
+	trust     bool // decode cached chunks unchecked (TrustCache)
+	mu        sync.Mutex
+	unchecked []int // chunks so written
 }
 
 // writeAll writes data at every occurrence of chunk i, except at skip.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"golang.org/x/sync/errgroup"
 	"io"
+	"math/rand/v2"
 	"os"
 	"strings"
 	"sync"
@@ -567,5 +568,134 @@ func TestAssembleSeedSpans(t *testing.T) {
 	// together: 3 reads instead of 16 (and one write).
 	if seed.reads > 3 || out.writes != 1 {
 		t.Fatalf("%d seed reads and %d writes for 16 adjacent chunks", seed.reads, out.writes)
+	}
+}
+
+// heldStore is a chunk store as a pull hands it to the assembler: chunks
+// read where Holds found them, checked or not.
+type heldStore struct {
+	*chunkstore.Local
+	held chunkstore.Held
+}
+
+func (h heldStore) AppendPlain(dst []byte, id chunkstore.ID, scratch *[]byte) ([]byte, error) {
+	return h.held.AppendPlain(dst, id, scratch)
+}
+
+func (h heldStore) AppendPlainUnchecked(dst []byte, id chunkstore.ID, scratch *[]byte) ([]byte, error) {
+	return h.held.AppendPlainUnchecked(dst, id, scratch)
+}
+
+// flipper corrupts what is written over one offset.
+type flipper struct {
+	*mem
+	at int64
+}
+
+func (f flipper) WriteAt(p []byte, off int64) (int, error) {
+	n, err := f.mem.WriteAt(p, off)
+	if f.at >= off && f.at < off+int64(len(p)) {
+		f.mem.b[f.at] ^= 1
+	}
+	return n, err
+}
+
+// TrustCache copies cached chunks without hashing each. A cached chunk
+// that decodes to the wrong bytes (its stored form damaged) makes the
+// digest differ; Run then finds that chunk in the output, drops it from
+// the store, fetches it and ends with the right content and digest. A
+// mismatch that no cached chunk explains (a write gone wrong) is
+// reported as a digest that differs, with nothing fetched.
+func TestAssembleTrustCacheRecheck(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	var data []byte
+	b := manifest.NewBuilder()
+	for i := range 40 {
+		c := make([]byte, 2000+rng.IntN(3000)) // random: stored raw, so a damaged byte still decodes
+		for k := range c {
+			c[k] = byte(rng.Uint32())
+		}
+		data = append(data, c...)
+		b.AddChunk(chunkstore.Sum(c), uint32(len(c)))
+		if i%9 == 0 {
+			data = append(data, make([]byte, 5000)...)
+			b.AddZero(5000)
+		}
+	}
+	target := &manifest.Manifest{Kind: manifest.KindImage, Name: "t", Channel: "c", Revision: 1,
+		Chunker: chunkstore.DefaultParams(), Compression: manifest.CompressionZstd, Size: b.Size(), Digest: chunkstore.Sum(data)}
+	target.Chunks, target.Runs = b.Result()
+	all := chunkMap(data, target)
+	ids := make([]chunkstore.ID, len(target.Chunks))
+	for i, c := range target.Chunks {
+		ids[i] = c.ID
+	}
+	bad := target.Chunks[17].ID
+
+	for _, elsewhere := range []bool{false, true} {
+		s, err := chunkstore.Open(t.TempDir(), chunkstore.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		for _, p := range all {
+			ch, err := chunkstore.Encode(p, chunkstore.LevelFastest)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.Put(context.Background(), ch); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if !elsewhere {
+			p, off, k, err := s.Locate(bad)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pf, err := os.OpenFile(p, os.O_RDWR, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := pf.WriteAt([]byte{0x55, 0xAA}, off+int64(k)-100); err != nil {
+				t.Fatal(err)
+			}
+			pf.Close()
+		}
+		held, err := s.Holds(ids)
+		if err != nil || held.Len() != len(ids) {
+			t.Fatalf("holds %d of %d: %v", held.Len(), len(ids), err)
+		}
+		var scratch []byte
+		got, err := held.AppendPlainUnchecked(nil, bad, &scratch)
+		if err != nil || bytes.Equal(got, all[bad]) != elsewhere {
+			t.Fatalf("the damaged chunk must decode, to other bytes: %v", err)
+		}
+		plan := delta.NewPlan(delta.Inputs{Target: target, Have: held.Has})
+		f := &fetcher{chunks: all}
+		out := &mem{b: make([]byte, len(data))}
+		var o delta.Output = out
+		if elsewhere {
+			o = flipper{mem: out, at: 3000}
+		}
+		asm := &delta.Assembler{Out: o, Cache: heldStore{s, held}, Fetch: f, Workers: 2, Digest: true, TrustCache: true}
+		st, err := asm.Run(context.Background(), plan)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if elsewhere {
+			if st.Digest == target.Digest || len(f.asked) != 0 || st.Fallbacks != 0 || st.CacheChunks != len(ids) {
+				t.Fatalf("a bad write: digest right %v, fetched %d, stats %+v", st.Digest == target.Digest, len(f.asked), st)
+			}
+			continue
+		}
+		if !bytes.Equal(out.b, data) || st.Digest != target.Digest {
+			t.Fatalf("content right %v, digest right %v", bytes.Equal(out.b, data), st.Digest == target.Digest)
+		}
+		if len(f.asked) != 1 || f.asked[0] != bad || st.Fallbacks != 1 || st.FetchChunks != 1 || st.CacheChunks != len(ids)-1 {
+			t.Fatalf("fetched %d, stats %+v: want the damaged chunk fetched once", len(f.asked), st)
+		}
+		if ok, _ := s.Has(context.Background(), bad); ok {
+			t.Fatal("the damaged chunk is still in the store's index")
+		}
 	}
 }

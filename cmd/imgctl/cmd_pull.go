@@ -352,6 +352,12 @@ func (c heldCache) AppendPlain(dst []byte, id chunkstore.ID, scratch *[]byte) ([
 	return c.held.AppendPlain(dst, id, scratch)
 }
 
+// AppendPlainUnchecked decodes without the hash check (the assembler's
+// TrustCache; the whole-image digest covers the chunk).
+func (c heldCache) AppendPlainUnchecked(dst []byte, id chunkstore.ID, scratch *[]byte) ([]byte, error) {
+	return c.held.AppendPlainUnchecked(dst, id, scratch)
+}
+
 // parseSeed splits FILE[:MANIFEST].
 func parseSeed(arg string) (file, man string) {
 	if _, err := os.Stat(arg); err == nil {
@@ -522,7 +528,7 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 	}
 	asm := &delta.Assembler{
 		Out: out, Seeds: seedFiles, Cache: inc, Fetch: fetch,
-		ZeroFill: !out.fresh, Digest: true, Workers: o.workers, Progress: newProgress(g, "write"), Logger: g.log,
+		ZeroFill: !out.fresh, Digest: true, TrustCache: true, Workers: o.workers, Progress: newProgress(g, "write"), Logger: g.log,
 	}
 	phase("plan")
 	st, err := asm.Run(ctx, plan)

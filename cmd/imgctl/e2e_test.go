@@ -18,6 +18,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/imgctl/imgctl/chunkstore"
+	"github.com/imgctl/imgctl/manifest"
 )
 
 var imgctlBin string
@@ -487,6 +490,74 @@ func TestEndToEndCorruptServer(t *testing.T) {
 	}
 	sameFile(t, slot, f.img1)
 	_ = r
+}
+
+// Chunks damaged in the cache's packs are taken again, not written wrong:
+// one stored raw (random bytes: the damaged copy still decodes, to other
+// bytes, which only the whole-image digest sees; the pull then finds it
+// in the output and fetches it) and one compressed (it no longer decodes).
+// The pull succeeds, fetches exactly those two, and the cache is sound.
+func TestEndToEndDamagedCache(t *testing.T) {
+	f := newFixture(t, 8<<20)
+	f.publish(t, f.img1)
+	url := serve(t, f.store)
+	cache := filepath.Join(f.dir, "cache")
+	if _, r := f.pull(t, url, cache, filepath.Join(f.dir, "first")); r.code != 0 {
+		t.Fatalf("first pull: %s", r.stderr)
+	}
+	env, err := os.ReadFile(filepath.Join(f.store, "manifests", "os", "stable", "1.imgm"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := manifest.Open(env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := chunkstore.Open(cache, chunkstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, packed := false, false
+	for _, c := range m.Chunks {
+		p, off, k, err := s.Locate(c.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var at int64
+		switch {
+		case !raw && k > int(c.Size):
+			raw, at = true, off+int64(k)-100
+		case !packed && k < int(c.Size)/2:
+			packed, at = true, off+int64(k)/2
+		default:
+			continue
+		}
+		pf, err := os.OpenFile(p, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := make([]byte, 1)
+		pf.ReadAt(b, at)
+		b[0] ^= 0x5A
+		if _, err := pf.WriteAt(b, at); err != nil {
+			t.Fatal(err)
+		}
+		pf.Close()
+	}
+	s.Close()
+	if !raw || !packed {
+		t.Fatalf("the image needs chunks stored raw (%v) and compressed (%v)", raw, packed)
+	}
+	out := filepath.Join(f.dir, "second")
+	r, res := f.pull(t, url, cache, out)
+	if res.code != 0 {
+		t.Fatalf("pull over a damaged cache: %s", res.stderr)
+	}
+	sameFile(t, out, f.img1)
+	if r.ChunksFetched != 2 || r.Fallbacks != 2 {
+		t.Fatalf("fetched %d chunks after %d fallbacks, want the 2 damaged ones: %+v", r.ChunksFetched, r.Fallbacks, r)
+	}
+	mustRun(t, "fsck", "--store", cache)
 }
 
 // kill -9 in the middle of a pull, then the same pull again: it completes
