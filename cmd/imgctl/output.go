@@ -6,6 +6,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -16,8 +17,10 @@ import (
 // target is the file or block device a pull writes into.
 type target struct {
 	*os.File
+	fd      int
 	regular bool
 	fresh   bool // created or empty: reads as zeros everywhere
+	wmu     sync.Mutex
 	dirty   atomic.Int64
 	kick    chan struct{}
 	done    chan struct{}
@@ -30,8 +33,19 @@ const writebackEvery = 32 << 20
 // WriteAt writes and, every writebackEvery bytes, asks a background
 // goroutine to start writeback of dirty pages (sync_file_range without
 // waiting), so that writers never block on submitting I/O.
+//
+// The writes go one at a time, each a raw pwrite (pwriteRaw): the kernel
+// takes the file's lock for every buffered write anyway, and a write of
+// up to a few MiB into the page cache takes a few hundred µs, long enough
+// for the Go runtime to hand the writer's P to another thread and make it
+// wait for one on return. decisions/0007 has the measurements.
 func (t *target) WriteAt(p []byte, off int64) (int, error) {
-	n, err := t.File.WriteAt(p, off)
+	t.wmu.Lock()
+	n, err := pwriteRaw(t.fd, p, off)
+	t.wmu.Unlock()
+	if err != nil {
+		err = &fs.PathError{Op: "write", Path: t.Name(), Err: err}
+	}
 	if t.dirty.Add(int64(n)) >= writebackEvery {
 		t.dirty.Store(0)
 		select {
@@ -42,10 +56,32 @@ func (t *target) WriteAt(p []byte, off int64) (int, error) {
 	return n, err
 }
 
+// pwriteRaw writes all of p at off with pwrite(2) as a raw system call:
+// the calling goroutine keeps its P meanwhile, and the scheduler does not
+// hand it to another thread. Only for writes that land in the page cache
+// (they block only when the kernel throttles a writer with too many dirty
+// pages), one at a time.
+func pwriteRaw(fd int, p []byte, off int64) (int, error) {
+	n := 0
+	for n < len(p) {
+		r, _, e := unix.RawSyscall6(unix.SYS_PWRITE64, uintptr(fd), uintptr(unsafe.Pointer(&p[n])), uintptr(len(p)-n), uintptr(off+int64(n)), 0, 0)
+		switch {
+		case e == unix.EINTR:
+			continue
+		case e != 0:
+			return n, e
+		case r == 0:
+			return n, io.ErrShortWrite
+		}
+		n += int(r)
+	}
+	return n, nil
+}
+
 func (t *target) writeback() {
 	defer close(t.done)
 	for range t.kick {
-		_ = unix.SyncFileRange(int(t.Fd()), 0, 0, unix.SYNC_FILE_RANGE_WRITE)
+		_ = unix.SyncFileRange(t.fd, 0, 0, unix.SYNC_FILE_RANGE_WRITE)
 	}
 }
 
@@ -68,7 +104,7 @@ func openTarget(path string, size int64) (*target, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &target{File: f, fresh: fresh, kick: make(chan struct{}, 1), done: make(chan struct{})}
+	t := &target{File: f, fd: int(f.Fd()), fresh: fresh, kick: make(chan struct{}, 1), done: make(chan struct{})}
 	st, err = f.Stat()
 	if err != nil {
 		f.Close()
@@ -110,13 +146,13 @@ const blkZeroOut = 0x127f
 // it returns errors.ErrUnsupported and the assembler writes zeros.
 func (t *target) Zero(off, n int64) error {
 	if t.regular {
-		err := unix.Fallocate(int(t.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
+		err := unix.Fallocate(t.fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
 		if err == nil {
 			return nil
 		}
 	} else if off%512 == 0 && n%512 == 0 {
 		r := [2]uint64{uint64(off), uint64(n)}
-		if _, _, errno := unix.Syscall(unix.SYS_IOCTL, t.Fd(), blkZeroOut, uintptr(unsafe.Pointer(&r[0]))); errno == 0 {
+		if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(t.fd), blkZeroOut, uintptr(unsafe.Pointer(&r[0]))); errno == 0 {
 			return nil
 		}
 	}
