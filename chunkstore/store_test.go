@@ -16,26 +16,7 @@ import (
 type testLocal struct{ *chunkstore.Local }
 
 func (l testLocal) Corrupt(t *testing.T, id chunkstore.ID) {
-	p, off, n, err := l.Locate(id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	corruptAt(t, p, off+int64(n/2))
-}
-
-func corruptAt(t *testing.T, p string, at int64) {
-	t.Helper()
-	f, err := os.OpenFile(p, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	b := make([]byte, 1)
-	f.ReadAt(b, at)
-	b[0] ^= 0x40
-	if _, err := f.WriteAt(b, at); err != nil {
-		t.Fatal(err)
-	}
+	storetest.Damage(t, l.Local, id, func(n int) int { return n / 2 })
 }
 
 func TestLocalConformance(t *testing.T) {

@@ -8,13 +8,13 @@ import (
 	"golang.org/x/sync/errgroup"
 	"io"
 	"math/rand/v2"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 
 	"github.com/imgctl/imgctl/chunkstore"
+	"github.com/imgctl/imgctl/chunkstore/storetest"
 	"github.com/imgctl/imgctl/delta"
 	"github.com/imgctl/imgctl/manifest"
 )
@@ -58,6 +58,35 @@ func content(t *testing.T, layout string) ([]byte, *manifest.Manifest) {
 		Chunker: chunkstore.DefaultParams(), Compression: manifest.CompressionZstd, Size: b.Size(), Digest: chunkstore.Sum(data)}
 	m.Chunks, m.Runs = b.Result()
 	return data, m
+}
+
+// layout places chunks one after the other, with zeros(i) zero bytes after
+// chunk i, and returns the content and its manifest.
+func layout(chunks [][]byte, zeros func(i int) int64) ([]byte, *manifest.Manifest) {
+	var data []byte
+	b := manifest.NewBuilder()
+	for i, c := range chunks {
+		data = append(data, c...)
+		b.AddChunk(chunkstore.Sum(c), uint32(len(c)))
+		if z := zeros(i); z > 0 {
+			data = append(data, make([]byte, z)...)
+			b.AddZero(z)
+		}
+	}
+	m := &manifest.Manifest{Kind: manifest.KindImage, Name: "t", Channel: "c", Revision: 1,
+		Chunker: chunkstore.DefaultParams(), Compression: manifest.CompressionZstd, Size: b.Size(), Digest: chunkstore.Sum(data)}
+	m.Chunks, m.Runs = b.Result()
+	return data, m
+}
+
+// zerosEvery puts n zeros after every k-th chunk (layout).
+func zerosEvery(k int, n int64) func(int) int64 {
+	return func(i int) int64 {
+		if i%k == 0 {
+			return n
+		}
+		return 0
+	}
 }
 
 // fetcher serves chunks from a map and records what was asked.
@@ -390,20 +419,11 @@ func TestAssembleManyChunksInRuns(t *testing.T) {
 
 func testAssembleManyChunksInRuns(t *testing.T, store, batches, into bool) {
 	const n = 600
-	var data []byte
-	b := manifest.NewBuilder()
+	var chunks [][]byte
 	for i := range n {
-		c := bytes.Repeat([]byte(fmt.Sprintf("chunk %d.", i)), 200+i*7%3000)
-		data = append(data, c...)
-		b.AddChunk(chunkstore.Sum(c), uint32(len(c)))
-		if i%97 == 0 {
-			data = append(data, make([]byte, 8192)...)
-			b.AddZero(8192)
-		}
+		chunks = append(chunks, bytes.Repeat([]byte(fmt.Sprintf("chunk %d.", i)), 200+i*7%3000))
 	}
-	target := &manifest.Manifest{Kind: manifest.KindImage, Name: "t", Channel: "c", Revision: 1,
-		Chunker: chunkstore.DefaultParams(), Compression: manifest.CompressionZstd, Size: b.Size(), Digest: chunkstore.Sum(data)}
-	target.Chunks, target.Runs = b.Result()
+	data, target := layout(chunks, zerosEvery(97, 8192))
 	all := chunkMap(data, target)
 	// Runs of 50 chunks: i/50%4 is 0 seed (the target's own bytes), 1 cache,
 	// 2 in place, 3 fetched.
@@ -448,38 +468,11 @@ func testAssembleManyChunksInRuns(t *testing.T, store, batches, into bool) {
 	var c chunkstore.Getter = cache
 	damaged := 0
 	if store {
-		s, err := chunkstore.Open(t.TempDir(), chunkstore.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer s.Close()
-		for _, b := range cache {
-			ch, err := chunkstore.Encode(b, chunkstore.LevelFastest)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := s.Put(context.Background(), ch); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err := s.Flush(context.Background()); err != nil {
-			t.Fatal(err)
-		}
+		s := storeOf(t, cache)
 		// Damage a cached chunk on disk: it is fetched instead.
 		bad := target.Chunks[60].ID
 		fetch[bad] = cache[bad]
-		p, off, k, err := s.Locate(bad)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pf, err := os.OpenFile(p, os.O_RDWR, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := pf.WriteAt([]byte("XY"), off+int64(k/2)); err != nil {
-			t.Fatal(err)
-		}
-		pf.Close()
+		storetest.Damage(t, s, bad, func(n int) int { return n / 2 })
 		c, damaged = s, 1
 	}
 	var fe delta.Fetcher = f
@@ -571,6 +564,24 @@ func TestAssembleSeedSpans(t *testing.T) {
 	}
 }
 
+// storeOf opens a chunk store holding plains (encoded fastest), flushed.
+func storeOf(t *testing.T, plains map[chunkstore.ID][]byte) *chunkstore.Local {
+	t.Helper()
+	s, err := chunkstore.Open(t.TempDir(), chunkstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	for _, p := range plains {
+		ch, err := chunkstore.Encode(p, chunkstore.LevelFastest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		storetest.Fill(t, s, ch)
+	}
+	return s
+}
+
 // heldStore is a chunk store as a pull hands it to the assembler: chunks
 // read where Holds found them, checked or not.
 type heldStore struct {
@@ -608,23 +619,15 @@ func (f flipper) WriteAt(p []byte, off int64) (int, error) {
 // reported as a digest that differs, with nothing fetched.
 func TestAssembleTrustCacheRecheck(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
-	var data []byte
-	b := manifest.NewBuilder()
-	for i := range 40 {
+	var chunks [][]byte
+	for range 40 {
 		c := make([]byte, 2000+rng.IntN(3000)) // random: stored raw, so a damaged byte still decodes
 		for k := range c {
 			c[k] = byte(rng.Uint32())
 		}
-		data = append(data, c...)
-		b.AddChunk(chunkstore.Sum(c), uint32(len(c)))
-		if i%9 == 0 {
-			data = append(data, make([]byte, 5000)...)
-			b.AddZero(5000)
-		}
+		chunks = append(chunks, c)
 	}
-	target := &manifest.Manifest{Kind: manifest.KindImage, Name: "t", Channel: "c", Revision: 1,
-		Chunker: chunkstore.DefaultParams(), Compression: manifest.CompressionZstd, Size: b.Size(), Digest: chunkstore.Sum(data)}
-	target.Chunks, target.Runs = b.Result()
+	data, target := layout(chunks, zerosEvery(9, 5000))
 	all := chunkMap(data, target)
 	ids := make([]chunkstore.ID, len(target.Chunks))
 	for i, c := range target.Chunks {
@@ -633,33 +636,9 @@ func TestAssembleTrustCacheRecheck(t *testing.T) {
 	bad := target.Chunks[17].ID
 
 	for _, elsewhere := range []bool{false, true} {
-		s, err := chunkstore.Open(t.TempDir(), chunkstore.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer s.Close()
-		for _, p := range all {
-			ch, err := chunkstore.Encode(p, chunkstore.LevelFastest)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := s.Put(context.Background(), ch); err != nil {
-				t.Fatal(err)
-			}
-		}
+		s := storeOf(t, all)
 		if !elsewhere {
-			p, off, k, err := s.Locate(bad)
-			if err != nil {
-				t.Fatal(err)
-			}
-			pf, err := os.OpenFile(p, os.O_RDWR, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := pf.WriteAt([]byte{0x55, 0xAA}, off+int64(k)-100); err != nil {
-				t.Fatal(err)
-			}
-			pf.Close()
+			storetest.Damage(t, s, bad, func(n int) int { return n - 100 })
 		}
 		held, err := s.Holds(ids)
 		if err != nil || held.Len() != len(ids) {

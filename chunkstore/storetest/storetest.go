@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"sync"
 	"testing"
 
@@ -50,6 +51,30 @@ func Fill(t testing.TB, s chunkstore.WriteStore, cs ...chunkstore.Chunk) {
 		}
 	}
 	if err := s.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Damage flips the bits of one stored byte of id in the pack file of a
+// local store: the byte at(n) of the chunk's n stored bytes.
+func Damage(t testing.TB, s *chunkstore.Local, id chunkstore.ID, at func(n int) int) {
+	t.Helper()
+	p, off, n, err := s.Locate(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(p, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 1)
+	pos := off + int64(at(n))
+	if _, err := f.ReadAt(b, pos); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0x5A
+	if _, err := f.WriteAt(b, pos); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/imgctl/imgctl/chunkstore"
+	"github.com/imgctl/imgctl/chunkstore/storetest"
 	"github.com/imgctl/imgctl/manifest"
 )
 
@@ -519,30 +520,18 @@ func TestEndToEndDamagedCache(t *testing.T) {
 	}
 	raw, packed := false, false
 	for _, c := range m.Chunks {
-		p, off, k, err := s.Locate(c.ID)
+		_, _, k, err := s.Locate(c.ID)
 		if err != nil {
 			t.Fatal(err)
 		}
-		var at int64
 		switch {
 		case !raw && k > int(c.Size):
-			raw, at = true, off+int64(k)-100
+			raw = true
+			storetest.Damage(t, s, c.ID, func(n int) int { return n - 100 })
 		case !packed && k < int(c.Size)/2:
-			packed, at = true, off+int64(k)/2
-		default:
-			continue
+			packed = true
+			storetest.Damage(t, s, c.ID, func(n int) int { return n / 2 })
 		}
-		pf, err := os.OpenFile(p, os.O_RDWR, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b := make([]byte, 1)
-		pf.ReadAt(b, at)
-		b[0] ^= 0x5A
-		if _, err := pf.WriteAt(b, at); err != nil {
-			t.Fatal(err)
-		}
-		pf.Close()
 	}
 	s.Close()
 	if !raw || !packed {
