@@ -434,7 +434,9 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 
 	// 3: seeds, what --out holds, and the hook that takes a slot out before
 	// it is written (a bootloader tool and an fsynced record, ~7 ms), all
-	// at once: each waits on files or processes.
+	// at once: each waits on files or processes. A seed that cannot be
+	// opened fails the pull after the hook ran: the target slot is then
+	// marked bad without having been written, as after a failed write.
 	want := map[uint32]bool{}
 	for _, c := range m.Chunks {
 		want[c.Size] = true
