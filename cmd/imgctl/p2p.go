@@ -52,7 +52,7 @@ func (o *p2pOptions) AddFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.metricsListen, "metrics-listen", "", "while seeding: serve /metrics (imgctl_torrent_uploaded_bytes_total) on this address")
 	f.StringVar(&o.uploadLimit, "p2p-upload-limit", "0", "cap on BitTorrent upload, e.g. 5MB/s (0: none)")
 	f.StringVar(&o.downloadLimit, "p2p-download-limit", "0", "cap on BitTorrent and webseed download (0: none)")
-	f.IntVar(&o.maxPeers, "max-peers", 8, "connections per torrent (0: the library's 50; in a dense LAN swarm each extra connection costs CPU in have and request traffic)")
+	f.IntVar(&o.maxPeers, "max-peers", 4, "connections per torrent (0: the library's 50; in a dense LAN swarm each extra connection costs CPU in have and request traffic)")
 	f.DurationVar(&o.timeout, "p2p-timeout", 10*time.Minute, "how long the swarm may take before the rest is fetched over HTTP")
 	f.StringVar(&o.linkRate, "link-rate", "", "this terminal's download rate, e.g. 1.25MB/s or 50MB/s, for choosing between a delta pack's smallest form and its lean one (default: measured on the manifest)")
 }
