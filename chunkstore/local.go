@@ -334,6 +334,10 @@ func (h Held) AppendPlain(dst []byte, id ID, scratch *[]byte) ([]byte, error) {
 	return h.s.AppendPlain(dst, id, scratch)
 }
 
+// Get is Local.Get: Held is the store as a pull's assembler reads it
+// (chunkstore.Getter, with AppendPlain and AppendPlainUnchecked).
+func (h Held) Get(ctx context.Context, id ID) (Chunk, error) { return h.s.Get(ctx, id) }
+
 // AppendPlainUnchecked is AppendPlain without the hash check (DecodeAppend):
 // for a caller that checks what it builds as a whole, and that on a
 // mismatch reads the chunks again with AppendPlain (which drops a corrupt

@@ -582,21 +582,6 @@ func storeOf(t *testing.T, plains map[chunkstore.ID][]byte) *chunkstore.Local {
 	return s
 }
 
-// heldStore is a chunk store as a pull hands it to the assembler: chunks
-// read where Holds found them, checked or not.
-type heldStore struct {
-	*chunkstore.Local
-	held chunkstore.Held
-}
-
-func (h heldStore) AppendPlain(dst []byte, id chunkstore.ID, scratch *[]byte) ([]byte, error) {
-	return h.held.AppendPlain(dst, id, scratch)
-}
-
-func (h heldStore) AppendPlainUnchecked(dst []byte, id chunkstore.ID, scratch *[]byte) ([]byte, error) {
-	return h.held.AppendPlainUnchecked(dst, id, scratch)
-}
-
 // flipper corrupts what is written over one offset.
 type flipper struct {
 	*mem
@@ -656,7 +641,7 @@ func TestAssembleTrustCacheRecheck(t *testing.T) {
 		if elsewhere {
 			o = flipper{mem: out, at: 3000}
 		}
-		asm := &delta.Assembler{Out: o, Cache: heldStore{s, held}, Fetch: f, Workers: 2, Digest: true, TrustCache: true}
+		asm := &delta.Assembler{Out: o, Cache: held, Fetch: f, Workers: 2, Digest: true, TrustCache: true}
 		st, err := asm.Run(context.Background(), plan)
 		if err != nil {
 			t.Fatal(err)

@@ -359,7 +359,7 @@ func installBundle(ctx context.Context, g *globalOptions, o *bundleApplyOptions,
 	phase("seeds")
 
 	inc := inCache(cache, m)
-	plan := delta.NewPlan(delta.Inputs{Target: m, Seeds: seedIdx, Have: inc.held.Has})
+	plan := delta.NewPlan(delta.Inputs{Target: m, Seeds: seedIdx, Have: inc.Has})
 	g.logf("plan: %s from installed releases, %s from cache, %s to fetch (%d chunks)",
 		human(plan.Report.SeedBytes), human(plan.Report.CacheBytes), human(plan.Report.FetchBytes), plan.Report.FetchChunks)
 	var fetch delta.Fetcher = storingFetcher{client: client, cache: cache}

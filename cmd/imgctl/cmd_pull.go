@@ -328,34 +328,16 @@ func (f storingFetcher) FetchBatchesInto(ctx context.Context, refs []manifest.Ch
 	})
 }
 
-// inCache looks up which of m's chunks cache holds. A failed lookup only
-// means "fetch it".
-func inCache(cache *chunkstore.Local, m *manifest.Manifest) heldCache {
+// inCache looks up which of m's chunks cache holds, and where: the
+// assembler reads those chunks there, without an index lookup each
+// (chunkstore.Held). A failed lookup only means "fetch it".
+func inCache(cache *chunkstore.Local, m *manifest.Manifest) chunkstore.Held {
 	ids := make([]chunkstore.ID, len(m.Chunks))
 	for i, c := range m.Chunks {
 		ids[i] = c.ID
 	}
 	h, _ := cache.Holds(ids)
-	return heldCache{Local: cache, held: h}
-}
-
-// heldCache is the cache as the assembler reads it: chunks the plan takes
-// from it are read where inCache found them (chunkstore.Held), without an
-// index lookup each.
-type heldCache struct {
-	*chunkstore.Local
-	held chunkstore.Held
-}
-
-// AppendPlain reads through the lookup (delta's plainAppender).
-func (c heldCache) AppendPlain(dst []byte, id chunkstore.ID, scratch *[]byte) ([]byte, error) {
-	return c.held.AppendPlain(dst, id, scratch)
-}
-
-// AppendPlainUnchecked decodes without the hash check (the assembler's
-// TrustCache; the whole-image digest covers the chunk).
-func (c heldCache) AppendPlainUnchecked(dst []byte, id chunkstore.ID, scratch *[]byte) ([]byte, error) {
-	return c.held.AppendPlainUnchecked(dst, id, scratch)
+	return h
 }
 
 // parseSeed splits FILE[:MANIFEST].
@@ -429,7 +411,7 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 
 	// Which chunks the cache holds (an index lookup per chunk) is asked
 	// while the seeds are opened and the target is prepared.
-	cached := make(chan heldCache, 1)
+	cached := make(chan chunkstore.Held, 1)
 	go func() { cached <- inCache(cache, m) }()
 
 	// 3: seeds, what --out holds, and the hook that takes a slot out before
@@ -507,7 +489,7 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 	phase("seeds")
 	// 4: plan.
 	inc := <-cached
-	plan := delta.NewPlan(delta.Inputs{Target: m, InPlace: inPlace, Seeds: seedIdx, Have: inc.held.Has})
+	plan := delta.NewPlan(delta.Inputs{Target: m, InPlace: inPlace, Seeds: seedIdx, Have: inc.Has})
 	g.logf("plan: %s in place, %s from seeds, %s from cache, %s to fetch (%d chunks), %s zero",
 		human(plan.Report.InPlaceBytes), human(plan.Report.SeedBytes), human(plan.Report.CacheBytes),
 		human(plan.Report.FetchBytes), plan.Report.FetchChunks, human(plan.Report.ZeroBytes))
