@@ -157,8 +157,10 @@ func (a *Assembler) Run(ctx context.Context, plan *Plan) (Stats, error) {
 		go func() { digestc <- a.hash(ctx, t, tr) }()
 	}
 
-	w := &writer{out: a.Out, t: t, occ: occ, prog: prog, tr: tr,
-		trust: a.TrustCache && a.Digest && t.Digest != (chunkstore.ID{})}
+	w := &writer{out: a.Out, t: t, occ: occ, prog: prog, tr: tr}
+	if ua, ok := a.Cache.(uncheckedAppender); ok && a.TrustCache && a.Digest && t.Digest != (chunkstore.ID{}) {
+		w.unchecked = ua
+	}
 	var (
 		st      Stats
 		mu      sync.Mutex
@@ -192,8 +194,8 @@ func (a *Assembler) Run(ctx context.Context, plan *Plan) (Stats, error) {
 			return st, d.err
 		}
 		st.Digest = d.id
-		if d.id != t.Digest && len(w.unchecked) > 0 {
-			if err := a.recheck(ctx, plan, occ, w.unchecked, &st); err != nil {
+		if d.id != t.Digest && len(w.trusted) > 0 {
+			if err := a.recheck(ctx, plan, occ, w.trusted, &st); err != nil {
 				return st, err
 			}
 		}
@@ -710,8 +712,7 @@ func (a *Assembler) local(ctx context.Context, out *run, plan *Plan, i int, buf 
 				if into {
 					n := len(out.buf)
 					var got []byte
-					ua, unchecked := a.Cache.(uncheckedAppender)
-					if unchecked = unchecked && out.w.trust; unchecked {
+					if ua := out.w.unchecked; ua != nil {
 						got, err = ua.AppendPlainUnchecked(out.buf, c.ID, &out.scratch)
 					} else {
 						got, err = ap.AppendPlain(out.buf, c.ID, &out.scratch)
@@ -728,9 +729,9 @@ func (a *Assembler) local(ctx context.Context, out *run, plan *Plan, i int, buf 
 						copy(out.buf[n:n+k], got[n:])
 					}
 					out.commit(i, k)
-					if unchecked {
+					if out.w.unchecked != nil {
 						out.w.mu.Lock()
-						out.w.unchecked = append(out.w.unchecked, i)
+						out.w.trusted = append(out.w.trusted, i)
 						out.w.mu.Unlock()
 					}
 					return cand.Kind, fallbacks, nil
@@ -765,9 +766,11 @@ type writer struct {
 	prog Progress
 	tr   *blockTracker
 
-	trust     bool // decode cached chunks unchecked (TrustCache)
+	// unchecked, when set (TrustCache), decodes cached chunks without
+	// their hash check; trusted lists the chunks so written.
+	unchecked uncheckedAppender
 	mu        sync.Mutex
-	unchecked []int // chunks so written
+	trusted   []int
 }
 
 // writeAll writes data at every occurrence of chunk i, except at skip.
