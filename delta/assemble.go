@@ -564,9 +564,15 @@ func (a *Assembler) fetch(ctx context.Context, w *writer, idx []int, st *Stats, 
 	return nil
 }
 
-// AsBatchInto is bf as a BatchInto that never decodes where it is told
-// (its receiver copies the chunks).
-func AsBatchInto(bf BatchFetcher) BatchInto { return batchesInto{bf} }
+// AsBatchInto is bf as a BatchInto: bf itself if it is one, else a
+// BatchInto that never decodes where it is told (its receiver copies the
+// chunks).
+func AsBatchInto(bf BatchFetcher) BatchInto {
+	if bi, ok := bf.(BatchInto); ok {
+		return bi
+	}
+	return batchesInto{bf}
+}
 
 type batchesInto struct{ BatchFetcher }
 

@@ -318,11 +318,7 @@ func (f storingFetcher) FetchBatches(ctx context.Context, refs []manifest.ChunkR
 // FetchBatchesInto passes the source's batches on, decoding into the
 // receiver's buffers where the source can (delta.BatchInto).
 func (f storingFetcher) FetchBatchesInto(ctx context.Context, refs []manifest.ChunkRef, open func() (func(chunkstore.ID, int) []byte, func(chunkstore.Chunk) error, func() error)) error {
-	bi, ok := f.client.(delta.BatchInto)
-	if !ok {
-		bi = delta.AsBatchInto(f.client)
-	}
-	return bi.FetchBatchesInto(ctx, refs, func() (func(chunkstore.ID, int) []byte, func(chunkstore.Chunk) error, func() error) {
+	return delta.AsBatchInto(f.client).FetchBatchesInto(ctx, refs, func() (func(chunkstore.ID, int) []byte, func(chunkstore.Chunk) error, func() error) {
 		into, put, done := open()
 		return into, f.storing(ctx, put), done
 	})
