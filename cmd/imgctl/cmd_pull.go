@@ -420,11 +420,14 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 		want[c.Size] = true
 	}
 	outSt, outErr := os.Stat(outPath)
-	for _, arg := range o.seeds {
-		file, _ := parseSeed(arg)
+	type seedArg struct{ file, man string }
+	seeds := make([]seedArg, len(o.seeds))
+	for i, arg := range o.seeds {
+		file, man := parseSeed(arg)
 		if st, err := os.Stat(file); err == nil && outErr == nil && os.SameFile(st, outSt) {
 			return nil, usagef("--seed %s is the --out file: a pull never reads what it overwrites (the slot being written is found in place anyway)", file)
 		}
+		seeds[i] = seedArg{file, man}
 	}
 	before := make(chan error, 1)
 	if o.beforeWrite != nil {
@@ -450,11 +453,10 @@ func runPull(ctx context.Context, g *globalOptions, o *pullOptions) (*pullResult
 	var seedFiles []io.ReaderAt
 	var held []heldRelease // seeds whose exact content is known
 	var seedErr error
-	for _, arg := range o.seeds {
-		file, manPath := parseSeed(arg)
-		idx, f, h, err := openSeed(ctx, g, cache, file, manPath, m, want)
+	for _, sa := range seeds {
+		idx, f, h, err := openSeed(ctx, g, cache, sa.file, sa.man, m, want)
 		if err != nil {
-			seedErr = fmt.Errorf("seed %s: %w", file, err)
+			seedErr = fmt.Errorf("seed %s: %w", sa.file, err)
 			break
 		}
 		defer f.Close()
