@@ -28,11 +28,14 @@ type Config struct {
 	// Listen is where peers connect, host:port. A specific IP also becomes
 	// the source address of outgoing connections (so peers see one address
 	// per node, which bans rely on). Empty: 127.0.0.1:0.
-	Listen     string
-	Staging    string   // directory for staged pieces
-	Trackers   []string // announce URLs
-	Peers      []string // host:port dialled directly
-	UploadRate int64    // bytes per second, 0: unlimited
+	Listen  string
+	Staging string // directory for staged pieces beyond StagingMemory
+	// StagingMemory is how many bytes of downloaded pieces are staged in
+	// memory: 0 is DefaultStagingMemory, negative none.
+	StagingMemory int64
+	Trackers      []string // announce URLs
+	Peers         []string // host:port dialled directly
+	UploadRate    int64    // bytes per second, 0: unlimited
 	// UploadLimiter, if set, replaces UploadRate: share one with the HTTP
 	// server so that a role's whole egress stays under one cap.
 	UploadLimiter *rate.Limiter
@@ -138,6 +141,9 @@ func New(cfg Config, src Source, put chunkstore.Putter) (*Client, error) {
 		}
 	}
 	st := NewStorage(src, put, cfg.Staging, log)
+	if cfg.StagingMemory != 0 {
+		st.SetStagingMemory(cfg.StagingMemory)
+	}
 	if put == nil {
 		st.fill = cfg.Fill
 	}

@@ -138,13 +138,12 @@ func (h *Handle) Reproduce(ctx context.Context, plain func(id chunkstore.ID) ([]
 	return n, nil
 }
 
-// stageFile writes file f's bytes, reproduced locally, into the staging file as
-// a peer's would be; nothing trusts them until their pieces pass.
+// stageFile stages file f's bytes, reproduced locally, as a peer's would
+// be; nothing trusts them until their pieces pass.
 func (t *Torrent) stageFile(f int, b []byte) error {
 	off, n := t.L.FileRange(f)
 	if int64(len(b)) != n {
 		return fmt.Errorf("file %d: %d bytes, the torrent says %d", f, len(b), n)
 	}
-	_, err := t.writeStaged(b, off)
-	return err
+	return t.writeStaged(b, off)
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	g "github.com/anacrolix/generics"
@@ -30,9 +31,10 @@ type Source interface {
 
 // Storage is a storage.ClientImpl over a chunk store. Pieces whose chunks
 // the store holds are complete and read from it; other pieces are staged
-// in a sparse file per torrent, and a chunk whose pieces have all passed
-// their SHA-1 check is decoded, checked against its BLAKE3 ID and only
-// then put into the store. Torrent data never reaches the store unchecked.
+// in memory (up to a budget shared by all torrents) or in a sparse file
+// per torrent, and a chunk whose pieces have all passed their SHA-1 check
+// is decoded, checked against its BLAKE3 ID and only then put into the
+// store. Torrent data never reaches the store unchecked.
 type Storage struct {
 	src Source
 	put chunkstore.Putter // nil: a seeder that never downloads
@@ -41,18 +43,49 @@ type Storage struct {
 	fill    func(ctx context.Context, ids []chunkstore.ID) error
 	staging string
 	log     *slog.Logger
+	// memLimit bounds the bytes of pieces staged in memory, memUsed
+	// counts them; beyond the limit pieces go to the staging file.
+	memLimit int64
+	memUsed  atomic.Int64
 
 	mu       sync.Mutex
 	torrents map[metainfo.Hash]*Torrent
 }
 
+// DefaultStagingMemory is how many bytes of downloaded pieces a node keeps
+// in memory until their chunks are admitted (Config.StagingMemory). A
+// piece lives there from its first block until every chunk it touches is
+// in the store: on a terminal's previous release that is a few dozen
+// pieces at a time. Staging in a file instead cost a write and two reads
+// of every byte (the SHA-1 check, the admission), and on a terminal's
+// disk the pages of a file, decisions/0004.
+const DefaultStagingMemory = 32 << 20
+
 // NewStorage returns a storage over src; downloaded chunks go to put
-// (nil for a seeder) and are staged under dir.
+// (nil for a seeder) and are staged in memory up to DefaultStagingMemory,
+// then under dir.
 func NewStorage(src Source, put chunkstore.Putter, dir string, log *slog.Logger) *Storage {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Storage{src: src, put: put, staging: dir, log: log, torrents: map[metainfo.Hash]*Torrent{}}
+	return &Storage{src: src, put: put, staging: dir, log: log, memLimit: DefaultStagingMemory, torrents: map[metainfo.Hash]*Torrent{}}
+}
+
+// SetStagingMemory sets the bytes of pieces staged in memory (0: none, all
+// go to the staging file); it applies to pieces not yet written.
+func (s *Storage) SetStagingMemory(n int64) { s.memLimit = max(n, 0) }
+
+// reserve takes n bytes of the memory budget, if it has them.
+func (s *Storage) reserve(n int64) bool {
+	for {
+		u := s.memUsed.Load()
+		if u+n > s.memLimit {
+			return false
+		}
+		if s.memUsed.CompareAndSwap(u, u+n) {
+			return true
+		}
+	}
 }
 
 // Torrent is the storage state of one release torrent.
@@ -67,11 +100,18 @@ type Torrent struct {
 	done     []bool // per piece: passed its hash check in this process
 	manifest []byte
 	sizes    map[chunkstore.ID]int
-	stage    *os.File
-	changed  chan struct{} // closed and replaced whenever a file arrives
-	watches  map[*watch]struct{}
-	recent   [16]recentFile // chunk files last read for peers (readFile)
-	next     int            // the entry of recent to replace next
+	// Downloaded pieces are staged from their first block until every
+	// file they touch is held: in mem, or (spilled) in the stage file.
+	// Pieces in neither hold nothing yet (zeros). A buffer dropped from
+	// mem is never written again, so a reader that took it keeps valid
+	// bytes.
+	mem     map[int][]byte
+	spilled []bool
+	stage   *os.File
+	changed chan struct{} // closed and replaced whenever a file arrives
+	watches map[*watch]struct{}
+	recent  [16]recentFile // chunk files last read for peers (readFile)
+	next    int            // the entry of recent to replace next
 }
 
 // A watch collects the files that arrive while it is open, in order. A
@@ -131,8 +171,7 @@ func (s *Storage) Register(ctx context.Context, ih metainfo.Hash, l *Layout, env
 		t.setManifestFile(env)
 		return t, nil
 	}
-	t := &Torrent{s: s, L: l, ih: ih, have: make([]bool, l.Files()), want: make([]int, l.Files()), done: make([]bool, l.NumPieces()),
-		changed: make(chan struct{})}
+	t := s.newTorrent(ih, l)
 	if env != nil {
 		if int64(len(env)) != l.offs[1] {
 			return nil, fmt.Errorf("torrent %s: manifest of %d bytes, the torrent says %d", ih.HexString(), len(env), l.offs[1])
@@ -151,6 +190,13 @@ func (s *Storage) Register(ctx context.Context, ih metainfo.Hash, l *Layout, env
 	}
 	s.torrents[ih] = t
 	return t, nil
+}
+
+// newTorrent returns the state of torrent ih, laid out as l, holding
+// nothing.
+func (s *Storage) newTorrent(ih metainfo.Hash, l *Layout) *Torrent {
+	return &Torrent{s: s, L: l, ih: ih, have: make([]bool, l.Files()), want: make([]int, l.Files()), done: make([]bool, l.NumPieces()),
+		mem: map[int][]byte{}, spilled: make([]bool, l.NumPieces()), changed: make(chan struct{})}
 }
 
 // Refresh marks files that reached the store since (another way than this
@@ -221,15 +267,22 @@ func (s *Storage) OpenTorrent(ctx context.Context, info *metainfo.Info, ih metai
 
 func (t *Torrent) close() error {
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	if t.stage != nil {
 		name := t.stage.Name()
 		t.stage.Close()
 		t.stage = nil
 		os.Remove(name)
 	}
+	for i, b := range t.mem {
+		t.s.memUsed.Add(-int64(len(b)))
+		delete(t.mem, i)
+	}
+	t.mu.Unlock()
+	// Not under t.mu: Register takes Storage.mu, then Torrent.mu.
 	t.s.mu.Lock()
-	delete(t.s.torrents, t.ih)
+	if t.s.torrents[t.ih] == t {
+		delete(t.s.torrents, t.ih)
+	}
 	t.s.mu.Unlock()
 	return nil
 }
@@ -364,8 +417,34 @@ type piece struct {
 	i int
 }
 
+// eachFile calls fn with each file that piece i's bytes [off, off+n)
+// touch, in order, and where the part lies in the torrent (abs, m bytes).
+func (t *Torrent) eachFile(i int, off, n int64, fn func(f int, abs, m int64) error) error {
+	po, _ := t.L.PieceRange(i)
+	for abs, end := po+off, po+off+n; abs < end; {
+		f := t.L.fileAt(abs)
+		fo, fl := t.L.FileRange(f)
+		m := min(end, fo+fl) - abs
+		if err := fn(f, abs, m); err != nil {
+			return err
+		}
+		abs += m
+	}
+	return nil
+}
+
+// fileBytes returns file f's bytes [abs, abs+m) of the torrent, f held.
+func (t *Torrent) fileBytes(f int, abs, m int64) ([]byte, error) {
+	data, err := t.readFile(f)
+	if err != nil {
+		return nil, err
+	}
+	fo, _ := t.L.FileRange(f)
+	return data[abs-fo : abs-fo+m], nil
+}
+
 // ReadAt reads the piece's bytes: held files from the store, the rest
-// from the staging file.
+// from where they are staged.
 func (p piece) ReadAt(b []byte, off int64) (int, error) {
 	t := p.t
 	po, pn := t.L.PieceRange(p.i)
@@ -378,32 +457,93 @@ func (p piece) ReadAt(b []byte, off int64) (int, error) {
 			return 0, err
 		}
 	}
-	abs := po + off
 	n := 0
-	for n < len(b) {
-		f := t.L.fileAt(abs + int64(n))
-		fo, fl := t.L.FileRange(f)
-		seg := b[n:min(len(b), n+int(fo+fl-(abs+int64(n))))]
-		if t.Have(f) {
-			data, err := t.readFile(f)
-			if err != nil {
-				return n, err
-			}
-			copy(seg, data[abs+int64(n)-fo:])
-		} else {
-			t.mu.Lock()
-			st, err := t.staged()
-			t.mu.Unlock()
-			if err != nil {
-				return n, err
-			}
-			if _, err := st.ReadAt(seg, abs+int64(n)); err != nil {
-				return n, err
+	err := t.eachFile(p.i, off, int64(len(b)), func(f int, abs, m int64) error {
+		seg := b[n : n+int(m)]
+		_, held, err := t.readStaged(f, p.i, abs-po, seg)
+		if held {
+			var data []byte
+			if data, err = t.fileBytes(f, abs, m); err == nil {
+				copy(seg, data)
 			}
 		}
-		n += len(seg)
+		if err != nil {
+			return err
+		}
+		n += int(m)
+		return nil
+	})
+	return n, err
+}
+
+// WriteTo writes the whole piece to w (io.WriterTo; anacrolix hashes a
+// piece through it): held files straight from the bytes read from the
+// store, pieces staged in memory from their buffer, without a copy.
+func (p piece) WriteTo(w io.Writer) (int64, error) {
+	t := p.t
+	po, pn := t.L.PieceRange(p.i)
+	if t.s.fill != nil {
+		if err := t.fillPiece(p.i); err != nil {
+			return 0, err
+		}
 	}
-	return n, nil
+	var written int64
+	err := t.eachFile(p.i, 0, pn, func(f int, abs, m int64) error {
+		b, held, err := t.readStaged(f, p.i, abs-po, nil)
+		if held {
+			b, err = t.fileBytes(f, abs, m)
+		} else if err == nil {
+			b = b[:m]
+		}
+		if err != nil {
+			return err
+		}
+		k, err := w.Write(b)
+		written += int64(k)
+		return err
+	})
+	return written, err
+}
+
+// readStaged reads the bytes of file f staged in piece i at off (within
+// the piece) into dst, or reports that f is held (read it from the store:
+// once held, a piece's staged bytes may be gone). With a nil dst it
+// returns the bytes from their memory buffer itself where they are in
+// memory (or a new buffer of the part's length otherwise). Unwritten
+// bytes read as zeros, as from a sparse file.
+func (t *Torrent) readStaged(f, i int, off int64, dst []byte) (b []byte, held bool, err error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.have[f] {
+		return nil, true, nil
+	}
+	n := int64(len(dst))
+	if dst == nil {
+		fo, fl := t.L.FileRange(f)
+		po, pn := t.L.PieceRange(i)
+		n = min(fo+fl, po+pn) - (po + off)
+	}
+	if buf, ok := t.mem[i]; ok {
+		if dst == nil {
+			return buf[off : off+n], false, nil
+		}
+		copy(dst, buf[off:])
+		return dst, false, nil
+	}
+	if dst == nil {
+		dst = make([]byte, n)
+	}
+	if !t.spilled[i] {
+		clear(dst)
+		return dst, false, nil
+	}
+	st, err := t.staged()
+	if err != nil {
+		return nil, false, err
+	}
+	po, _ := t.L.PieceRange(i)
+	_, err = st.ReadAt(dst, po+off)
+	return dst, false, err
 }
 
 // WriteAt stages downloaded bytes.
@@ -412,22 +552,69 @@ func (p piece) WriteAt(b []byte, off int64) (int, error) {
 	if t.s.put == nil {
 		return 0, errors.New("this role does not download")
 	}
-	po, pn := t.L.PieceRange(p.i)
-	if off+int64(len(b)) > pn {
+	if _, pn := t.L.PieceRange(p.i); off+int64(len(b)) > pn {
 		return 0, fmt.Errorf("write past piece %d", p.i)
 	}
-	return t.writeStaged(b, po+off)
-}
-
-// writeStaged writes bytes of the torrent at off into the staging file.
-func (t *Torrent) writeStaged(b []byte, off int64) (int, error) {
-	t.mu.Lock()
-	st, err := t.staged()
-	t.mu.Unlock()
-	if err != nil {
+	if err := t.writePiece(p.i, b, off); err != nil {
 		return 0, err
 	}
-	return st.WriteAt(b, off)
+	return len(b), nil
+}
+
+// writeStaged stages bytes of the torrent at off, piece by piece.
+func (t *Torrent) writeStaged(b []byte, off int64) error {
+	for len(b) > 0 {
+		i := int(off / t.L.PieceLength)
+		po, pn := t.L.PieceRange(i)
+		m := min(int64(len(b)), po+pn-off)
+		if err := t.writePiece(i, b[:m], off-po); err != nil {
+			return err
+		}
+		b, off = b[m:], off+m
+	}
+	return nil
+}
+
+// writePiece stages b at off in piece i: in memory if the piece is there
+// or the budget has room for it at its first write, else in the staging
+// file. Bytes for a piece whose files are all held are not needed.
+func (t *Torrent) writePiece(i int, b []byte, off int64) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.heldLocked(i) {
+		return nil
+	}
+	buf, ok := t.mem[i]
+	if !ok && !t.spilled[i] {
+		if _, pn := t.L.PieceRange(i); t.s.reserve(pn) {
+			buf = make([]byte, pn)
+			t.mem[i] = buf
+		} else {
+			t.spilled[i] = true
+		}
+	}
+	if buf != nil {
+		copy(buf[off:], b)
+		return nil
+	}
+	st, err := t.staged()
+	if err != nil {
+		return err
+	}
+	po, _ := t.L.PieceRange(i)
+	_, err = st.WriteAt(b, po+off)
+	return err
+}
+
+// heldLocked reports whether every file piece i touches is held.
+func (t *Torrent) heldLocked(i int) bool {
+	first, last := t.L.FilesOf(i)
+	for f := first; f <= last; f++ {
+		if !t.have[f] {
+			return false
+		}
+	}
+	return true
 }
 
 // MarkComplete records a piece that passed its hash check and admits every
@@ -459,19 +646,18 @@ func (p piece) MarkComplete() error {
 	return errors.Join(errs...)
 }
 
-// admit reads file f from staging, checks it, and puts it into the store
-// (or keeps the manifest bytes).
+// admit reads file f from its staged pieces, checks it, and puts it into
+// the store (or keeps the manifest bytes).
 func (t *Torrent) admit(f int) error {
 	off, n := t.L.FileRange(f)
 	b := make([]byte, n)
-	t.mu.Lock()
-	st, err := t.staged()
-	t.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	if _, err := st.ReadAt(b, off); err != nil {
-		return err
+	a, z := t.L.PiecesOf(f)
+	for q := a; q <= z; q++ {
+		po, pn := t.L.PieceRange(q)
+		lo, hi := max(po, off), min(po+pn, off+n)
+		if _, held, err := t.readStaged(f, q, lo-po, b[lo-off:hi-off]); held || err != nil {
+			return err // held: it came another way meanwhile
+		}
 	}
 	if f == 0 {
 		t.mu.Lock()
@@ -490,7 +676,6 @@ func (t *Torrent) admit(f int) error {
 	c, err := chunkstore.Verify(id, b, size)
 	if err != nil {
 		t.mu.Lock()
-		a, z := t.L.PiecesOf(f)
 		for q := a; q <= z; q++ {
 			t.done[q] = false
 		}
@@ -504,20 +689,12 @@ func (t *Torrent) admit(f int) error {
 	t.mu.Lock()
 	t.arrivedLocked(f, c)
 	t.mu.Unlock()
-	// The store serves it from now on: give the staged bytes back (only
-	// whole 4 KiB pages inside the chunk; neighbours may still be staged).
-	if a, z := (off+4095)&^4095, (off+n)&^4095; z > a {
-		// Through SyscallConn: it holds the descriptor against a torrent
-		// closing meanwhile (Fd() does not, and the race detector saw it).
-		if rc, err := st.SyscallConn(); err == nil {
-			_ = rc.Control(func(fd uintptr) {
-				_ = unix.Fallocate(int(fd), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, a, z-a)
-			})
-		}
-	}
 	return nil
 }
 
+// arrivedLocked marks file f held (c: its checked form, if this process
+// downloaded it) and gives back the staging of its pieces that now hold
+// only held files.
 func (t *Torrent) arrivedLocked(f int, c chunkstore.Chunk) {
 	t.have[f] = true
 	for w := range t.watches {
@@ -530,6 +707,30 @@ func (t *Torrent) arrivedLocked(f int, c chunkstore.Chunk) {
 	}
 	close(t.changed)
 	t.changed = make(chan struct{})
+	a, z := t.L.PiecesOf(f)
+	for q := a; q <= z; q++ {
+		if !t.heldLocked(q) {
+			continue
+		}
+		if buf, ok := t.mem[q]; ok {
+			delete(t.mem, q)
+			t.s.memUsed.Add(-int64(len(buf)))
+		}
+		if t.spilled[q] && t.stage != nil {
+			t.spilled[q] = false
+			// Only whole 4 KiB pages. Through SyscallConn: it holds the
+			// descriptor against a concurrent close (Fd() does not, and
+			// the race detector saw it).
+			po, pn := t.L.PieceRange(q)
+			if lo, hi := (po+4095)&^4095, (po+pn)&^4095; hi > lo {
+				if rc, err := t.stage.SyscallConn(); err == nil {
+					_ = rc.Control(func(fd uintptr) {
+						_ = unix.Fallocate(int(fd), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, lo, hi-lo)
+					})
+				}
+			}
+		}
+	}
 }
 
 // MarkNotComplete forgets a piece's check.

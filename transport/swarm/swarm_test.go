@@ -766,7 +766,7 @@ func TestConfiguredPeerRedialled(t *testing.T) {
 // and a closed watch collects nothing.
 func TestWatchBudget(t *testing.T) {
 	rel := makeRelease(t, 4, 5, 32<<10)
-	tor := &Torrent{L: rel.layout, have: make([]bool, rel.layout.Files()), changed: make(chan struct{})}
+	tor := NewStorage(nil, nil, t.TempDir(), nil).newTorrent(metainfo.Hash{}, rel.layout)
 	w := tor.openWatch()
 	big := make([]byte, watchBudget/2)
 	huge, err := chunkstore.Encode(big, chunkstore.LevelFastest) // ~8 MiB plain
