@@ -448,3 +448,61 @@ func TestLocalPutNew(t *testing.T) {
 		t.Fatalf("check after a superseded copy: %+v, %v", rep, err)
 	}
 }
+
+// A chunk read while it still sits in the current pack's append buffer is
+// read from there: the read does not write the buffer out. Once it is
+// written (a large chunk pushes it out) or sealed, reads find the file.
+func TestLocalReadsAppendBuffer(t *testing.T) {
+	ctx := context.Background()
+	s := openLocal(t)
+	small := []chunkstore.Chunk{storetest.Chunk(t, 1, 30000), storetest.Chunk(t, 2, 50000), storetest.Chunk(t, 3, 20000)}
+	put := func(cs ...chunkstore.Chunk) {
+		t.Helper()
+		for _, c := range cs {
+			if _, err := s.Put(ctx, c); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	put(small...)
+	packed := func() int64 {
+		t.Helper()
+		tmp, err := filepath.Glob(filepath.Join(s.Root(), "packs", ".tmp-*.pack"))
+		if err != nil || len(tmp) != 1 {
+			t.Fatalf("open packs: %v, %v", tmp, err)
+		}
+		fi, err := os.Stat(tmp[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Size()
+	}
+	check := func(cs ...chunkstore.Chunk) {
+		t.Helper()
+		for _, c := range cs {
+			got, err := s.Get(ctx, c.ID())
+			if err != nil || string(got.Plain()) != string(c.Plain()) {
+				t.Fatalf("chunk %s: %v", c.ID().Short(), err)
+			}
+			b, _, err := s.ReadStoredChecked(c.ID())
+			if err != nil || string(b) != string(c.Stored()) {
+				t.Fatalf("chunk %s stored bytes: %v", c.ID().Short(), err)
+			}
+		}
+	}
+	check(small...)
+	if n := packed(); n != 0 {
+		t.Errorf("reading buffered chunks wrote %d bytes of the pack", n)
+	}
+	big := storetest.Chunk(t, 4, 2<<20) // stored > the 1 MiB buffer: written at once
+	more := storetest.Chunk(t, 5, 10000)
+	put(big, more)
+	if n := packed(); n == 0 || n >= int64(len(small[0].Stored())+len(small[1].Stored())+len(small[2].Stored())+len(big.Stored())+len(more.Stored())) {
+		t.Fatalf("pack file of %d bytes: the large chunk should be written, the last one buffered", n)
+	}
+	check(append(small, big, more)...)
+	if err := s.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	check(append(small, big, more)...)
+}
