@@ -17,7 +17,15 @@ import (
 // a bare K/M/G means KiB/MiB/GiB. "/s" is optional. It returns bytes per
 // second; 0 means no limit.
 func ParseRate(s string) (int64, error) {
-	t := strings.TrimSuffix(strings.TrimSpace(s), "/s")
+	return parseBytes(strings.TrimSuffix(strings.TrimSpace(s), "/s"), "rate", s)
+}
+
+// ParseSize parses a byte count with ParseRate's units ("32MiB", "1.5G",
+// "0").
+func ParseSize(s string) (int64, error) { return parseBytes(strings.TrimSpace(s), "size", s) }
+
+// parseBytes parses t, a number and a unit; what and s name it in errors.
+func parseBytes(t, what, s string) (int64, error) {
 	if t == "" || t == "0" {
 		return 0, nil
 	}
@@ -28,12 +36,12 @@ func ParseRate(s string) (int64, error) {
 	}
 	v, err := strconv.ParseFloat(num, 64)
 	if err != nil || v < 0 {
-		return 0, fmt.Errorf("rate %q: not a number", s)
+		return 0, fmt.Errorf("%s %q: not a number", what, s)
 	}
 	mult := map[string]float64{"": 1, "B": 1, "k": 1e3, "kB": 1e3, "KB": 1e3, "KiB": 1 << 10, "K": 1 << 10,
 		"MB": 1e6, "MiB": 1 << 20, "M": 1 << 20, "GB": 1e9, "GiB": 1 << 30, "G": 1 << 30}[unit]
 	if mult == 0 {
-		return 0, fmt.Errorf("rate %q: unknown unit %q", s, unit)
+		return 0, fmt.Errorf("%s %q: unknown unit %q", what, s, unit)
 	}
 	return int64(v * mult), nil
 }

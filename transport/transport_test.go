@@ -376,6 +376,12 @@ func TestParseRate(t *testing.T) {
 	if _, err := transport.ParseRate("fast"); err == nil {
 		t.Error("bad rate accepted")
 	}
+	if got, err := transport.ParseSize("32MiB"); err != nil || got != 32<<20 {
+		t.Errorf("32MiB: %d %v", got, err)
+	}
+	if _, err := transport.ParseSize("32MiB/s"); err == nil {
+		t.Error("a rate accepted as a size")
+	}
 }
 
 // A connection dropped in the middle of a batch: the client asks again for

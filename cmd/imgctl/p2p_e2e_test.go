@@ -142,9 +142,18 @@ func TestSwarmOriginFiveTerminals(t *testing.T) {
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
-			cmd := exec.CommandContext(ctx, imgctlBin, "pull", "-q", "--json", "--from", url, "--trust", pub, "--name", "os",
+			args := []string{"pull", "-q", "--json", "--from", url, "--trust", pub, "--name", "os",
 				"--cache", filepath.Join(td, "cache"), "--seed", running, "--out", filepath.Join(td, "new.img"),
-				"--p2p", "--listen", fmt.Sprintf("127.0.0.%d:0", 20+i), "--p2p-stall", "30s", "--seed-for", "6s")
+				"--p2p", "--listen", fmt.Sprintf("127.0.0.%d:0", 20+i), "--p2p-stall", "30s", "--seed-for", "6s"}
+			// Two terminals stage downloaded pieces in the file: all of
+			// them, or those beyond three pieces in memory.
+			switch i {
+			case 3:
+				args = append(args, "--p2p-memory", "0")
+			case 4:
+				args = append(args, "--p2p-memory", "96KiB")
+			}
+			cmd := exec.CommandContext(ctx, imgctlBin, args...)
 			var so, se bytes.Buffer
 			cmd.Stdout, cmd.Stderr = &so, &se
 			outs[i].err = cmd.Run()
