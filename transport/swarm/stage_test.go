@@ -232,3 +232,26 @@ func BenchmarkStaging(b *testing.B) {
 		})
 	}
 }
+
+// A write that comes after the torrent closed (anacrolix's writers are
+// not stopped by it) is refused and takes no memory.
+func TestStagingClosed(t *testing.T) {
+	rel := makeRelease(t, 4, 8, 32<<10)
+	store := openStore(t)
+	dir := t.TempDir()
+	st := NewStorage(store, store, dir, nil)
+	tor, err := st.Register(context.Background(), metainfo.HashBytes(rel.info), rel.layout, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tor.close()
+	if _, err := (piece{tor, 0}).WriteAt([]byte("late"), 0); err == nil {
+		t.Error("a write after close was accepted")
+	}
+	if n := st.memUsed.Load(); n != 0 {
+		t.Errorf("%d bytes staged after close", n)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Errorf("staging directory holds %d files after close", len(ents))
+	}
+}

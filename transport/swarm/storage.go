@@ -108,6 +108,7 @@ type Torrent struct {
 	mem     map[int][]byte
 	spilled []bool
 	stage   *os.File
+	closed  bool          // staging is given back: nothing is staged any more
 	changed chan struct{} // closed and replaced whenever a file arrives
 	watches map[*watch]struct{}
 	recent  [16]recentFile // chunk files last read for peers (readFile)
@@ -267,6 +268,7 @@ func (s *Storage) OpenTorrent(ctx context.Context, info *metainfo.Info, ih metai
 
 func (t *Torrent) close() error {
 	t.mu.Lock()
+	t.closed = true
 	if t.stage != nil {
 		name := t.stage.Name()
 		t.stage.Close()
@@ -397,6 +399,9 @@ func (t *Torrent) staged() (*os.File, error) {
 	if t.stage != nil {
 		return t.stage, nil
 	}
+	if t.closed {
+		return nil, errTorrentClosed
+	}
 	if err := os.MkdirAll(t.s.staging, 0o755); err != nil {
 		return nil, err
 	}
@@ -411,6 +416,8 @@ func (t *Torrent) staged() (*os.File, error) {
 	t.stage = f
 	return f, nil
 }
+
+var errTorrentClosed = errors.New("torrent closed")
 
 type piece struct {
 	t *Torrent
@@ -581,6 +588,9 @@ func (t *Torrent) writeStaged(b []byte, off int64) error {
 func (t *Torrent) writePiece(i int, b []byte, off int64) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.closed {
+		return errTorrentClosed
+	}
 	if t.heldLocked(i) {
 		return nil
 	}
