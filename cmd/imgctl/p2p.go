@@ -53,7 +53,7 @@ func (o *p2pOptions) AddFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.metricsListen, "metrics-listen", "", "while seeding: serve /metrics (imgctl_torrent_uploaded_bytes_total) on this address")
 	f.StringVar(&o.uploadLimit, "p2p-upload-limit", "0", "cap on BitTorrent upload, e.g. 5MB/s (0: none)")
 	f.StringVar(&o.downloadLimit, "p2p-download-limit", "0", "cap on BitTorrent and webseed download (0: none)")
-	f.StringVar(&o.memory, "p2p-memory", "32MiB", "downloaded pieces kept in memory until their chunks are verified; beyond it they are staged in a file under the cache (0: all in the file)")
+	f.StringVar(&o.memory, "p2p-memory", "0", "stage downloaded pieces in memory up to this size (e.g. 8MiB) instead of in a file under the cache, until their chunks are verified: no staging writes to the cache's disk, for more resident memory")
 	f.IntVar(&o.maxPeers, "max-peers", 4, "connections per torrent (0: the library's 50; in a dense LAN swarm each extra connection costs CPU in have and request traffic)")
 	f.DurationVar(&o.timeout, "p2p-timeout", 10*time.Minute, "how long the swarm may take before the rest is fetched over HTTP")
 	f.StringVar(&o.linkRate, "link-rate", "", "this terminal's download rate, e.g. 1.25MB/s or 50MB/s, for choosing between a delta pack's smallest form and its lean one (default: measured on the manifest)")
@@ -123,9 +123,6 @@ func newSwarmClient(g *globalOptions, o *p2pOptions, cache *chunkstore.Local) (*
 	mem, err := transport.ParseSize(o.memory)
 	if err != nil {
 		return nil, usageError{fmt.Errorf("--p2p-memory: %w", err)}
-	}
-	if mem == 0 {
-		mem = -1 // none: Config's 0 is its default
 	}
 	return swarm.New(swarm.Config{
 		Listen: o.listen, Staging: filepath.Join(cache.Root(), "torrent-staging"), StagingMemory: mem,

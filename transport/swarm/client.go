@@ -31,7 +31,7 @@ type Config struct {
 	Listen  string
 	Staging string // directory for staged pieces beyond StagingMemory
 	// StagingMemory is how many bytes of downloaded pieces are staged in
-	// memory: 0 is DefaultStagingMemory, negative none.
+	// memory instead of Staging (0: none; Storage.SetStagingMemory).
 	StagingMemory int64
 	Trackers      []string // announce URLs
 	Peers         []string // host:port dialled directly
@@ -141,9 +141,7 @@ func New(cfg Config, src Source, put chunkstore.Putter) (*Client, error) {
 		}
 	}
 	st := NewStorage(src, put, cfg.Staging, log)
-	if cfg.StagingMemory != 0 {
-		st.SetStagingMemory(cfg.StagingMemory)
-	}
+	st.SetStagingMemory(cfg.StagingMemory)
 	if put == nil {
 		st.fill = cfg.Fill
 	}

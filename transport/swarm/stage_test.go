@@ -30,7 +30,7 @@ func TestStagingMemory(t *testing.T) {
 		limit int64
 		file  bool // some pieces go to the staging file
 	}{
-		{"memory", DefaultStagingMemory, false},
+		{"memory", 32 << 20, false},
 		{"mixed", l.PieceLength, true},
 		{"file", 0, true},
 	} {
@@ -55,7 +55,7 @@ func TestStagingMemory(t *testing.T) {
 						t.Fatal(err)
 					}
 				}
-				peak = max(peak, st.memUsed.Load())
+				peak = max(peak, staged(st))
 				var hashed bytes.Buffer
 				if n, err := p.WriteTo(&hashed); err != nil || n != pn || !bytes.Equal(hashed.Bytes(), want) {
 					t.Fatalf("piece %d: WriteTo wrote %d bytes (want %d), err %v, equal %v", i, n, pn, err, bytes.Equal(hashed.Bytes(), want))
@@ -83,7 +83,7 @@ func TestStagingMemory(t *testing.T) {
 			if env, ok := tor.Manifest(); !ok || !bytes.Equal(env, rel.env) {
 				t.Error("manifest file not admitted")
 			}
-			if n, k := st.memUsed.Load(), len(tor.mem); n != 0 || k != 0 {
+			if n, k := staged(st), len(tor.mem); n != 0 || k != 0 {
 				t.Errorf("%d bytes in %d pieces still staged in memory with every chunk held", n, k)
 			}
 			fi, err := os.Stat(filepath.Join(dir, ih.HexString()+".part"))
@@ -125,6 +125,7 @@ func TestStagingFreedByRefresh(t *testing.T) {
 	l := rel.layout
 	store := openStore(t)
 	st := NewStorage(store, store, t.TempDir(), nil)
+	st.SetStagingMemory(32 << 20)
 	tor, err := st.Register(ctx, metainfo.HashBytes(rel.info), l, rel.env)
 	if err != nil {
 		t.Fatal(err)
@@ -145,7 +146,7 @@ func TestStagingFreedByRefresh(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if got, want := st.memUsed.Load(), int64(z-a+1)*l.PieceLength; got != want {
+	if got, want := staged(st), int64(z-a+1)*l.PieceLength; got != want {
 		t.Fatalf("%d bytes staged, want %d", got, want)
 	}
 	if _, err := store.Put(ctx, rel.chunks[f-1]); err != nil {
@@ -161,7 +162,7 @@ func TestStagingFreedByRefresh(t *testing.T) {
 			t.Errorf("piece %d staged: %v, shared with another chunk: %v", i, ok, !ok)
 		}
 	}
-	if n, want := st.memUsed.Load(), int64(len(shared))*l.PieceLength; n != want || len(shared) == 0 {
+	if n, want := staged(st), int64(len(shared))*l.PieceLength; n != want || len(shared) == 0 {
 		t.Errorf("%d bytes staged after the chunk arrived, want %d (%d pieces)", n, want, len(shared))
 	}
 	// What is still staged is read as staged; the held chunk from the store.
@@ -173,7 +174,7 @@ func TestStagingFreedByRefresh(t *testing.T) {
 		}
 	}
 	tor.close()
-	if n := st.memUsed.Load(); n != 0 {
+	if n := staged(st); n != 0 {
 		t.Errorf("%d bytes staged after the torrent closed", n)
 	}
 }
@@ -190,7 +191,7 @@ func BenchmarkStaging(b *testing.B) {
 	for _, bc := range []struct {
 		name  string
 		limit int64
-	}{{"memory", DefaultStagingMemory}, {"file", 0}} {
+	}{{"memory", 32 << 20}, {"file", 0}} {
 		b.Run(bc.name, func(b *testing.B) {
 			dir := b.TempDir()
 			b.SetBytes(l.Total())
@@ -240,6 +241,7 @@ func TestStagingClosed(t *testing.T) {
 	store := openStore(t)
 	dir := t.TempDir()
 	st := NewStorage(store, store, dir, nil)
+	st.SetStagingMemory(32 << 20)
 	tor, err := st.Register(context.Background(), metainfo.HashBytes(rel.info), rel.layout, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -248,10 +250,13 @@ func TestStagingClosed(t *testing.T) {
 	if _, err := (piece{tor, 0}).WriteAt([]byte("late"), 0); err == nil {
 		t.Error("a write after close was accepted")
 	}
-	if n := st.memUsed.Load(); n != 0 {
+	if n := staged(st); n != 0 {
 		t.Errorf("%d bytes staged after close", n)
 	}
 	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
 		t.Errorf("staging directory holds %d files after close", len(ents))
 	}
 }
+
+// staged is the bytes of pieces st holds in memory.
+func staged(st *Storage) int64 { return st.memUsed.Load() }

@@ -31,8 +31,8 @@ type Source interface {
 
 // Storage is a storage.ClientImpl over a chunk store. Pieces whose chunks
 // the store holds are complete and read from it; other pieces are staged
-// in memory (up to a budget shared by all torrents) or in a sparse file
-// per torrent, and a chunk whose pieces have all passed their SHA-1 check
+// in a sparse file per torrent (or in memory, up to a limit all torrents
+// share: SetStagingMemory), and a chunk whose pieces have all passed their SHA-1 check
 // is decoded, checked against its BLAKE3 ID and only then put into the
 // store. Torrent data never reaches the store unchecked.
 type Storage struct {
@@ -52,27 +52,22 @@ type Storage struct {
 	torrents map[metainfo.Hash]*Torrent
 }
 
-// DefaultStagingMemory is how many bytes of downloaded pieces a node keeps
-// in memory until their chunks are admitted (Config.StagingMemory). A
-// piece lives there from its first block until every chunk it touches is
-// in the store: on a terminal's previous release that is a few dozen
-// pieces at a time. Staging in a file instead cost a write and two reads
-// of every byte (the SHA-1 check, the admission), and on a terminal's
-// disk the pages of a file, decisions/0004.
-const DefaultStagingMemory = 32 << 20
-
 // NewStorage returns a storage over src; downloaded chunks go to put
-// (nil for a seeder) and are staged in memory up to DefaultStagingMemory,
-// then under dir.
+// (nil for a seeder) and are staged under dir.
 func NewStorage(src Source, put chunkstore.Putter, dir string, log *slog.Logger) *Storage {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Storage{src: src, put: put, staging: dir, log: log, memLimit: DefaultStagingMemory, torrents: map[metainfo.Hash]*Torrent{}}
+	return &Storage{src: src, put: put, staging: dir, log: log, torrents: map[metainfo.Hash]*Torrent{}}
 }
 
-// SetStagingMemory sets the bytes of pieces staged in memory (0: none, all
-// go to the staging file); it applies to pieces not yet written.
+// SetStagingMemory sets how many bytes of downloaded pieces are staged in
+// memory rather than in the staging file (0, the default: none); it
+// applies to pieces not yet written. A piece stays there from its first
+// block until every chunk it touches is held. It saves the file's write
+// and two reads of every byte (and a terminal's flash the pages), at the
+// cost of resident memory: decisions/0004 has the figures. Call it before
+// the first piece is written.
 func (s *Storage) SetStagingMemory(n int64) { s.memLimit = max(n, 0) }
 
 // reserve takes n bytes of the memory budget, if it has them.
