@@ -510,7 +510,7 @@ func (c *countWriter) Write(p []byte) (int, error) {
 
 // readInflatedRefs reads a segment's list of FROM's gzip members and their
 // deflate data from FROM; the segment's worker inflates them.
-func readInflatedRefs(uv func(uint64, string) (uint64, error), from io.ReaderAt, fromSize, refLen int64) ([]gzRef, error) {
+func readInflatedRefs(uv func(uint64, string) (uint64, error), need func(int64) error, from io.ReaderAt, fromSize, refLen int64) ([]gzRef, error) {
 	n, err := uv(maxPackRefs, "inflated reference count")
 	if err != nil {
 		return nil, err
@@ -536,6 +536,9 @@ func readInflatedRefs(uv func(uint64, string) (uint64, error), from io.ReaderAt,
 		read += int64(clen)
 		if clen == 0 || size == 0 || size > maxDeflateRatio*clen || off+int64(clen) > fromSize || refLen > maxPackRef || read > maxPackRef {
 			return nil, packErr("inflated reference %d: %d bytes at %d inflating to %d, beyond the release or the reference limits", i, clen, off, size)
+		}
+		if err := need(refLen + read); err != nil {
+			return nil, err
 		}
 		b := make([]byte, clen)
 		if _, err := from.ReadAt(b, off); err != nil {
@@ -587,6 +590,25 @@ func readTransforms(uv func(uint64, string) (uint64, error)) ([]transform, error
 // ErrPack: a pack could not be used (malformed, or it does not decode to
 // the chunks it names). The caller falls back to fetching chunks.
 var ErrPack = errors.New("delta pack unusable")
+
+// PackAuthenticator is what a pack's reader may offer its decoder:
+// Authenticate checks the whole pack against the hash its signed record
+// gives, reading the rest of it first; the reader then goes on with the
+// checked bytes. The decoder asks before one segment would hold more than
+// maxUnchecked bytes (references, frame, decoded data): the lengths are the
+// pack's to claim, and a forged header could otherwise make a terminal
+// allocate hundreds of MiB before its chunks fail to verify. A pack of the
+// default options never asks. A reader without it is trusted as checked.
+type PackAuthenticator interface {
+	Authenticate() error
+}
+
+// maxUnchecked bounds what one segment of a pack not yet checked as a
+// whole may hold: about twice what the default options give one at most
+// (8 MiB of data, 16 MiB of FROM's bytes and 16 MiB of inflated members
+// as its reference, their deflate data, the frame). Larger segments
+// (pack --reference 64) still decode, after the check.
+const maxUnchecked = 96 << 20
 
 // DecodePack reads a pack from r, taking its references from FROM's content
 // (from, size fromSize), and calls fn with every chunk it yields, verified
@@ -710,6 +732,19 @@ func readPack(ctx context.Context, r io.Reader, from io.ReaderAt, fromSize int64
 		return bad("not a pack (version 1, 2 or 3)")
 	}
 	v1 := version == 1
+	auth, _ := r.(PackAuthenticator)
+	checked := auth == nil
+	// need is called before a segment holds n bytes.
+	need := func(n int64) error {
+		if checked || n <= maxUnchecked {
+			return nil
+		}
+		if err := auth.Authenticate(); err != nil {
+			return fmt.Errorf("a segment claims %d bytes; checking the pack first: %w", n, err)
+		}
+		checked = true
+		return nil
+	}
 	next := 0 // chunks handed to segments so far
 	uv := func(max uint64, what string) (uint64, error) {
 		v, err := binary.ReadUvarint(br)
@@ -753,12 +788,15 @@ func readPack(ctx context.Context, r io.Reader, from io.ReaderAt, fromSize int64
 			ranges = append(ranges, span64{off, off + int64(n)})
 			pos = off + int64(n)
 		}
+		if err := need(refLen); err != nil {
+			return err
+		}
 		var ts []transform
 		var gz []gzRef
 		filter := filterNone
 		inflated := 0 // bytes of FROM's members the reference gets inflated
 		if version >= 3 {
-			if gz, err = readInflatedRefs(uv, from, fromSize, refLen); err != nil {
+			if gz, err = readInflatedRefs(uv, need, from, fromSize, refLen); err != nil {
 				return err
 			}
 			for _, g := range gz {
@@ -812,6 +850,16 @@ func readPack(ctx context.Context, r io.Reader, from io.ReaderAt, fromSize int64
 		}
 		flen, err := uv(uint64(chunkstore.MaxStoredSize(total)), "frame length")
 		if err != nil {
+			return err
+		}
+		held := refLen + int64(inflated) + int64(flen) + int64(total)
+		for _, g := range gz {
+			held += int64(len(g.deflated))
+		}
+		for _, t := range ts {
+			held += int64(t.size - t.n) // the decoded data grows by these
+		}
+		if err := need(held); err != nil {
 			return err
 		}
 		frame := make([]byte, flen)

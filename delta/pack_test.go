@@ -7,9 +7,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"hash/crc32"
+	"io"
 	"math/rand/v2"
 	"os"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/imgctl/imgctl/chunkstore"
@@ -417,5 +419,87 @@ func TestPackX86Filter(t *testing.T) {
 	}
 	if n, err := decodeAll(t, p3.Bytes(), old, missing); err != nil || n != len(missing) {
 		t.Fatalf("%d of %d chunks, %v", n, len(missing), err)
+	}
+}
+
+// zeroFrom is FROM content of size bytes, all zeros, that records the
+// largest read asked of it (the decoder reads a reference into a buffer of
+// its length).
+type zeroFrom struct {
+	size int64
+	most atomic.Int64
+}
+
+func (z *zeroFrom) ReadAt(b []byte, off int64) (int, error) {
+	for m := z.most.Load(); int64(len(b)) > m && !z.most.CompareAndSwap(m, int64(len(b))); m = z.most.Load() {
+	}
+	if off >= z.size {
+		return 0, io.EOF
+	}
+	n := int(min(int64(len(b)), z.size-off))
+	clear(b[:n])
+	if n < len(b) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// authReader is a pack reader that can check the whole pack first.
+type authReader struct {
+	io.Reader
+	calls int
+	err   error
+}
+
+func (a *authReader) Authenticate() error { a.calls++; return a.err }
+
+// A pack's lengths are its own to claim: before a segment would hold more
+// than a pack of the default options ever needs, the decoder has the pack
+// checked as a whole, and a forged one is refused before anything of the
+// claimed size is allocated. Claims within the bound are not checked
+// first; a checked pack decodes on.
+func TestPackForgedHeaderCheckedFirst(t *testing.T) {
+	ctx := context.Background()
+	from := &zeroFrom{size: 1 << 30}
+	var chunks []manifest.ChunkRef // 64 MiB, the most a segment yields
+	for i := range 4 {
+		chunks = append(chunks, manifest.ChunkRef{ID: chunkstore.Sum([]byte{byte(i)}), Size: 16 << 20})
+	}
+	forge := func(refLen uint64) []byte {
+		b := []byte("IMGPACK\x03")
+		for _, v := range []uint64{
+			1,            // segments
+			1, 0, refLen, // one reference range, at 0
+			0,  // inflated references
+			0,  // transforms
+			0,  // filter
+			4,  // chunks
+			10, // frame length
+		} {
+			b = binary.AppendUvarint(b, v)
+		}
+		return append(b, make([]byte, 10)...)
+	}
+	decode := func(r io.Reader) error {
+		return delta.DecodePack(ctx, r, from, from.size, chunks, func(chunkstore.Chunk) error { return nil }, 1)
+	}
+	forged := errors.New("the pack does not hash to its record's")
+	r := &authReader{Reader: bytes.NewReader(forge(200 << 20)), err: forged}
+	if err := decode(r); !errors.Is(err, forged) || r.calls != 1 {
+		t.Fatalf("forged 200 MiB reference: %v after %d checks, want the check's error after one", err, r.calls)
+	}
+	if m := from.most.Load(); m > 0 {
+		t.Fatalf("a %d-byte reference was read before the pack was checked", m)
+	}
+	r = &authReader{Reader: bytes.NewReader(forge(16 << 20)), err: forged}
+	if err := decode(r); !errors.Is(err, delta.ErrPack) || r.calls != 0 {
+		t.Fatalf("16 MiB reference: %v after %d checks, want ErrPack (the frame is garbage) unchecked", err, r.calls)
+	}
+	r = &authReader{Reader: bytes.NewReader(forge(40 << 20))} // with 64 MiB of data: over the bound
+	if err := decode(r); !errors.Is(err, delta.ErrPack) || r.calls != 1 {
+		t.Fatalf("40 MiB reference, pack checked: %v after %d checks, want ErrPack from the frame after one", err, r.calls)
+	}
+	if m := from.most.Load(); m != 40<<20 {
+		t.Fatalf("after the check the reference read was %d bytes, want %d", m, 40<<20)
 	}
 }

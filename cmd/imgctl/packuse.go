@@ -277,6 +277,48 @@ func (r *keptReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// Authenticate reads the rest of the pack into the kept file and checks
+// the whole of it against the record's hash (delta.PackAuthenticator): the
+// decoder asks before a segment would take more memory than a pack of the
+// default options needs, so that a forged header cannot make it allocate
+// what it claims. Reads then come from the checked file.
+func (r *keptReader) Authenticate() error {
+	if r.file == nil {
+		return errors.New("the pack could not be kept to check it first")
+	}
+	size := r.f.rec.Size
+	if pos := max(r.off, r.have); pos < size { // the file holds [0, pos)
+		if r.body == nil {
+			body, err := r.f.ps.Pack(r.ctx, r.f.rec.Pack, pos, size)
+			if err != nil {
+				return err
+			}
+			r.body = body
+		}
+		n, err := io.Copy(io.NewOffsetWriter(r.file, pos), io.LimitReader(r.body, size-pos))
+		if err == nil && pos+n < size {
+			err = io.ErrUnexpectedEOF
+		}
+		if err != nil {
+			return fmt.Errorf("reading the pack to check it: %w", err)
+		}
+	}
+	if r.body != nil {
+		r.body.Close()
+		r.body = nil
+	}
+	r.have = size
+	got, n, err := chunkstore.SumReader(io.NewSectionReader(r.file, 0, size))
+	if err != nil {
+		return err
+	}
+	if n != size || got != r.f.rec.Pack {
+		return fmt.Errorf("%w: the pack does not hash to its record's %s", delta.ErrPack, r.f.rec.Pack.Short())
+	}
+	r.f.g.logf("pack %d→%d: checked whole before decoding (a segment needs more memory than usual)", r.f.rec.From, r.f.rec.To)
+	return nil
+}
+
 func (r *keptReader) Close() error {
 	if r.body != nil {
 		r.body.Close()
@@ -335,6 +377,13 @@ func (f *packFetcher) viaSwarm(ctx context.Context, hc *transport.Client) (io.Re
 	return file, nil
 }
 
+// authenticating is a counted pack reader that keeps its source's
+// delta.PackAuthenticator.
+type authenticating struct {
+	io.Reader
+	delta.PackAuthenticator
+}
+
 // fromPeers is the pack payload received from peers (0 without a pack).
 func (f *packFetcher) fromPeers() int64 {
 	if f == nil {
@@ -370,7 +419,10 @@ func (f *packFetcher) FetchBatches(ctx context.Context, refs []manifest.ChunkRef
 			return err
 		}
 		defer body.Close()
-		counted := transport.CountReader(body, &f.bytes)
+		var counted io.Reader = transport.CountReader(body, &f.bytes)
+		if a, ok := body.(delta.PackAuthenticator); ok {
+			counted = authenticating{counted, a}
+		}
 		return delta.DecodePackBatches(ctx, counted, f.held.content, f.held.m.Size, f.chunks,
 			func() (func(chunkstore.Chunk) error, func() error) {
 				put, end := open()
