@@ -32,9 +32,9 @@ type Source interface {
 // Storage is a storage.ClientImpl over a chunk store. Pieces whose chunks
 // the store holds are complete and read from it; other pieces are staged
 // in a sparse file per torrent (or in memory, up to a limit all torrents
-// share: SetStagingMemory), and a chunk whose pieces have all passed their SHA-1 check
-// is decoded, checked against its BLAKE3 ID and only then put into the
-// store. Torrent data never reaches the store unchecked.
+// share: SetStagingMemory), and a chunk whose pieces have all passed their
+// SHA-1 check is decoded, checked against its BLAKE3 ID and only then put
+// into the store. Torrent data never reaches the store unchecked.
 type Storage struct {
 	src Source
 	put chunkstore.Putter // nil: a seeder that never downloads
@@ -582,11 +582,12 @@ func (t *Torrent) writeStaged(b []byte, off int64) error {
 // file. Bytes for a piece whose files are all held are not needed.
 func (t *Torrent) writePiece(i int, b []byte, off int64) error {
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	if t.closed {
+		t.mu.Unlock()
 		return errTorrentClosed
 	}
 	if t.heldLocked(i) {
+		t.mu.Unlock()
 		return nil
 	}
 	buf, ok := t.mem[i]
@@ -600,12 +601,17 @@ func (t *Torrent) writePiece(i int, b []byte, off int64) error {
 	}
 	if buf != nil {
 		copy(buf[off:], b)
+		t.mu.Unlock()
 		return nil
 	}
 	st, err := t.staged()
+	t.mu.Unlock()
 	if err != nil {
 		return err
 	}
+	// Outside the lock, so that peers' blocks are written side by side: a
+	// piece held meanwhile, its range punched, only gets pages back that
+	// the file keeps until the torrent closes.
 	po, _ := t.L.PieceRange(i)
 	_, err = st.WriteAt(b, po+off)
 	return err
