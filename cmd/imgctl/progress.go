@@ -8,6 +8,8 @@ import (
 
 	"github.com/schollz/progressbar/v3"
 	"golang.org/x/term"
+
+	"github.com/imgctl/imgctl/delta"
 )
 
 func isTerminal(f *os.File) bool { return term.IsTerminal(int(f.Fd())) }
@@ -81,19 +83,8 @@ func (p *progress) Done() {
 	}
 }
 
-// human formats a byte count with binary units.
-func human(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
+// human formats a byte count with binary units, as the diff report does.
+func human(n int64) string { return delta.HumanBytes(n) }
 
 // logf prints an informational line unless --quiet.
 func (g *globalOptions) logf(f string, a ...any) {
