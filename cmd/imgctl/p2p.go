@@ -274,6 +274,9 @@ func (f swarmFetcher) Fetch(ctx context.Context, refs []manifest.ChunkRef, fn fu
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
+		if errors.Is(err, swarm.ErrStorage) {
+			return err // a full disk: HTTP would not keep the chunks either
+		}
 		f.g.log.Warn("the swarm did not deliver every chunk; fetching the rest over HTTP", "err", err)
 	}
 	var rest []manifest.ChunkRef

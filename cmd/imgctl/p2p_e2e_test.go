@@ -477,3 +477,31 @@ func mostlyFromPeers(t *testing.T, stdout, what string) (peers, web int64) {
 	}
 	return j.Peers, j.Web
 }
+
+// A --p2p pull whose cache fills up (a 6 MiB file system for a 24 MiB
+// image) fails at once with the disk's error, and the cache stays
+// consistent. It used to hang: on a block it could not stage, anacrolix
+// disabled downloading, which broke its own invariants, and the panic
+// that followed left its lock held while the fetch waited on it.
+func TestSwarmFullDisk(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a small tmpfs (CI runs as root)")
+	}
+	f := newFixture(t, 24<<20)
+	f.publish(t, f.img1)
+	url := serve(t, f.store, "--seed-torrents", "--tracker", "--tracker-interval", "2s")
+	small := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", small).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", small).Run() })
+	cache := filepath.Join(small, "cache")
+	// A long stall: the pull must not wait for the swarm (or fall back to
+	// HTTP) once the cache cannot keep what it delivers.
+	r := imgctl(t, nil, "pull", "--from", url, "--trust", f.pub, "--name", "os", "--cache", cache,
+		"--out", filepath.Join(f.dir, "slot"), "-q", "--p2p", "--listen", "127.0.0.34:0", "--p2p-stall", "30s")
+	if r.code != 1 || !strings.Contains(r.stderr, "no space left on device") || !strings.Contains(r.stderr, "keeping downloaded data") {
+		t.Fatalf("p2p pull onto a full cache: exit %d, want 1 with the storage error\n%s", r.code, r.stderr)
+	}
+	mustRun(t, "fsck", "--store", cache)
+}

@@ -202,9 +202,17 @@ func (c *Client) Add(ctx context.Context, infoBytes, env []byte) (*Handle, error
 	// from storage that does not hold them.
 	t, _ := c.cl.AddTorrentOpt(torrent.AddTorrentOpts{InfoHash: ih, InfoBytes: infoBytes, DisableInitialPieceCheck: true})
 	h := &Handle{c: c, t: t, s: s}
+	t.SetOnWriteChunkError(func(err error) { s.fail(fmt.Errorf("staging a block: %w", err)) })
 	h.sources(nil)
 	return h, nil
 }
+
+// Anacrolix's own answer to a block its storage could not write is to
+// disallow data download, and that breaks its request order's invariants:
+// the next priority change panics (checkPendingPiecesMatchesRequestOrder)
+// while it holds the client's lock, which hung a pull on a full disk. The
+// torrents of a Client have their write errors end their fetches instead
+// (SetOnWriteChunkError, ErrStorage).
 
 // AddMagnet adds a torrent from a magnet link (xt, tr, ws, x.pe); its info
 // comes from peers (BEP 9) and must have the shape of a release torrent.
@@ -235,6 +243,7 @@ func (c *Client) AddMagnet(ctx context.Context, uri string) (*Handle, error) {
 		t.Drop()
 		return nil, fmt.Errorf("magnet %s: not an imgctl release torrent", spec.InfoHash.HexString())
 	}
+	t.SetOnWriteChunkError(func(err error) { s.fail(fmt.Errorf("staging a block: %w", err)) })
 	h.s = s
 	return h, nil
 }
@@ -344,7 +353,14 @@ func (h *Handle) fetch(ctx context.Context, files []int, stall time.Duration, de
 	// The storage tells anacrolix the completion of the pieces asked for
 	// (piece.Completion); then their files are given a priority.
 	h.updateCompletion(h.s.Want(asked, true))
-	defer func() { h.updateCompletion(h.s.Want(asked, false)) }()
+	defer func() {
+		if p := recover(); p != nil {
+			// From inside anacrolix, which may hold its client's lock:
+			// waiting for it here would hang, so go on panicking.
+			panic(p)
+		}
+		h.updateCompletion(h.s.Want(asked, false))
+	}()
 	for _, f := range asked {
 		tf[f].SetPriority(torrent.PiecePriorityNormal)
 	}
@@ -371,6 +387,12 @@ func (h *Handle) fetch(ctx context.Context, files []int, stall time.Duration, de
 	useful, since := h.usefulBytes(), time.Now()
 	for len(missing) > 0 {
 		ch := h.s.Changed()
+		if err := h.s.Failed(); err != nil {
+			for f := range missing {
+				tf[f].SetPriority(torrent.PiecePriorityNone)
+			}
+			return err
+		}
 		for _, a := range h.s.take(w) {
 			if !missing[a.f] {
 				continue

@@ -37,8 +37,9 @@ func BuildFile(path string) ([]byte, error) {
 
 // FileHandle is one file torrent in a client.
 type FileHandle struct {
-	t    *torrent.Torrent
-	path string
+	t      *torrent.Torrent
+	path   string
+	failed chan error // the first block the storage could not write
 }
 
 // AddFile adds the file torrent infoBytes (authenticated by the caller)
@@ -55,8 +56,16 @@ func (c *Client) AddFile(infoBytes []byte, dir string) (*FileHandle, error) {
 	}
 	st := storage.NewFileOpts(storage.NewFileClientOpts{ClientBaseDir: dir, PieceCompletion: storage.NewMapPieceCompletion(), Logger: c.log})
 	t, _ := c.cl.AddTorrentOpt(torrent.AddTorrentOpts{InfoHash: mi.HashInfoBytes(), InfoBytes: infoBytes, Storage: st})
+	h := &FileHandle{t: t, path: filepath.Join(dir, info.Name), failed: make(chan error, 1)}
+	// As for release torrents (Client.Add): a write error ends Download.
+	t.SetOnWriteChunkError(func(err error) {
+		select {
+		case h.failed <- err:
+		default:
+		}
+	})
 	c.addSources(t, nil)
-	return &FileHandle{t: t, path: filepath.Join(dir, info.Name)}, nil
+	return h, nil
 }
 
 // Path is where the file is (complete after Download).
@@ -84,6 +93,8 @@ func (h *FileHandle) Download(ctx context.Context, stall time.Duration) error {
 			return fmt.Errorf("%s: complete, but the file is not there", h.path)
 		case <-ctx.Done():
 			return context.Cause(ctx)
+		case err := <-h.failed:
+			return fmt.Errorf("%w: writing %s: %w", ErrStorage, filepath.Base(h.path), err)
 		case <-tick.C:
 			if m := h.t.BytesMissing(); m != last {
 				last, lastAt = m, time.Now()

@@ -104,6 +104,7 @@ type Torrent struct {
 	spilled []bool
 	stage   *os.File
 	closed  bool          // staging is given back: nothing is staged any more
+	failed  error         // the first failure to stage or store downloaded data
 	changed chan struct{} // closed and replaced whenever a file arrives
 	watches map[*watch]struct{}
 	recent  [16]recentFile // chunk files last read for peers (readFile)
@@ -695,12 +696,37 @@ func (t *Torrent) admit(f int) error {
 		return err
 	}
 	if _, err := t.s.put.Put(context.Background(), c); err != nil {
+		t.fail(fmt.Errorf("storing chunk %s: %w", id.Short(), err))
 		return err
 	}
 	t.mu.Lock()
 	t.arrivedLocked(f, c)
 	t.mu.Unlock()
 	return nil
+}
+
+// ErrStorage wraps a failure to stage or store what the swarm delivered
+// (a full disk, say): a fetch ends with it at once, instead of waiting for
+// data that cannot be kept.
+var ErrStorage = errors.New("keeping downloaded data")
+
+// fail records the torrent's first storage failure and wakes its fetches.
+func (t *Torrent) fail(err error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.failed != nil {
+		return
+	}
+	t.failed = fmt.Errorf("%w: %w", ErrStorage, err)
+	close(t.changed)
+	t.changed = make(chan struct{})
+}
+
+// Failed returns the torrent's storage failure, if one happened.
+func (t *Torrent) Failed() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.failed
 }
 
 // arrivedLocked marks file f held (c: its checked form, if this process
