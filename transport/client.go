@@ -123,6 +123,18 @@ func (c *Client) Received() int64 { return c.received.Load() }
 
 func (c *Client) url(p string) string { return c.base.String() + p }
 
+// statusText is a failed response's status with the first line of the
+// server's explanation (a branch cache says why it could not serve).
+func (c *Client) statusText(resp *http.Response) string {
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+	c.received.Add(int64(len(b)))
+	line, _, _ := strings.Cut(strings.TrimSpace(string(b)), "\n")
+	if line == "" || len(line) > 300 {
+		return resp.Status
+	}
+	return resp.Status + ": " + line
+}
+
 // permanent marks errors that retrying cannot fix.
 type permanent struct{ error }
 
@@ -452,7 +464,7 @@ func (c *Client) postBatch(ctx context.Context, refs []manifest.ChunkRef, fn sin
 	case resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusMethodNotAllowed:
 		return refs, errNoBatch
 	case resp.StatusCode != http.StatusOK:
-		return refs, fmt.Errorf("%w: POST batch: %s", ErrPeerUnavailable, resp.Status)
+		return refs, fmt.Errorf("%w: POST batch: %s", ErrPeerUnavailable, c.statusText(resp))
 	}
 	c.batchOK.Store(1)
 	// A body longer than the batch can hold is cut off here.
@@ -504,8 +516,9 @@ func (c *Client) getEach(ctx context.Context, refs []manifest.ChunkRef, fn sink,
 			return refs[i:], permanent{fmt.Errorf("chunk %s: server: %w", r.ID.Short(), chunkstore.ErrNotFound)}
 		}
 		if resp.StatusCode != http.StatusOK {
+			text := c.statusText(resp)
 			resp.Body.Close()
-			return refs[i:], fmt.Errorf("%w: GET chunk: %s", ErrPeerUnavailable, resp.Status)
+			return refs[i:], fmt.Errorf("%w: GET chunk: %s", ErrPeerUnavailable, text)
 		}
 		limit := maxStored(r)
 		stored, err := io.ReadAll(&countReader{r: io.LimitReader(resp.Body, limit+1), n: &c.received})

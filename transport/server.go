@@ -318,6 +318,13 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) {
 		if len(lack) > 0 {
 			if err := s.up.Chunks(r.Context(), lack); err != nil {
 				s.log.Warn("upstream chunks", "chunks", len(lack), "err", err)
+				// Not upstream lacking a chunk: the uplink or this cache's
+				// store failed. Say so: the chunks reported missing, a
+				// terminal would stop at "chunk not found", for good.
+				if !errors.Is(err, chunkstore.ErrNotFound) && !errors.Is(err, chunkstore.ErrCorrupt) && r.Context().Err() == nil {
+					http.Error(w, "branch cache: "+err.Error(), http.StatusServiceUnavailable)
+					return
+				}
 			}
 			s.dir.Refresh()
 		}

@@ -505,3 +505,27 @@ func TestSwarmFullDisk(t *testing.T) {
 	}
 	mustRun(t, "fsck", "--store", cache)
 }
+
+// A branch cache whose disk is full says so: a terminal's pull through it
+// fails with the branch's "no space left on device" (after its retries),
+// not with "chunk not found", which it used to report for every chunk it
+// could not keep.
+func TestBranchFullDisk(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a small tmpfs (CI runs as root)")
+	}
+	f := newFixture(t, 24<<20)
+	f.publish(t, f.img1)
+	hq := serve(t, f.store)
+	small := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", small).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", small).Run() })
+	branch := serve(t, filepath.Join(small, "branch"), "--upstream", hq)
+	r := imgctl(t, nil, "pull", "--from", branch, "--trust", f.pub, "--name", "os", "--cache", filepath.Join(f.dir, "cache"),
+		"--out", filepath.Join(f.dir, "slot"), "-q")
+	if r.code != 1 || !strings.Contains(r.stderr, "branch cache") || !strings.Contains(r.stderr, "no space left on device") {
+		t.Fatalf("pull through a full branch cache: exit %d, want 1 with the branch's error\n%s", r.code, r.stderr)
+	}
+}
