@@ -265,6 +265,10 @@ func (s *Server) handleChunk(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, chunkstore.ErrNotFound):
 		http.Error(w, "no such chunk", http.StatusNotFound)
 		return
+	case err != nil && s.up != nil && !errors.Is(err, chunkstore.ErrCorrupt):
+		// As for batches: the uplink or this cache's store failed.
+		http.Error(w, "branch cache: "+err.Error(), http.StatusServiceUnavailable)
+		return
 	case err != nil:
 		http.Error(w, "chunk unavailable", http.StatusInternalServerError)
 		return

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -16,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/imgctl/imgctl/chunkstore"
 )
 
 // metric reads one counter from a /metrics endpoint.
@@ -528,4 +531,26 @@ func TestBranchFullDisk(t *testing.T) {
 	if r.code != 1 || !strings.Contains(r.stderr, "branch cache") || !strings.Contains(r.stderr, "no space left on device") {
 		t.Fatalf("pull through a full branch cache: exit %d, want 1 with the branch's error\n%s", r.code, r.stderr)
 	}
+	// The single-chunk route (webseeds use it) says so too.
+	m := decode[struct{ Chunks []struct{ ID chunkstore.ID } }](t, mustRun(t, "manifest", "show", "--store", f.store, "os@1", "--json", "--full"))
+	held, err := chunkstore.OpenDir(filepath.Join(small, "branch"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range m.Chunks {
+		if ok, _ := held.Has(context.Background(), c.ID); ok {
+			continue
+		}
+		resp, err := http.Get(branch + "/v1/chunks/" + c.ID.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "no space left on device") {
+			t.Fatalf("GET of a chunk the full branch lacks: %s %s", resp.Status, body)
+		}
+		return
+	}
+	t.Fatal("the full branch holds every chunk")
 }
