@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha1"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/anacrolix/torrent/metainfo"
 	"golang.org/x/sys/unix"
@@ -260,3 +262,44 @@ func TestStagingClosed(t *testing.T) {
 
 // staged is the bytes of pieces st holds in memory.
 func staged(st *Storage) int64 { return st.memUsed.Load() }
+
+// A file torrent (a delta pack) whose data cannot be written ends its
+// Download at once with ErrStorage: anacrolix's own answer, disallowing
+// data download, broke its invariants and could hang the client
+// (decisions/0004).
+func TestFileDownloadWriteError(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	data := make([]byte, 600<<10)
+	for i := range data {
+		data[i] = byte(i * 31)
+	}
+	path := filepath.Join(dir, "x.dpack")
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	info, err := BuildFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seeder := newClient(t, Config{Listen: "127.0.0.1:0"}, openStore(t), false)
+	if _, err := seeder.AddFile(info, dir); err != nil {
+		t.Fatal(err)
+	}
+	// Where the leech's file should go is under a regular file: every
+	// write fails (as root, permissions would not).
+	blocked := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(blocked, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	leech := newClient(t, Config{Listen: "127.0.0.2:0", Peers: []string{seeder.Addr()}}, openStore(t), true)
+	h, err := leech.AddFile(info, filepath.Join(blocked, "deltas"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := h.Download(dctx, 0); !errors.Is(err, ErrStorage) {
+		t.Fatalf("download into an unwritable place: %v, want ErrStorage", err)
+	}
+}
