@@ -382,22 +382,29 @@ func (s *Local) Holds(ids []ID) (Held, error) {
 	return h, err
 }
 
-// file returns pack seq's file (the current pack's: bytes still in its
-// append buffer are not in it yet, fromBuf reads them).
-func (s *Local) file(seq uint32) (*os.File, error) {
+// file returns the file of l's pack, or nil after copying l's stored
+// bytes into b if they are still in the current pack's append buffer. A
+// chunk just put is often read at once (a peer asks for the piece that
+// completed it); writing the buffer out for that cost a small write each
+// time.
+func (s *Local) file(l loc, b []byte) (*os.File, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.cur != nil && seq == s.curSeq {
+	if s.cur != nil && l.pack == s.curSeq {
+		if start := s.curOff - int64(len(s.curBuf)); int64(l.off) >= start {
+			copy(b, s.curBuf[int64(l.off)-start:])
+			return nil, nil
+		}
 		return s.cur, nil
 	}
-	if f := s.files[seq]; f != nil {
+	if f := s.files[l.pack]; f != nil {
 		return f, nil
 	}
-	f, err := os.Open(packPath(s.root, seq))
+	f, err := os.Open(packPath(s.root, l.pack))
 	if err != nil {
 		return nil, err
 	}
-	s.files[seq] = f
+	s.files[l.pack] = f
 	return f, nil
 }
 
@@ -411,35 +418,17 @@ func (s *Local) readStored(id ID, l loc) ([]byte, error) {
 
 // readStoredInto reads the stored bytes at l into b (len(b) == l.stored).
 func (s *Local) readStoredInto(id ID, l loc, b []byte) error {
-	if s.fromBuf(l, b) {
-		return nil
-	}
-	f, err := s.file(l.pack)
+	f, err := s.file(l, b)
 	if err != nil {
 		return fmt.Errorf("chunk %s: %w", id.Short(), err)
+	}
+	if f == nil {
+		return nil // read from the append buffer
 	}
 	if _, err := f.ReadAt(b, int64(l.off)); err != nil {
 		return &IntegrityError{ID: id, Reason: "read: " + err.Error()}
 	}
 	return nil
-}
-
-// fromBuf copies the stored bytes at l into b if they are still in the
-// current pack's append buffer. A chunk just put is often read at once (a
-// peer asks for the piece that completed it); writing the buffer out for
-// that cost a small write each time.
-func (s *Local) fromBuf(l loc, b []byte) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.cur == nil || l.pack != s.curSeq {
-		return false
-	}
-	start := s.curOff - int64(len(s.curBuf))
-	if int64(l.off) < start {
-		return false // written out already
-	}
-	copy(b, s.curBuf[int64(l.off)-start:])
-	return true
 }
 
 // Get reads and verifies id. A chunk that fails verification is dropped
