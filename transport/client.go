@@ -123,8 +123,10 @@ func (c *Client) Received() int64 { return c.received.Load() }
 
 func (c *Client) url(p string) string { return c.base.String() + p }
 
-// statusText is a failed response's status with the first line of the
-// server's explanation (a branch cache says why it could not serve).
+// statusText reads a failed response's body and returns its status with
+// the first line of the server's explanation (a branch cache says why it
+// could not serve). The body counts as received, so that what clients
+// received is what servers sent.
 func (c *Client) statusText(resp *http.Response) string {
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 	c.received.Add(int64(len(b)))
@@ -236,17 +238,11 @@ func (c *Client) get(ctx context.Context, req *http.Request, name, channel, r st
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		// The explanation in an error's body is received too: count it,
-		// so that what clients received is what servers sent (asking for
-		// a pack or torrent that does not exist is routine).
-		n, _ := io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
-		c.received.Add(n)
-	}
-	if resp.StatusCode == http.StatusNotFound {
-		return nil, nil, permanent{fmt.Errorf("%s/%s@%s: %w", name, channel, r, manifest.ErrNoRelease)}
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, nil, fmt.Errorf("%w: GET %s: %s", ErrPeerUnavailable, p, resp.Status)
+		text := c.statusText(resp) // asking for a pack or torrent that does not exist is routine
+		if resp.StatusCode == http.StatusNotFound {
+			return nil, nil, permanent{fmt.Errorf("%s/%s@%s: %w", name, channel, r, manifest.ErrNoRelease)}
+		}
+		return nil, nil, fmt.Errorf("%w: GET %s: %s", ErrPeerUnavailable, p, text)
 	}
 	if resp.ContentLength > max {
 		return nil, nil, permanent{&manifest.VerifyError{Err: manifest.ErrTooLarge, Detail: fmt.Sprintf("GET %s: server declares %d bytes", p, resp.ContentLength)}}

@@ -254,6 +254,14 @@ func (s *Server) readVerified(id chunkstore.ID, fill bool) ([]byte, error) {
 	return b, err
 }
 
+// fillFailed reports whether a branch's fill failed otherwise than by
+// upstream lacking a chunk or sending it corrupt: the uplink or this
+// cache's store failed. The client is told so (503, with the reason),
+// not that the chunk is missing, which it takes as final.
+func fillFailed(err error) bool {
+	return err != nil && !errors.Is(err, chunkstore.ErrNotFound) && !errors.Is(err, chunkstore.ErrCorrupt)
+}
+
 func (s *Server) handleChunk(w http.ResponseWriter, r *http.Request) {
 	id, err := chunkstore.ParseID(strings.TrimSuffix(r.PathValue("id"), ".zst"))
 	if err != nil {
@@ -265,8 +273,7 @@ func (s *Server) handleChunk(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, chunkstore.ErrNotFound):
 		http.Error(w, "no such chunk", http.StatusNotFound)
 		return
-	case err != nil && s.up != nil && !errors.Is(err, chunkstore.ErrCorrupt):
-		// As for batches: the uplink or this cache's store failed.
+	case s.up != nil && fillFailed(err):
 		http.Error(w, "branch cache: "+err.Error(), http.StatusServiceUnavailable)
 		return
 	case err != nil:
@@ -322,10 +329,7 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) {
 		if len(lack) > 0 {
 			if err := s.up.Chunks(r.Context(), lack); err != nil {
 				s.log.Warn("upstream chunks", "chunks", len(lack), "err", err)
-				// Not upstream lacking a chunk: the uplink or this cache's
-				// store failed. Say so: the chunks reported missing, a
-				// terminal would stop at "chunk not found", for good.
-				if !errors.Is(err, chunkstore.ErrNotFound) && !errors.Is(err, chunkstore.ErrCorrupt) && r.Context().Err() == nil {
+				if fillFailed(err) && r.Context().Err() == nil {
 					http.Error(w, "branch cache: "+err.Error(), http.StatusServiceUnavailable)
 					return
 				}
