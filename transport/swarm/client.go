@@ -202,17 +202,20 @@ func (c *Client) Add(ctx context.Context, infoBytes, env []byte) (*Handle, error
 	// from storage that does not hold them.
 	t, _ := c.cl.AddTorrentOpt(torrent.AddTorrentOpts{InfoHash: ih, InfoBytes: infoBytes, DisableInitialPieceCheck: true})
 	h := &Handle{c: c, t: t, s: s}
-	t.SetOnWriteChunkError(func(err error) { s.fail(fmt.Errorf("staging a block: %w", err)) })
+	failOnWriteErrors(t, s.fail)
 	h.sources(nil)
 	return h, nil
 }
 
-// Anacrolix's own answer to a block its storage could not write is to
-// disallow data download, and that breaks its request order's invariants:
-// the next priority change panics (checkPendingPiecesMatchesRequestOrder)
-// while it holds the client's lock, which hung a pull on a full disk. The
-// torrents of a Client have their write errors end their fetches instead
-// (SetOnWriteChunkError, ErrStorage).
+// failOnWriteErrors hands t's block write errors to fail, which ends the
+// torrent's fetches (ErrStorage). Anacrolix's own answer to a block its
+// storage could not write is to disallow data download, and that breaks
+// its request order's invariants: the next priority change panics
+// (checkPendingPiecesMatchesRequestOrder) while it holds the client's
+// lock, which hung a pull on a full disk.
+func failOnWriteErrors(t *torrent.Torrent, fail func(error)) {
+	t.SetOnWriteChunkError(func(err error) { fail(fmt.Errorf("%w: writing a block: %w", ErrStorage, err)) })
+}
 
 // AddMagnet adds a torrent from a magnet link (xt, tr, ws, x.pe); its info
 // comes from peers (BEP 9) and must have the shape of a release torrent.
@@ -243,7 +246,7 @@ func (c *Client) AddMagnet(ctx context.Context, uri string) (*Handle, error) {
 		t.Drop()
 		return nil, fmt.Errorf("magnet %s: not an imgctl release torrent", spec.InfoHash.HexString())
 	}
-	t.SetOnWriteChunkError(func(err error) { s.fail(fmt.Errorf("staging a block: %w", err)) })
+	failOnWriteErrors(t, s.fail)
 	h.s = s
 	return h, nil
 }
@@ -387,12 +390,6 @@ func (h *Handle) fetch(ctx context.Context, files []int, stall time.Duration, de
 	useful, since := h.usefulBytes(), time.Now()
 	for len(missing) > 0 {
 		ch := h.s.Changed()
-		if err := h.s.Failed(); err != nil {
-			for f := range missing {
-				tf[f].SetPriority(torrent.PiecePriorityNone)
-			}
-			return err
-		}
 		for _, a := range h.s.take(w) {
 			if !missing[a.f] {
 				continue
@@ -407,35 +404,38 @@ func (h *Handle) fetch(ctx context.Context, files []int, stall time.Duration, de
 		if len(missing) == 0 {
 			break
 		}
-		var cause error
-		select {
-		case <-ch:
-			if timer != nil {
-				timer.Reset(stall)
-			}
-			continue
-		case <-redial.C:
-			if len(h.c.cfg.Peers) == 0 {
-				continue
-			}
-			if n := h.usefulBytes(); n != useful {
-				useful, since = n, time.Now()
-			}
-			switch {
-			case h.t.Stats().ActivePeers == 0:
-				addPeers(h.t, h.c.cfg.Peers)
-			case time.Since(since) >= stuckAfter:
-				for _, pc := range h.t.PeerConns() {
-					pc.Close()
+		// A storage failure (fail wakes ch) ends the fetch at once.
+		cause := h.s.Failed()
+		if cause == nil {
+			select {
+			case <-ch:
+				if timer != nil {
+					timer.Reset(stall)
 				}
-				addPeers(h.t, h.c.cfg.Peers)
-				since = time.Now()
+				continue
+			case <-redial.C:
+				if len(h.c.cfg.Peers) == 0 {
+					continue
+				}
+				if n := h.usefulBytes(); n != useful {
+					useful, since = n, time.Now()
+				}
+				switch {
+				case h.t.Stats().ActivePeers == 0:
+					addPeers(h.t, h.c.cfg.Peers)
+				case time.Since(since) >= stuckAfter:
+					for _, pc := range h.t.PeerConns() {
+						pc.Close()
+					}
+					addPeers(h.t, h.c.cfg.Peers)
+					since = time.Now()
+				}
+				continue
+			case <-ctx.Done():
+				cause = context.Cause(ctx)
+			case <-stalled:
+				cause = ErrStalled
 			}
-			continue
-		case <-ctx.Done():
-			cause = context.Cause(ctx)
-		case <-stalled:
-			cause = ErrStalled
 		}
 		for f := range missing {
 			tf[f].SetPriority(torrent.PiecePriorityNone)

@@ -57,8 +57,7 @@ func (c *Client) AddFile(infoBytes []byte, dir string) (*FileHandle, error) {
 	st := storage.NewFileOpts(storage.NewFileClientOpts{ClientBaseDir: dir, PieceCompletion: storage.NewMapPieceCompletion(), Logger: c.log})
 	t, _ := c.cl.AddTorrentOpt(torrent.AddTorrentOpts{InfoHash: mi.HashInfoBytes(), InfoBytes: infoBytes, Storage: st})
 	h := &FileHandle{t: t, path: filepath.Join(dir, info.Name), failed: make(chan error, 1)}
-	// As for release torrents (Client.Add): a write error ends Download.
-	t.SetOnWriteChunkError(func(err error) {
+	failOnWriteErrors(t, func(err error) {
 		select {
 		case h.failed <- err:
 		default:
@@ -94,7 +93,7 @@ func (h *FileHandle) Download(ctx context.Context, stall time.Duration) error {
 		case <-ctx.Done():
 			return context.Cause(ctx)
 		case err := <-h.failed:
-			return fmt.Errorf("%w: writing %s: %w", ErrStorage, filepath.Base(h.path), err)
+			return fmt.Errorf("%s: %w", filepath.Base(h.path), err)
 		case <-tick.C:
 			if m := h.t.BytesMissing(); m != last {
 				last, lastAt = m, time.Now()

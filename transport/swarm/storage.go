@@ -271,9 +271,8 @@ func (t *Torrent) close() error {
 		t.stage = nil
 		os.Remove(name)
 	}
-	for i, b := range t.mem {
-		t.s.memUsed.Add(-int64(len(b)))
-		delete(t.mem, i)
+	for q := range t.mem {
+		t.dropMemLocked(q)
 	}
 	t.mu.Unlock()
 	// Not under t.mu: Register takes Storage.mu, then Torrent.mu.
@@ -463,7 +462,7 @@ func (p piece) ReadAt(b []byte, off int64) (int, error) {
 	n := 0
 	err := t.eachFile(p.i, off, int64(len(b)), func(f int, abs, m int64) error {
 		seg := b[n : n+int(m)]
-		_, held, err := t.readStaged(f, p.i, abs-po, seg)
+		_, held, err := t.readStaged(f, p.i, abs-po, m, seg)
 		if held {
 			var data []byte
 			if data, err = t.fileBytes(f, abs, m); err == nil {
@@ -492,11 +491,9 @@ func (p piece) WriteTo(w io.Writer) (int64, error) {
 	}
 	var written int64
 	err := t.eachFile(p.i, 0, pn, func(f int, abs, m int64) error {
-		b, held, err := t.readStaged(f, p.i, abs-po, nil)
+		b, held, err := t.readStaged(f, p.i, abs-po, m, nil)
 		if held {
 			b, err = t.fileBytes(f, abs, m)
-		} else if err == nil {
-			b = b[:m]
 		}
 		if err != nil {
 			return err
@@ -508,23 +505,17 @@ func (p piece) WriteTo(w io.Writer) (int64, error) {
 	return written, err
 }
 
-// readStaged reads the bytes of file f staged in piece i at off (within
+// readStaged reads the n bytes of file f staged in piece i at off (within
 // the piece) into dst, or reports that f is held (read it from the store:
 // once held, a piece's staged bytes may be gone). With a nil dst it
 // returns the bytes from their memory buffer itself where they are in
-// memory (or a new buffer of the part's length otherwise). Unwritten
-// bytes read as zeros, as from a sparse file.
-func (t *Torrent) readStaged(f, i int, off int64, dst []byte) (b []byte, held bool, err error) {
+// memory (or a new buffer otherwise). Unwritten bytes read as zeros, as
+// from a sparse file.
+func (t *Torrent) readStaged(f, i int, off, n int64, dst []byte) (b []byte, held bool, err error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.have[f] {
 		return nil, true, nil
-	}
-	n := int64(len(dst))
-	if dst == nil {
-		fo, fl := t.L.FileRange(f)
-		po, pn := t.L.PieceRange(i)
-		n = min(fo+fl, po+pn) - (po + off)
 	}
 	if buf, ok := t.mem[i]; ok {
 		if dst == nil {
@@ -667,7 +658,7 @@ func (t *Torrent) admit(f int) error {
 	for q := a; q <= z; q++ {
 		po, pn := t.L.PieceRange(q)
 		lo, hi := max(po, off), min(po+pn, off+n)
-		if _, held, err := t.readStaged(f, q, lo-po, b[lo-off:hi-off]); held || err != nil {
+		if _, held, err := t.readStaged(f, q, lo-po, hi-lo, b[lo-off:hi-off]); held || err != nil {
 			return err // held: it came another way meanwhile
 		}
 	}
@@ -696,7 +687,7 @@ func (t *Torrent) admit(f int) error {
 		return err
 	}
 	if _, err := t.s.put.Put(context.Background(), c); err != nil {
-		t.fail(fmt.Errorf("storing chunk %s: %w", id.Short(), err))
+		t.fail(fmt.Errorf("%w: storing chunk %s: %w", ErrStorage, id.Short(), err))
 		return err
 	}
 	t.mu.Lock()
@@ -710,14 +701,19 @@ func (t *Torrent) admit(f int) error {
 // data that cannot be kept.
 var ErrStorage = errors.New("keeping downloaded data")
 
-// fail records the torrent's first storage failure and wakes its fetches.
+// fail records the torrent's first storage failure (an ErrStorage) and
+// wakes its fetches.
 func (t *Torrent) fail(err error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.failed != nil {
-		return
+	if t.failed == nil {
+		t.failed = err
+		t.wakeLocked()
 	}
-	t.failed = fmt.Errorf("%w: %w", ErrStorage, err)
+}
+
+// wakeLocked wakes those waiting on Changed; t.mu is held.
+func (t *Torrent) wakeLocked() {
 	close(t.changed)
 	t.changed = make(chan struct{})
 }
@@ -742,17 +738,13 @@ func (t *Torrent) arrivedLocked(f int, c chunkstore.Chunk) {
 		}
 		w.queue = append(w.queue, a)
 	}
-	close(t.changed)
-	t.changed = make(chan struct{})
+	t.wakeLocked()
 	a, z := t.L.PiecesOf(f)
 	for q := a; q <= z; q++ {
 		if !t.heldLocked(q) {
 			continue
 		}
-		if buf, ok := t.mem[q]; ok {
-			delete(t.mem, q)
-			t.s.memUsed.Add(-int64(len(buf)))
-		}
+		t.dropMemLocked(q)
 		if t.spilled[q] && t.stage != nil {
 			t.spilled[q] = false
 			// Only whole 4 KiB pages. Through SyscallConn: it holds the
@@ -767,6 +759,16 @@ func (t *Torrent) arrivedLocked(f int, c chunkstore.Chunk) {
 				}
 			}
 		}
+	}
+}
+
+// dropMemLocked gives piece q's memory buffer back to the budget, if it
+// has one; t.mu is held. A reader that took the buffer keeps it: it is
+// never written again.
+func (t *Torrent) dropMemLocked(q int) {
+	if buf, ok := t.mem[q]; ok {
+		delete(t.mem, q)
+		t.s.memUsed.Add(-int64(len(buf)))
 	}
 }
 
